@@ -1,0 +1,209 @@
+"""Llama family (Llama, Qwen2, Qwen3, Mistral): parity with transformers' PyTorch models, the
+adapter path (Perturbed leaves, vmapped population with shared base), partial logits, KV cache."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from model_fixtures import CONFIGS, hf_logits, hf_model, padded_batch, save_hf
+
+from zojax import nn as znn
+from zojax.models import generate, llama, loading
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llama_ckpts")
+
+    @functools.cache
+    def get(name):
+        tm = hf_model(name)
+        return tm, save_hf(tm, root, name)
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    @functools.cache
+    def get(name):
+        tm, path = checkpoint(name)
+        model, config, tok = loading.from_pretrained(path)
+        return tm, model, config
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_match_transformers(loaded, name):
+    tm, model, config = loaded(name)
+    assert isinstance(model, llama.Model)
+    ids, mask = padded_batch(config.vocab_size)
+    ref = hf_logits(tm, ids, mask)
+    with jax.default_matmul_precision("highest"):
+        out = np.asarray(jax.jit(lambda m, i, k: m(i, k))(model, ids, mask))
+    assert out.shape == ref.shape
+    real = mask.astype(bool)  # padded positions' outputs are unspecified
+    np.testing.assert_allclose(out[real], ref[real], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_config_round_trip(loaded, name):
+    tm, _, config = loaded(name)
+    assert llama.Config.from_hf(config.to_hf()) == config
+    assert hash(config) == hash(llama.Config.from_hf(tm.config))
+
+
+def test_rope_frequencies_match_transformers(loaded):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    tm, _, config = loaded("llama3_tied_bias")
+    ref, scale = ROPE_INIT_FUNCTIONS["llama3"](tm.config)
+    inv, s = llama.rope_frequencies(config)
+    np.testing.assert_allclose(inv, ref.numpy(), rtol=1e-6)
+    assert s == scale
+    for kind, extra in [("linear", {"factor": 2.0}), ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16})]:
+        hf = tm.config.__class__(**{**tm.config.to_dict(), "rope_parameters": {"rope_type": kind, "rope_theta": 5000.0, **extra}})
+        ref, scale = ROPE_INIT_FUNCTIONS[kind](hf)
+        inv, s = llama.rope_frequencies(llama.Config.from_hf(hf))
+        np.testing.assert_allclose(inv, ref.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(s, scale, rtol=1e-6)
+
+
+def _loss_fn(graphdef):
+    """The engine's pure loss: merge the (possibly Perturbed) state, next-token cross-entropy."""
+
+    def loss(state, ids, mask):
+        logits = nnx.merge(graphdef, state)(ids, mask)
+        logp = jax.nn.log_softmax(logits[:, :-1], -1)
+        nll = -jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+        w = (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32)
+        return jnp.sum(nll * w) / jnp.sum(w)
+
+    return loss
+
+
+def _perturb(state, key, eps, members=None, rank=2):
+    """Every >=2-D leaf as Perturbed(base, eps*v, u) (stacked kernels keep the layer axis on v/u);
+    1-D leaves get a dense additive perturbation. ``members``: leading population axis on v/u and
+    on the dense leaves only (base shared)."""
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(key, len(leaves))
+    lead = () if members is None else (members,)
+    out = []
+    for k, a in zip(keys, leaves):
+        k1, k2 = jax.random.split(k)
+        if a.ndim == 3:
+            v = jax.random.normal(k1, lead + (a.shape[0], a.shape[1], rank))
+            u = jax.random.normal(k2, lead + (a.shape[0], a.shape[2], rank))
+            out.append(znn.Perturbed(a, eps * v, u))
+        elif a.ndim == 2:
+            v = jax.random.normal(k1, lead + (a.shape[0], rank))
+            u = jax.random.normal(k2, lead + (a.shape[1], rank))
+            out.append(znn.Perturbed(a, eps * v, u))
+        else:
+            out.append(a + eps * jax.random.normal(k1, lead + a.shape))
+    return jax.tree.unflatten(treedef, out)
+
+
+@pytest.mark.parametrize("name", ["llama3_tied_bias"])  # biases, tied Perturbed embedding
+def test_adapter_path_equals_materialized(loaded, name):
+    _, model, config = loaded(name)
+    graphdef, state = nnx.split(model)
+    loss = jax.jit(_loss_fn(graphdef))
+    ids, mask = padded_batch(config.vocab_size)
+    dense = lambda s: jax.tree.map(znn.materialize, s, is_leaf=znn.is_perturbed)  # noqa: E731
+    with jax.default_matmul_precision("highest"):
+        base_loss = loss(state, ids, mask)
+        for eps in (1e-2, -1e-2):
+            s = _perturb(state, jax.random.key(0), eps)
+            lp, ld = loss(s, ids, mask), loss(dense(s), ids, mask)
+            np.testing.assert_allclose(lp, ld, rtol=1e-5)
+            assert abs(float(lp) - float(base_loss)) > 1e-5  # the perturbation did something
+
+        # Population: v/u (and dense leaves) batched, every base unbatched.
+        K = 3
+        pop = _perturb(state, jax.random.key(1), 1e-2, members=K)
+        axes = jax.tree.map(
+            lambda x: znn.Perturbed(None, 0, 0) if znn.is_perturbed(x) else 0, pop, is_leaf=znn.is_perturbed
+        )
+        vloss = jax.vmap(_loss_fn(graphdef), in_axes=(axes, None, None))
+        got = jax.jit(vloss)(pop, ids, mask)
+        for k in range(K):
+            member = jax.tree.map(
+                lambda x: znn.Perturbed(x.base, x.v[k], x.u[k]) if znn.is_perturbed(x) else x[k],
+                pop,
+                is_leaf=znn.is_perturbed,
+            )
+            np.testing.assert_allclose(got[k], loss(dense(member), ids, mask), rtol=1e-5)
+
+    # The shared base is never broadcast per member: no (K, *base.shape) array in the program.
+    big = state["layers"]["mlp"]["gate_proj"]["kernel"][...]
+    text = str(jax.make_jaxpr(vloss)(pop, ids, mask))
+    L, d_in, d_out = big.shape
+    assert f"f32[{K},{L},{d_in},{d_out}]" not in text
+    assert f"f32[{K},{d_in},{d_out}]" not in text
+
+
+def test_logits_positions_match_slicing(loaded):
+    _, model, config = loaded("qwen2")
+    ids, mask = padded_batch(config.vocab_size)
+    full = model(ids, mask)
+    pos = np.array([[6, 2], [4, 0], [6, 5]], np.int32)
+    part = model(ids, mask, logits_positions=pos)
+    assert part.shape == (3, 2, config.vocab_size)
+    np.testing.assert_allclose(part, np.take_along_axis(np.asarray(full), pos[..., None], 1), atol=1e-5)
+
+
+@jax.jit
+def _last_logits(model, ids, mask, last):
+    return model(ids, mask, logits_positions=last)[:, 0]
+
+
+def _greedy_no_cache(model, prompt, n, width=16):
+    # Full forward over a fixed-width right-padded buffer (one compile), argmax at the last token.
+    seq = list(prompt)
+    for _ in range(n):
+        ids = np.zeros((1, width), np.int32)
+        ids[0, : len(seq)] = seq
+        mask = (np.arange(width) < len(seq)).astype(np.int32)[None]
+        logits = _last_logits(model, ids, mask, np.array([[len(seq) - 1]], np.int32))
+        seq.append(int(jnp.argmax(logits[0])))
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_kv_cache_generation_matches_no_cache(loaded, name):
+    _, model, config = loaded(name)
+    prompts = [[5, 9, 13, 2, 7], [11, 3], [1, 60, 33, 8, 9, 10, 4, 2, 6]]
+    got = generate(model, None, prompts, max_new_tokens=6, eos_token_id=(), bucket=4)
+    assert got.shape == (3, 6)
+    for row, p in zip(got, prompts):
+        assert list(row) == _greedy_no_cache(model, p, 6)
+
+
+def test_cache_prefill_logits_match_full_forward(loaded):
+    # Chunked prefill through the cache (left-padded batch) equals one full forward.
+    _, model, config = loaded("mistral_window")
+    ids, mask = padded_batch(config.vocab_size)
+    mask[1] = 1  # cache callers append: no right padding
+    full = np.asarray(model(ids, mask))
+    cache = model.init_cache(3, 10)
+    a, cache = model(ids[:, :4], mask[:, :4], cache=cache)
+    b, cache = model(ids[:, 4:], mask[:, 4:], cache=cache)
+    got = np.concatenate([a, b], 1)
+    np.testing.assert_allclose(got[mask.astype(bool)], full[mask.astype(bool)], atol=1e-5)
+    assert int(cache["index"]) == 7
+
+
+def test_module_jits_with_param_dtype_bf16(loaded):
+    _, _, config = loaded("llama")
+    m = llama.Model(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert m.layers.self_attn.q_proj.kernel[...].dtype == jnp.bfloat16
+    out = jax.jit(lambda m, i: m(i))(m, jnp.ones((1, 4), jnp.int32))
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))

@@ -1,0 +1,85 @@
+"""zojax: zeroth-order fine-tuning of language models as one compiled inference program.
+
+The engine works with any pure ``loss_fn(params, batch) -> scalar`` over a pytree:
+
+>>> import jax, jax.numpy as jnp, zojax
+>>> loss = lambda p, b: jnp.mean((b["x"] @ p["w"] - b["y"]) ** 2)
+>>> spec = zojax.ZOSpec(noise=zojax.Gaussian(), eps=1e-3, members=8)
+>>> opt = zojax.zo_sgd(0.05)
+>>> state, frozen = zojax.init({"w": jnp.zeros(4)}, spec, opt, jax.random.PRNGKey(0))
+>>> batch = {"x": jnp.eye(4), "y": jnp.arange(4.0)}
+>>> state, info = zojax.step(state, frozen, batch, loss_fn=loss, spec=spec, optimizer=opt)
+>>> info.losses.shape
+(8, 2)
+"""
+
+from zojax import estimators, nn, noise
+from zojax.estimators import centered_rank, one_sided, shaped, sign, two_sided, zscore
+from zojax.noise import (
+    Factorized,
+    Gaussian,
+    LowRank,
+    Rademacher,
+    combine,
+    directions,
+    partition,
+    trainable_mask,
+)
+from zojax.optim import (
+    StepInfo,
+    ZOGrad,
+    ZOState,
+    adapter_view,
+    compare_with_grad,
+    dense_gradient,
+    densify,
+    forward_gradient,
+    init,
+    lozo_adapter,
+    lozo_m,
+    run_steps,
+    step,
+    zo_sgd,
+)
+from zojax.scoring import ZOSpec, score
+from zojax.seedlog import SeedLog, replay
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "estimators",
+    "nn",
+    "noise",
+    "Gaussian",
+    "Rademacher",
+    "LowRank",
+    "Factorized",
+    "ZOSpec",
+    "score",
+    "partition",
+    "combine",
+    "trainable_mask",
+    "directions",
+    "two_sided",
+    "one_sided",
+    "sign",
+    "zscore",
+    "centered_rank",
+    "shaped",
+    "ZOGrad",
+    "ZOState",
+    "StepInfo",
+    "zo_sgd",
+    "densify",
+    "dense_gradient",
+    "lozo_m",
+    "lozo_adapter",
+    "adapter_view",
+    "init",
+    "step",
+    "run_steps",
+    "forward_gradient",
+    "compare_with_grad",
+    "SeedLog",
+    "replay",
+]

@@ -1,0 +1,277 @@
+"""Directions regenerated from keys, and scopes that choose the trainable leaves.
+
+Nothing per-direction is ever stored: the direction of a leaf for population member
+``k`` at step ``t`` is a pure function of ``(run key, t, k, the leaf's path)``. The
+leaf's path enters through a stable hash, so a leaf's noise does not change when the
+pytree is reordered or other leaves are added, and it does not depend on the device
+mesh (threefry keys are partitionable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import zlib
+from collections.abc import Callable
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "Gaussian",
+    "Rademacher",
+    "LowRank",
+    "Factorized",
+    "Noise",
+    "LowRankDirection",
+    "SCOPE_PRESETS",
+    "path_str",
+    "leaf_paths",
+    "trainable_mask",
+    "partition",
+    "combine",
+    "leaf_key",
+    "leaf_direction",
+    "directions",
+    "dense_direction",
+]
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian:
+    """Dense N(0, I) directions (MeZO)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rademacher:
+    """Dense ±1 directions."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRank:
+    """LoZO directions ``Z = V U^T`` for every leaf with ``ndim >= 2``.
+
+    For a weight stored ``(..., d_in, d_out)``, ``V`` (``d_in x rank``) is resampled only
+    every ``refresh_every`` steps (the lazy factor) and ``U`` (``d_out x rank``) is fresh
+    every step -- LoZO's ``U V^T`` for torch's ``(d_out, d_in)`` layout. Leading axes
+    (stacked layers) get independent factors. 1-D leaves get dense Gaussian directions
+    (``vectors="dense"``, as the official LoZO) or are frozen (``vectors="exclude"``).
+
+    >>> LowRank(rank=2, refresh_every=100).rank
+    2
+    """
+
+    rank: int = 2
+    refresh_every: int = 100
+    vectors: str = "dense"
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"LowRank: rank must be an integer >= 1, got {self.rank!r}")
+        if not isinstance(self.refresh_every, int) or self.refresh_every < 1:
+            raise ValueError(
+                f"LowRank: refresh_every must be an integer >= 1, got {self.refresh_every!r}"
+            )
+        if self.vectors not in ("dense", "exclude"):
+            raise ValueError(f"LowRank: vectors must be 'dense' or 'exclude', got {self.vectors!r}")
+
+    @property
+    def scale(self) -> float:
+        return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Factorized(LowRank):
+    """MeZO-style factorized high-rank directions ``Z = V U^T / sqrt(rank)``.
+
+    Both factors are fresh every step (``refresh_every=1``); each entry of ``Z`` has unit
+    variance like MeZO's Gaussian, yet ``Z`` is scored through the low-rank path.
+    """
+
+    rank: int = 128
+    refresh_every: int = 1
+
+    @property
+    def scale(self) -> float:
+        return float(self.rank) ** -0.5
+
+
+Noise = Union[Gaussian, Rademacher, LowRank]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LowRankDirection:
+    """A direction ``v @ u.T`` kept as factors (``u`` already carries any scale)."""
+
+    v: jax.Array
+    u: jax.Array
+
+    def dense(self) -> jax.Array:
+        return jnp.einsum("...ir,...or->...io", self.v, self.u)
+
+
+# --- paths and scopes -------------------------------------------------------------------
+
+_PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)"
+SCOPE_PRESETS: dict[str, str] = {
+    # attention and MLP projection weights only (the seed paper's "lora-only" scope)
+    "lora": rf"(^|/){_PROJECTIONS}/kernel$",
+    # every weight matrix except embeddings: no biases, norms or embeddings
+    "weights": r"^(?!.*(bias|norm|embed)).*$",
+    # only norms and biases
+    "norms_biases": r"(bias|norm)",
+}
+
+
+def path_str(keypath) -> str:
+    """A stable ``a/b/0/c`` name for a pytree key path (NNX ``.value`` attributes dropped).
+
+    >>> path_str(jax.tree_util.tree_flatten_with_path({"a": [1, {"b": 2}]})[0][1][0])
+    'a/1/b'
+    """
+    parts = []
+    for k in keypath:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            if k.name != "value":
+                parts.append(k.name)
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(k.key))
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def leaf_paths(tree: PyTree) -> list[str]:
+    """Path names of the (non-None) leaves of ``tree`` in flattening order."""
+    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _scope_predicate(scope) -> Callable[[str, Any], bool]:
+    if scope is None or scope == "all":
+        return lambda path, leaf: True
+    if callable(scope):
+        return scope
+    if isinstance(scope, str):
+        pattern = re.compile(SCOPE_PRESETS.get(scope, scope))
+        return lambda path, leaf: pattern.search(path) is not None
+    raise TypeError(
+        f"scope must be None, 'all', a preset {sorted(SCOPE_PRESETS)}, a regex string or a "
+        f"callable (path, leaf) -> bool; got {scope!r}"
+    )
+
+
+def _is_trainable(path: str, leaf, predicate, noise) -> bool:
+    if leaf is None or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+        return False
+    if isinstance(noise, LowRank) and noise.vectors == "exclude" and jnp.ndim(leaf) < 2:
+        return False
+    return bool(predicate(path, leaf))
+
+
+def trainable_mask(params: PyTree, scope=None, noise: Noise | None = None) -> PyTree:
+    """A pytree of bools: which floating leaves the scope selects for training.
+
+    ``scope`` is ``None``/"all", a preset name (``lora``, ``weights``, ``norms_biases``),
+    a regex searched in each leaf's path, or a callable ``(path, leaf) -> bool``.
+
+    >>> trainable_mask({"w": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "weights")
+    {'bias': False, 'w': True}
+    """
+    predicate = _scope_predicate(scope)
+    mask = jax.tree_util.tree_map_with_path(
+        lambda p, x: _is_trainable(path_str(p), x, predicate, noise), params
+    )
+    if not any(jax.tree_util.tree_leaves(mask)):
+        paths = leaf_paths(params)
+        raise ValueError(
+            f"scope {scope!r} selects no trainable leaves; the parameter paths are "
+            f"{paths[:12]}{' ...' if len(paths) > 12 else ''}"
+        )
+    return mask
+
+
+def partition(params: PyTree, scope=None, noise: Noise | None = None) -> tuple[PyTree, PyTree]:
+    """Split ``params`` into ``(trainable, frozen)``; each has ``None`` where the other has a leaf.
+
+    >>> t, f = partition({"w": jnp.ones(2), "b": jnp.zeros(2)}, "w")
+    >>> t["b"] is None and f["w"] is None
+    True
+    """
+    mask = trainable_mask(params, scope, noise)
+    trainable = jax.tree.map(lambda x, m: x if m else None, params, mask)
+    frozen = jax.tree.map(lambda x, m: None if m else x, params, mask)
+    return trainable, frozen
+
+
+def combine(trainable: PyTree, frozen: PyTree) -> PyTree:
+    """Inverse of :func:`partition`.
+
+    >>> combine({"a": 1.0, "b": None}, {"a": None, "b": 2.0})
+    {'a': 1.0, 'b': 2.0}
+    """
+    # frozen leads: its None marks where trainable holds a leaf or a whole subtree
+    # (e.g. a zojax.nn.Perturbed on the adapter path)
+    return jax.tree.map(
+        lambda f, t: t if f is None else f, frozen, trainable, is_leaf=lambda x: x is None
+    )
+
+
+# --- keys and directions ----------------------------------------------------------------
+
+
+def _path_hash(path: str) -> int:
+    # crc32 is stable across processes and Python versions (unlike hash()).
+    return zlib.crc32(path.encode()) & 0x7FFFFFFF
+
+
+def leaf_key(key: jax.Array, step, member, path: str) -> jax.Array:
+    """The key of one leaf's direction: fold_in(run key, step, member, hash(path))."""
+    key = jax.random.fold_in(key, step)
+    key = jax.random.fold_in(key, member)
+    return jax.random.fold_in(key, _path_hash(path))
+
+
+def dense_direction(noise: Noise, key, shape, dtype) -> jax.Array:
+    if isinstance(noise, Rademacher):
+        return jax.random.rademacher(key, shape, dtype=dtype)
+    return jax.random.normal(key, shape, dtype=dtype)
+
+
+def leaf_direction(noise: Noise, key, step, member, path: str, shape, dtype):
+    """The direction of one leaf: a dense array, or a :class:`LowRankDirection`."""
+    if isinstance(noise, LowRank) and len(shape) >= 2:
+        lead, d_in, d_out = tuple(shape[:-2]), shape[-2], shape[-1]
+        step = jnp.asarray(step)
+        v_step = (step // noise.refresh_every) * noise.refresh_every
+        v = jax.random.normal(
+            jax.random.fold_in(leaf_key(key, v_step, member, path), 1), lead + (d_in, noise.rank), dtype
+        )
+        u = jax.random.normal(
+            jax.random.fold_in(leaf_key(key, step, member, path), 0), lead + (d_out, noise.rank), dtype
+        )
+        if noise.scale != 1.0:
+            u = u * jnp.asarray(noise.scale, dtype)
+        return LowRankDirection(v, u)
+    # 1-D leaves under LowRank are dense Gaussian, as in the official LoZO.
+    return dense_direction(noise, leaf_key(key, step, member, path), tuple(shape), dtype)
+
+
+def directions(trainable: PyTree, noise: Noise, key, step, member) -> PyTree:
+    """Directions for every non-None leaf of ``trainable`` (same structure, None kept).
+
+    >>> d = directions({"w": jnp.ones((3, 2))}, LowRank(rank=1), jax.random.PRNGKey(0), 0, 0)
+    >>> d["w"].v.shape, d["w"].u.shape
+    ((3, 1), (2, 1))
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: leaf_direction(noise, key, step, member, path_str(p), x.shape, x.dtype),
+        trainable,
+    )

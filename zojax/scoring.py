@@ -1,0 +1,185 @@
+"""Population scoring: the losses of K perturbed parameter states in one XLA program.
+
+Two representations of a perturbed leaf share one code path:
+
+* generic: the perturbed value ``theta + s * eps * z`` is formed inside the program
+  (works with any ``loss_fn``);
+* adapter (``ZOSpec(adapter=True)``): a low-rank direction is passed as a
+  :class:`zojax.nn.Perturbed` leaf whose base is the shared, unbatched weight; models that
+  call :mod:`zojax.nn` compute ``x @ W + (x @ v) @ u.T`` and, under ``vmap``, XLA folds the
+  population into the batch of the big matmul.
+
+The population of ``(member, sign)`` pairs is ``vmap``-ped, in chunks of ``chunk_size``
+members (``lax.map(..., batch_size=...)``), so a dense step holds about ``chunk_size``
+extra copies of the trainable leaves rather than K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from zojax import nn
+from zojax.estimators import get_estimator
+from zojax.noise import (
+    Gaussian,
+    LowRank,
+    LowRankDirection,
+    Noise,
+    Rademacher,
+    combine,
+    directions,
+    partition,
+)
+
+__all__ = ["ZOSpec", "score", "perturb", "population"]
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ZOSpec:
+    """Static description of how a step perturbs and scores parameters.
+
+    Args:
+      noise: :class:`~zojax.noise.Gaussian` (MeZO), :class:`~zojax.noise.Rademacher`,
+        :class:`~zojax.noise.LowRank` (LoZO) or :class:`~zojax.noise.Factorized`.
+      eps: perturbation scale, > 0.
+      members: K, the number of directions per step, >= 1.
+      scope: which leaves are trainable (see :func:`zojax.noise.trainable_mask`).
+      sided: ``"two"`` scores ``theta ± eps z_k``; ``"one"`` scores ``theta`` once and
+        ``theta + eps z_k``.
+      estimator: name in :data:`zojax.estimators.ESTIMATORS` or a callable
+        ``(losses[K, 2], eps) -> coeffs[K]``; ``None`` picks two/one-sided from ``sided``.
+      chunk_size: members scored at once (memory bound). ``None`` scores all K together.
+        It need not divide K: ``lax.map`` scores the remainder as a last, smaller chunk.
+      adapter: pass low-rank directions as :class:`zojax.nn.Perturbed` leaves (the model
+        must use :mod:`zojax.nn`); dense directions are always materialised.
+
+    >>> ZOSpec(eps=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: ZOSpec: eps must be > 0, got 0.0
+    """
+
+    noise: Noise = Gaussian()
+    eps: float = 1e-3
+    members: int = 1
+    scope: Any = None
+    sided: str = "two"
+    estimator: Any = None
+    chunk_size: int | None = None
+    adapter: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.noise, (Gaussian, Rademacher, LowRank)):
+            raise TypeError(f"ZOSpec: noise must be a zojax.noise kind, got {self.noise!r}")
+        if not self.eps > 0:
+            raise ValueError(f"ZOSpec: eps must be > 0, got {self.eps!r}")
+        if not isinstance(self.members, int) or self.members < 1:
+            raise ValueError(f"ZOSpec: members (K) must be an integer >= 1, got {self.members!r}")
+        if self.sided not in ("two", "one"):
+            raise ValueError(f"ZOSpec: sided must be 'two' or 'one', got {self.sided!r}")
+        if self.chunk_size is not None and (
+            not isinstance(self.chunk_size, int) or not 1 <= self.chunk_size
+        ):
+            raise ValueError(f"ZOSpec: chunk_size must be None or an integer >= 1, got {self.chunk_size!r}")
+        get_estimator(self.coefficient_fn_name)
+
+    @property
+    def coefficient_fn_name(self):
+        if self.estimator is not None:
+            return self.estimator
+        return "two_sided" if self.sided == "two" else "one_sided"
+
+    def coefficients(self, losses: jax.Array) -> jax.Array:
+        """Per-member coefficients from losses of shape (K, 2)."""
+        return get_estimator(self.coefficient_fn_name)(losses, self.eps)
+
+
+def perturb(trainable: PyTree, dirs: PyTree, scale, adapter: bool = False) -> PyTree:
+    """``theta + scale * z`` leaf by leaf; low-rank directions become ``Perturbed`` if ``adapter``."""
+
+    def one(x, d):
+        if isinstance(d, LowRankDirection):
+            u = d.u * jnp.asarray(scale, d.u.dtype)
+            if adapter:
+                return nn.Perturbed(x, d.v, u)
+            return (x + jnp.einsum("...ir,...or->...io", d.v, u)).astype(x.dtype)
+        return (x + jnp.asarray(scale, x.dtype) * d).astype(x.dtype)
+
+    return jax.tree.map(one, trainable, dirs, is_leaf=lambda d: isinstance(d, LowRankDirection))
+
+
+def population(spec: ZOSpec) -> tuple[jax.Array, jax.Array]:
+    """The (member, sign) pairs scored in one step, flattened to length 2K (or K one-sided).
+
+    >>> [a.tolist() for a in population(ZOSpec(members=2))]
+    [[0, 0, 1, 1], [1.0, -1.0, 1.0, -1.0]]
+    """
+    k = spec.members
+    if spec.sided == "two":
+        return jnp.repeat(jnp.arange(k), 2), jnp.tile(jnp.array([1.0, -1.0]), k)
+    return jnp.arange(k), jnp.ones((k,))
+
+
+def score(
+    loss_fn: Callable[[PyTree, Any], jax.Array],
+    params: PyTree,
+    batch: Any,
+    key: jax.Array,
+    step,
+    spec: ZOSpec,
+    *,
+    frozen: PyTree | None = None,
+) -> jax.Array:
+    """Losses at ``theta ± eps z_k`` for the K members of ``spec``, shape ``(K, 2)``.
+
+    ``params`` is the whole pytree (split with ``spec.scope``), or the trainable part
+    (``None`` at frozen leaves) when ``frozen`` is given. Traceable: call it inside
+    ``jax.jit`` (``zojax.step`` does).
+
+    >>> loss = lambda p, b: jnp.sum((p["w"] - b) ** 2)
+    >>> losses = score(loss, {"w": jnp.zeros(3)}, jnp.ones(3), jax.random.PRNGKey(0), 0,
+    ...                ZOSpec(members=4))
+    >>> losses.shape
+    (4, 2)
+    """
+    if frozen is None:
+        trainable, frozen = partition(params, spec.scope, spec.noise)
+    else:
+        trainable = params
+    _check_same_structure(trainable, frozen)
+    eps = jnp.asarray(spec.eps, jnp.float32)
+
+    def evaluate(member_and_sign):
+        member, sign = member_and_sign
+        dirs = directions(trainable, spec.noise, key, step, member)
+        perturbed = perturb(trainable, dirs, sign * eps, spec.adapter)
+        return loss_fn(combine(perturbed, frozen), batch).astype(jnp.float32)
+
+    members, signs = population(spec)
+    width = None if spec.chunk_size is None else spec.chunk_size * (2 if spec.sided == "two" else 1)
+    if width is None or width >= members.shape[0]:
+        losses = jax.vmap(evaluate)((members, signs))
+    else:
+        losses = jax.lax.map(evaluate, (members, signs), batch_size=width)
+    if spec.sided == "two":
+        return losses.reshape(spec.members, 2)
+    base = loss_fn(combine(trainable, frozen), batch).astype(jnp.float32)
+    return jnp.stack([jnp.broadcast_to(base, losses.shape), losses], axis=1)
+
+
+def _check_same_structure(trainable, frozen):
+    is_none = lambda x: x is None  # noqa: E731
+    a = jax.tree.structure(trainable, is_leaf=is_none)
+    b = jax.tree.structure(frozen, is_leaf=is_none)
+    if a != b:
+        raise ValueError(
+            "trainable and frozen pytrees do not match (did the parameters change shape "
+            f"since partition()?):\n  trainable: {a}\n  frozen:    {b}"
+        )

