@@ -7,15 +7,15 @@ import os
 import numpy as np
 import torch
 
-TINY = dict(
-    vocab_size=67,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,  # GQA
-    max_position_embeddings=64,
-)
+TINY = {
+    "vocab_size": 67,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # GQA
+    "max_position_embeddings": 64,
+}
 
 # name -> (model_type, config overrides)
 CONFIGS = {
@@ -23,6 +23,8 @@ CONFIGS = {
     "qwen2": ("qwen2", {}),  # q/k/v biases
     "qwen3": ("qwen3", {"head_dim": 12}),  # q/k RMSNorm per head, head_dim != hidden / heads
     "mistral_window": ("mistral", {"sliding_window": 3}),
+    # layer 0 full attention, layer 1 sliding (per-layer windows through the layer scan)
+    "qwen2_window": ("qwen2", {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 1}),
     "llama3_tied_bias": (
         "llama",
         {

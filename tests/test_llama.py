@@ -15,6 +15,8 @@ from model_fixtures import CONFIGS, hf_logits, hf_model, padded_batch, save_hf
 from zojax import nn as znn
 from zojax.models import generate, llama, loading
 
+pytestmark = pytest.mark.filterwarnings("ignore:no tokenizer files")
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -33,7 +35,7 @@ def loaded(checkpoint):
     @functools.cache
     def get(name):
         tm, path = checkpoint(name)
-        model, config, tok = loading.from_pretrained(path)
+        model, config, _ = loading.from_pretrained(path)
         return tm, model, config
 
     return get
@@ -67,8 +69,13 @@ def test_rope_frequencies_match_transformers(loaded):
     inv, s = llama.rope_frequencies(config)
     np.testing.assert_allclose(inv, ref.numpy(), rtol=1e-6)
     assert s == scale
-    for kind, extra in [("linear", {"factor": 2.0}), ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16})]:
-        hf = tm.config.__class__(**{**tm.config.to_dict(), "rope_parameters": {"rope_type": kind, "rope_theta": 5000.0, **extra}})
+    for kind, extra in [
+        ("linear", {"factor": 2.0}),
+        ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}),
+    ]:
+        hf = tm.config.__class__(
+            **{**tm.config.to_dict(), "rope_parameters": {"rope_type": kind, "rope_theta": 5000.0, **extra}}
+        )
         ref, scale = ROPE_INIT_FUNCTIONS[kind](hf)
         inv, s = llama.rope_frequencies(llama.Config.from_hf(hf))
         np.testing.assert_allclose(inv, ref.numpy(), rtol=1e-5)
@@ -88,27 +95,22 @@ def _loss_fn(graphdef):
     return loss
 
 
-def _perturb(state, key, eps, members=None, rank=2):
+def _perturb(state, seed, eps, members=None, rank=2):
     """Every >=2-D leaf as Perturbed(base, eps*v, u) (stacked kernels keep the layer axis on v/u);
     1-D leaves get a dense additive perturbation. ``members``: leading population axis on v/u and
-    on the dense leaves only (base shared)."""
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(key, len(leaves))
+    on the dense leaves only (base shared). numpy RNG: eager jax.random would compile per shape."""
+    rng = np.random.RandomState(seed)
     lead = () if members is None else (members,)
-    out = []
-    for k, a in zip(keys, leaves):
-        k1, k2 = jax.random.split(k)
-        if a.ndim == 3:
-            v = jax.random.normal(k1, lead + (a.shape[0], a.shape[1], rank))
-            u = jax.random.normal(k2, lead + (a.shape[0], a.shape[2], rank))
-            out.append(znn.Perturbed(a, eps * v, u))
-        elif a.ndim == 2:
-            v = jax.random.normal(k1, lead + (a.shape[0], rank))
-            u = jax.random.normal(k2, lead + (a.shape[1], rank))
-            out.append(znn.Perturbed(a, eps * v, u))
-        else:
-            out.append(a + eps * jax.random.normal(k1, lead + a.shape))
-    return jax.tree.unflatten(treedef, out)
+
+    def one(a):
+        if a.ndim >= 2:
+            stack, (d_in, d_out) = a.shape[:-2], a.shape[-2:]
+            v = rng.standard_normal(lead + stack + (d_in, rank)).astype(np.float32)
+            u = rng.standard_normal(lead + stack + (d_out, rank)).astype(np.float32)
+            return znn.Perturbed(a, jnp.asarray(eps * v), jnp.asarray(u))
+        return a + jnp.asarray(eps * rng.standard_normal(lead + a.shape).astype(np.float32))
+
+    return jax.tree.map(one, state)
 
 
 @pytest.mark.parametrize("name", ["llama3_tied_bias"])  # biases, tied Perturbed embedding
@@ -117,18 +119,18 @@ def test_adapter_path_equals_materialized(loaded, name):
     graphdef, state = nnx.split(model)
     loss = jax.jit(_loss_fn(graphdef))
     ids, mask = padded_batch(config.vocab_size)
-    dense = lambda s: jax.tree.map(znn.materialize, s, is_leaf=znn.is_perturbed)  # noqa: E731
+    dense = lambda s: jax.tree.map(znn.materialize, s, is_leaf=znn.is_perturbed)
     with jax.default_matmul_precision("highest"):
         base_loss = loss(state, ids, mask)
         for eps in (1e-2, -1e-2):
-            s = _perturb(state, jax.random.key(0), eps)
+            s = _perturb(state, 0, eps)
             lp, ld = loss(s, ids, mask), loss(dense(s), ids, mask)
             np.testing.assert_allclose(lp, ld, rtol=1e-5)
             assert abs(float(lp) - float(base_loss)) > 1e-5  # the perturbation did something
 
         # Population: v/u (and dense leaves) batched, every base unbatched.
         K = 3
-        pop = _perturb(state, jax.random.key(1), 1e-2, members=K)
+        pop = _perturb(state, 1, 1e-2, members=K)
         axes = jax.tree.map(
             lambda x: znn.Perturbed(None, 0, 0) if znn.is_perturbed(x) else 0, pop, is_leaf=znn.is_perturbed
         )
@@ -136,7 +138,7 @@ def test_adapter_path_equals_materialized(loaded, name):
         got = jax.jit(vloss)(pop, ids, mask)
         for k in range(K):
             member = jax.tree.map(
-                lambda x: znn.Perturbed(x.base, x.v[k], x.u[k]) if znn.is_perturbed(x) else x[k],
+                lambda x, k=k: znn.Perturbed(x.base, x.v[k], x.u[k]) if znn.is_perturbed(x) else x[k],
                 pop,
                 is_leaf=znn.is_perturbed,
             )
@@ -153,9 +155,9 @@ def test_adapter_path_equals_materialized(loaded, name):
 def test_logits_positions_match_slicing(loaded):
     _, model, config = loaded("qwen2")
     ids, mask = padded_batch(config.vocab_size)
-    full = model(ids, mask)
+    full = jax.jit(lambda m, i, k: m(i, k))(model, ids, mask)
     pos = np.array([[6, 2], [4, 0], [6, 5]], np.int32)
-    part = model(ids, mask, logits_positions=pos)
+    part = jax.jit(lambda m, i, k, p: m(i, k, logits_positions=p))(model, ids, mask, pos)
     assert part.shape == (3, 2, config.vocab_size)
     np.testing.assert_allclose(part, np.take_along_axis(np.asarray(full), pos[..., None], 1), atol=1e-5)
 
@@ -174,12 +176,12 @@ def _greedy_no_cache(model, prompt, n, width=16):
         mask = (np.arange(width) < len(seq)).astype(np.int32)[None]
         logits = _last_logits(model, ids, mask, np.array([[len(seq) - 1]], np.int32))
         seq.append(int(jnp.argmax(logits[0])))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen3"])
 def test_kv_cache_generation_matches_no_cache(loaded, name):
-    _, model, config = loaded(name)
+    _, model, _ = loaded(name)
     prompts = [[5, 9, 13, 2, 7], [11, 3], [1, 60, 33, 8, 9, 10, 4, 2, 6]]
     got = generate(model, None, prompts, max_new_tokens=6, eos_token_id=(), bucket=4)
     assert got.shape == (3, 6)
@@ -192,18 +194,20 @@ def test_cache_prefill_logits_match_full_forward(loaded):
     _, model, config = loaded("mistral_window")
     ids, mask = padded_batch(config.vocab_size)
     mask[1] = 1  # cache callers append: no right padding
-    full = np.asarray(model(ids, mask))
+    full = np.asarray(jax.jit(lambda m, i, k: m(i, k))(model, ids, mask))
+    step = jax.jit(lambda m, i, k, c: m(i, k, cache=c))
     cache = model.init_cache(3, 10)
-    a, cache = model(ids[:, :4], mask[:, :4], cache=cache)
-    b, cache = model(ids[:, 4:], mask[:, 4:], cache=cache)
+    a, cache = step(model, ids[:, :4], mask[:, :4], cache)
+    b, cache = step(model, ids[:, 4:], mask[:, 4:], cache)
     got = np.concatenate([a, b], 1)
     np.testing.assert_allclose(got[mask.astype(bool)], full[mask.astype(bool)], atol=1e-5)
     assert int(cache["index"]) == 7
 
 
-def test_module_jits_with_param_dtype_bf16(loaded):
-    _, _, config = loaded("llama")
-    m = llama.Model(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    assert m.layers.self_attn.q_proj.kernel[...].dtype == jnp.bfloat16
-    out = jax.jit(lambda m, i: m(i))(m, jnp.ones((1, 4), jnp.int32))
+def test_bf16_params_and_compute(checkpoint):
+    _, path = checkpoint("llama")
+    m, _, _ = loading.from_pretrained(path, param_dtype=jnp.bfloat16)  # dtype defaults to param_dtype
+    assert m.layers.self_attn.q_proj.kernel[...].dtype == jnp.bfloat16 and m.dtype == jnp.bfloat16
+    ids, mask = padded_batch(m.config.vocab_size)
+    out = jax.jit(lambda m, i, k: m(i, k))(m, ids, mask)
     assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))

@@ -35,6 +35,7 @@ __all__ = [
     "leaf_direction",
     "directions",
     "dense_direction",
+    "is_matrix",
 ]
 
 PyTree = Any
@@ -52,13 +53,15 @@ class Rademacher:
 
 @dataclasses.dataclass(frozen=True)
 class LowRank:
-    """LoZO directions ``Z = V U^T`` for every leaf with ``ndim >= 2``.
+    """LoZO directions ``Z = V U^T`` for every matrix leaf.
 
     For a weight stored ``(..., d_in, d_out)``, ``V`` (``d_in x rank``) is resampled only
     every ``refresh_every`` steps (the lazy factor) and ``U`` (``d_out x rank``) is fresh
     every step -- LoZO's ``U V^T`` for torch's ``(d_out, d_in)`` layout. Leading axes
     (stacked layers) get independent factors. 1-D leaves get dense Gaussian directions
-    (``vectors="dense"``, as the official LoZO) or are frozen (``vectors="exclude"``).
+    (``vectors="dense"``, as the official LoZO) or are frozen (``vectors="exclude"``);
+    a stacked per-layer vector (``layers/.../scale`` of shape (L, d)) counts as 1-D
+    (see :func:`is_matrix`).
 
     >>> LowRank(rank=2, refresh_every=100).rank
     2
@@ -116,6 +119,20 @@ class LowRankDirection:
 
 # --- paths and scopes -------------------------------------------------------------------
 
+# zojax models stack their decoder layers under a ``layers`` module: those leaves carry one
+# leading layer axis, so a per-layer norm scale (L, d) is a stack of vectors, not a matrix.
+STACKED_PATTERN = re.compile(r"(^|/)layers/")
+
+
+def is_matrix(path: str, shape) -> bool:
+    """Whether a leaf is (a stack of) matrices, i.e. gets low-rank directions.
+
+    >>> is_matrix("layers/input_layernorm/scale", (30, 576)), is_matrix("lm_head/kernel", (576, 10))
+    (False, True)
+    """
+    return len(shape) - (1 if STACKED_PATTERN.search(path) else 0) >= 2
+
+
 _PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)"
 SCOPE_PRESETS: dict[str, str] = {
     # attention and MLP projection weights only (the seed paper's "lora-only" scope)
@@ -171,7 +188,7 @@ def _scope_predicate(scope) -> Callable[[str, Any], bool]:
 def _is_trainable(path: str, leaf, predicate, noise) -> bool:
     if leaf is None or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
         return False
-    if isinstance(noise, LowRank) and noise.vectors == "exclude" and jnp.ndim(leaf) < 2:
+    if isinstance(noise, LowRank) and noise.vectors == "exclude" and not is_matrix(path, jnp.shape(leaf)):
         return False
     return bool(predicate(path, leaf))
 
@@ -247,7 +264,7 @@ def dense_direction(noise: Noise, key, shape, dtype) -> jax.Array:
 
 def leaf_direction(noise: Noise, key, step, member, path: str, shape, dtype):
     """The direction of one leaf: a dense array, or a :class:`LowRankDirection`."""
-    if isinstance(noise, LowRank) and len(shape) >= 2:
+    if isinstance(noise, LowRank) and is_matrix(path, shape):
         lead, d_in, d_out = tuple(shape[:-2]), shape[-2], shape[-1]
         step = jnp.asarray(step)
         v_step = (step // noise.refresh_every) * noise.refresh_every

@@ -33,6 +33,7 @@ from zojax.noise import (
     combine,
     dense_direction,
     directions,
+    is_matrix,
     leaf_direction,
     leaf_key,
     partition,
@@ -93,7 +94,7 @@ def _leaf_gradient(grad: ZOGrad, path: str, x) -> jax.Array:
     """``mean_k c_k z_k`` for one leaf, never holding K dense directions at once."""
     k = grad.coeffs.shape[0]
     c = grad.coeffs.astype(jnp.float32) / k
-    if isinstance(grad.noise, LowRank) and x.ndim >= 2:
+    if isinstance(grad.noise, LowRank) and is_matrix(path, x.shape):
         d = _member_directions(grad, path, x)
         # sum_k c_k V_k U_k^T as one matmul over the concatenated rank axis
         return jnp.einsum("k,k...ir,k...or->...io", c.astype(x.dtype), d.v, d.u)
@@ -117,7 +118,7 @@ def _as_schedule(learning_rate) -> Schedule:
 
 def _default_decay_mask(path: str, x) -> bool:
     # MeZO skips weight decay for biases and norm weights (the 1-D leaves).
-    return x.ndim >= 2
+    return is_matrix(path, x.shape)
 
 
 class ScheduleState(NamedTuple):
@@ -130,7 +131,7 @@ def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=_default_decay_m
     Lean: each leaf's update is computed from regenerated directions on its own (low-rank
     directions as one rank-Kr matmul), so no whole-model dense gradient is kept.
     ``learning_rate`` is a float or an optax schedule; ``decay_mask(path, leaf)`` picks
-    the leaves that get weight decay (default: ``ndim >= 2``).
+    the leaves that get weight decay (default: matrices, see :func:`zojax.noise.is_matrix`).
 
     >>> opt = zo_sgd(0.1)
     >>> p = {"w": jnp.zeros(3)}
@@ -208,7 +209,7 @@ def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise
 
     def init(params):
         def one(path, x):
-            if x.ndim >= 2:
+            if is_matrix(path, x.shape):
                 return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
             return jnp.zeros_like(x)
 
@@ -222,7 +223,7 @@ def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise
         k = c.shape[0]
 
         def one(path, x, n):
-            if x.ndim < 2:
+            if not is_matrix(path, x.shape):
                 z = _leaf_gradient(grad, path, x)
                 n = beta * n + (1 - beta) * z
                 upd = n + (weight_decay * x if weight_decay else 0.0)
@@ -234,7 +235,7 @@ def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise
             n = jnp.where(refreshed, jnp.einsum("k...or,k...rs->k...os", n, reproject), n)
             n = beta * n + (1 - beta) * c.reshape((k,) + (1,) * (n.ndim - 1)).astype(x.dtype) * d.u
             upd = jnp.einsum("k...ir,k...or->...io", d.v, n) / k
-            if weight_decay and x.ndim >= 2:
+            if weight_decay:
                 upd = upd + weight_decay * x
             return (-lr * upd).astype(x.dtype), n
 
@@ -265,7 +266,7 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int):
 
     def init(params):
         def one(path, x):
-            if x.ndim >= 2:
+            if is_matrix(path, x.shape):
                 return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
             return None
 
@@ -279,7 +280,7 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int):
         fold = (grad.step + 1) % noise.refresh_every == 0
 
         def one(path, x, acc):
-            if x.ndim < 2:
+            if not is_matrix(path, x.shape):
                 return (-lr * _leaf_gradient(grad, path, x)).astype(x.dtype), None
             d = _member_directions(grad, path, x)
             acc = acc - (lr * c.reshape((-1,) + (1,) * (acc.ndim - 1))).astype(x.dtype) * d.u

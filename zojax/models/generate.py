@@ -69,19 +69,26 @@ def generate(
       For string prompts with a tokenizer: the decoded continuation(s) (str or list of str,
       matching ``prompts``); otherwise an int array ``(batch, max_new_tokens)`` of new tokens.
 
-    >>> generate(model, tok, "The capital of France is", max_new_tokens=5)  # doctest: +SKIP
-    ' Paris. It is the'
+    >>> model, _, tok = zojax.models.from_pretrained("smollm2-135m")  # doctest: +SKIP
+    >>> "Paris" in generate(model, tok, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
+    True
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     single = isinstance(prompts, str)
-    texts = single or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str))
+    texts = single or (
+        isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], str)
+    )
     if texts:
         if tokenizer is None:
             raise ValueError("string prompts need a tokenizer")
         seqs = [list(tokenizer(p)["input_ids"]) for p in _as_list(prompts)]
     else:
-        seqs = [[int(t) for t in s] for s in np.atleast_2d(np.asarray(prompts))] if isinstance(prompts, np.ndarray) else [[int(t) for t in s] for s in prompts]
+        if isinstance(prompts, (np.ndarray, jax.Array)):
+            prompts = np.atleast_2d(np.asarray(prompts)).tolist()
+        elif len(prompts) > 0 and np.ndim(prompts[0]) == 0:  # one prompt as a flat id list
+            prompts = [prompts]
+        seqs = [[int(t) for t in s] for s in prompts]
     if not seqs or any(len(s) == 0 for s in seqs):
         raise ValueError("every prompt needs at least one token")
 
@@ -103,14 +110,20 @@ def generate(
     ids = np.full((B, T), pad_token_id, np.int32)
     mask = np.zeros((B, T), np.int32)
     for i, s in enumerate(seqs):
-        ids[i, T - len(s):] = s
-        mask[i, T - len(s):] = 1
+        ids[i, T - len(s) :] = s
+        mask[i, T - len(s) :] = 1
 
     graphdef, state = nnx.split(model)
     cache = model.init_cache(B, T + max_new_tokens)
     out = _greedy(
-        graphdef, state, jnp.asarray(ids), jnp.asarray(mask), cache,
-        max_new_tokens=max_new_tokens, eos=eos, pad=int(pad_token_id),
+        graphdef,
+        state,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        cache,
+        max_new_tokens=max_new_tokens,
+        eos=eos,
+        pad=int(pad_token_id),
     )
     out = np.asarray(out)
     if not texts:

@@ -99,22 +99,22 @@ def hf_config_from_gguf(reader, path: str | os.PathLike = "") -> Any:
         rope["factor"] = float(a("rope.scaling.factor", 1.0))
         if a("rope.scaling.original_context_length") is not None:
             rope["original_max_position_embeddings"] = int(a("rope.scaling.original_context_length"))
-    kw: dict[str, Any] = dict(
-        vocab_size=int(vocab),
-        hidden_size=hidden,
-        intermediate_size=int(a("feed_forward_length")),
-        num_hidden_layers=int(a("block_count")),
-        num_attention_heads=heads,
-        num_key_value_heads=int(kv),
-        head_dim=int(head_dim),
-        max_position_embeddings=int(a("context_length", 2048)),
-        rms_norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_parameters=rope,
-        tie_word_embeddings="output.weight" not in names,
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
-        pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
-    )
+    kw: dict[str, Any] = {
+        "vocab_size": int(vocab),
+        "hidden_size": hidden,
+        "intermediate_size": int(a("feed_forward_length")),
+        "num_hidden_layers": int(a("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(kv),
+        "head_dim": int(head_dim),
+        "max_position_embeddings": int(a("context_length", 2048)),
+        "rms_norm_eps": float(a("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_parameters": rope,
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+    }
     if model_type == "llama":
         kw["attention_bias"] = "blk.0.attn_q.bias" in names
     if model_type == "mistral" and a("attention.sliding_window") is not None:
@@ -182,9 +182,34 @@ def load_gguf(path: str | os.PathLike, *, dtype=None, param_dtype=None, tokenize
         dtype=dtype,
         param_dtype=jnp.float32 if param_dtype is None else param_dtype,
     )
-    tok = None
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok = gguf_tokenizer(reader) if tokenizer else None
     return model, config, tok
+
+
+def gguf_tokenizer(reader):
+    """The tokenizer stored in a GGUF file, as a ``PreTrainedTokenizerFast``.
+
+    Builds the same tokenizer as ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` from the
+    metadata read with the ``gguf`` package, because transformers' own GGUF metadata reader
+    imports torch, which zojax does not need.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        _SPECIAL_TOKENS,
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
+    )
+
+    metadata = {k: _field(reader, k) for k in reader.fields if k.startswith(("tokenizer.", "general.architecture"))}
+    grouped = {
+        group: {name: metadata[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in metadata}
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
+    tokenizer_dict, tokenizer_config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if tokenizer_dict.get("tokenizer_type") == "llama":
+        tokenizer_config.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece vocabularies
+    for name, key in _SPECIAL_TOKENS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        tokenizer_config[name] = tokenizer_dict["tokens"][token_id] if token_id is not None else None
+    backend, extra = convert_gguf_tokenizer(metadata["general.architecture"], tokenizer_dict)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)

@@ -140,7 +140,9 @@ class Config:
             raise ValueError(f"unsupported model_type {self.model_type!r}; known: {MODEL_TYPES}")
         rope = self.rope_params
         if rope.get("rope_type", "default") not in _ROPE_TYPES:
-            raise NotImplementedError(f"rope_type {rope['rope_type']!r} is not supported; known: {_ROPE_TYPES}")
+            raise NotImplementedError(
+                f"rope_type {rope['rope_type']!r} is not supported; known: {_ROPE_TYPES}"
+            )
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
             raise NotImplementedError("partial_rotary_factor != 1 is not supported by the Llama family")
 
@@ -210,24 +212,26 @@ class Config:
         from transformers import AutoConfig
 
         rope = {"rope_theta": self.rope_theta, "rope_type": "default", **self.rope_params}
-        kw: dict[str, Any] = dict(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            head_dim=self.head_dim,
-            hidden_act=self.hidden_act,
-            max_position_embeddings=self.max_position_embeddings,
-            rms_norm_eps=self.rms_norm_eps,
-            rope_parameters=rope,
-            tie_word_embeddings=self.tie_word_embeddings,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
-            pad_token_id=self.pad_token_id,
-            architectures=[_ARCH_OF[self.model_type]],
-        )
+        kw: dict[str, Any] = {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": self.hidden_act,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": rope,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_id)
+            if isinstance(self.eos_token_id, tuple)
+            else self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "architectures": [_ARCH_OF[self.model_type]],
+        }
         t = self.model_type
         if t in ("llama", "qwen3"):
             if self.qkv_bias != self.o_bias:
@@ -347,7 +351,7 @@ class _Embed(nnx.Module):
 class _Attention(nnx.Module):
     def __init__(self, c: Config, *, param_dtype, rngs):
         L, d, hd = c.num_hidden_layers, c.hidden_size, c.head_dim
-        kw = dict(stack=L, param_dtype=param_dtype, rngs=rngs)
+        kw = {"stack": L, "param_dtype": param_dtype, "rngs": rngs}
         self.q_proj = _Linear(d, c.num_attention_heads * hd, bias=c.qkv_bias, **kw)
         self.k_proj = _Linear(d, c.num_key_value_heads * hd, bias=c.qkv_bias, **kw)
         self.v_proj = _Linear(d, c.num_key_value_heads * hd, bias=c.qkv_bias, **kw)
@@ -361,7 +365,7 @@ class _Attention(nnx.Module):
 
 class _MLP(nnx.Module):
     def __init__(self, c: Config, *, param_dtype, rngs):
-        kw = dict(bias=c.mlp_bias, stack=c.num_hidden_layers, param_dtype=param_dtype, rngs=rngs)
+        kw = {"bias": c.mlp_bias, "stack": c.num_hidden_layers, "param_dtype": param_dtype, "rngs": rngs}
         self.gate_proj = _Linear(c.hidden_size, c.intermediate_size, **kw)
         self.up_proj = _Linear(c.hidden_size, c.intermediate_size, **kw)
         self.down_proj = _Linear(c.intermediate_size, c.hidden_size, **kw)
@@ -546,9 +550,9 @@ class Model(nnx.Module):
 
     >>> c = Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
     ...            num_attention_heads=4, num_key_value_heads=2)
-    >>> m = Model(c, rngs=nnx.Rngs(0))
-    >>> m(jnp.zeros((2, 5), jnp.int32)).shape
-    (2, 5, 32)
+    >>> m = nnx.eval_shape(lambda: Model(c, rngs=nnx.Rngs(0)))  # abstract: shapes only
+    >>> m.layers.self_attn.k_proj.kernel.shape  # (layers, d_in, kv_heads * head_dim)
+    (2, 16, 8)
     """
 
     def __init__(self, config: Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -562,7 +566,9 @@ class Model(nnx.Module):
         if c.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = _Linear(c.hidden_size, c.vocab_size, bias=False, stack=None, param_dtype=param_dtype, rngs=rngs)
+            self.lm_head = _Linear(
+                c.hidden_size, c.vocab_size, bias=False, stack=None, param_dtype=param_dtype, rngs=rngs
+            )
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> dict[str, jax.Array]:
         """An empty KV cache for :meth:`__call__`.
@@ -665,7 +671,15 @@ def hf_param_map(config: Config) -> dict[str, ParamSpec]:
     }
     if not c.tie_word_embeddings:
         out["lm_head.weight"] = ParamSpec(("lm_head", "kernel"), None, _transpose, _transpose)
-    linears = [("self_attn", n, b) for n, b in (("q_proj", c.qkv_bias), ("k_proj", c.qkv_bias), ("v_proj", c.qkv_bias), ("o_proj", c.o_bias))]
+    linears = [
+        ("self_attn", n, b)
+        for n, b in (
+            ("q_proj", c.qkv_bias),
+            ("k_proj", c.qkv_bias),
+            ("v_proj", c.qkv_bias),
+            ("o_proj", c.o_bias),
+        )
+    ]
     linears += [("mlp", n, c.mlp_bias) for n in ("gate_proj", "up_proj", "down_proj")]
     norms = [("input_layernorm",), ("post_attention_layernorm",)]
     if c.qk_norm:
@@ -678,5 +692,7 @@ def hf_param_map(config: Config) -> dict[str, ParamSpec]:
             if bias:
                 out[hf + ".bias"] = ParamSpec(("layers", group, name, "bias"), i, _identity, _identity)
         for parts in norms:
-            out[pre + ".".join(parts) + ".weight"] = ParamSpec(("layers", *parts, "scale"), i, _identity, _identity)
+            out[pre + ".".join(parts) + ".weight"] = ParamSpec(
+                ("layers", *parts, "scale"), i, _identity, _identity
+            )
     return out

