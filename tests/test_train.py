@@ -201,19 +201,26 @@ def test_missing_data_file_and_columns(assets, tmp_path):
         train(cfg)
 
 
-def test_truncation_is_counted_and_non_finite_losses_stop_the_run(assets, tmp_path):
+def test_truncation_is_counted_and_non_finite_losses_stop_the_run(assets, tmp_path, caplog):
     from zojax.train import TrainingError, train
 
     cfg = load_config(_config(assets, tmp_path / "trunc", task__max_length=8, train__steps=4, train__eval_every=0))
-    with pytest.warns(UserWarning):
-        summary = train(cfg)
-    assert summary["truncated_examples"] > 0
-    # a huge learning rate drives the weights to inf: steps are skipped, then the run stops
+    summary = train(cfg)
+    assert summary["truncated_examples"] == 220  # every example of the three splits
+    assert "truncated from the left" in caplog.text
+    # an objective that turns non-finite after a good checkpoint: the steps are skipped, then the run stops
+    from zojax import tasks
+
+    tasks.register_objective("nan_for_test", lambda lp, batch: jnp.nan * lp.sum())
     out = tmp_path / "nan"
-    cfg = load_config(_config(assets, out, optim__lr=1e30, train__max_consecutive_skips=3, train__steps=40))
-    with pytest.raises(TrainingError, match="consecutive steps had non-finite losses"):
-        train(cfg)
-    assert (out / "checkpoints" / "4").exists()  # the last good checkpoint stays
+    train(load_config(_config(assets, out, train__stop_after=4, train__eval_every=0)))
+    cfg = load_config(_config(assets, out, train__objective="nan_for_test", train__max_consecutive_skips=3, train__eval_every=0))
+    with pytest.raises(TrainingError, match="3 consecutive steps had non-finite losses.*step 4"):
+        train(cfg, resume=True)
+    from zojax.train import build_run, trained_params
+
+    _, step = trained_params(build_run(cfg), out)  # the last good checkpoint is intact and restorable
+    assert step == 4
 
 
 def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path):

@@ -92,8 +92,13 @@ class Checkpointer:
                 return self._restore(step, template)
             except Exception as e:  # noqa: BLE001 -- any failure means this checkpoint is unusable
                 older = steps[-2 - i] if i + 1 < len(steps) else None
+                # set aside (not deleted), so the resumed run can write this step again
+                aside = self.directory / f"{step}.unreadable"
+                (self.directory / str(step)).rename(aside)
+                self.manager.reload()
                 warnings.warn(
                     f"checkpoint {self.directory / str(step)} could not be restored ({type(e).__name__}: {e}); "
+                    f"moved to {aside}; "
                     + (f"falling back to step {older}" if older is not None else "no older checkpoint left"),
                     stacklevel=2,
                 )

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from zojax.config import ConfigError, describe, load_config
+from zojax.parallel import MeshError
 
 __all__ = ["main"]
 
@@ -76,19 +77,17 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coordinator", default=None, help="coordinator address host:port for jax.distributed")
     g.add_argument("--num-processes", type=int, default=None, help="number of processes in the job")
     g.add_argument("--process-id", type=int, default=None, help="this process's index")
+    g.add_argument(
+        "--distributed", action="store_true",
+        help="jax.distributed.initialize() with the cluster detected by JAX (TPU pods, SLURM, Open MPI); "
+        "or set ZOJAX_DISTRIBUTED=1",
+    )
 
 
 def _maybe_distributed(args) -> None:
-    import os
+    from zojax.parallel import initialize
 
-    coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if not coordinator:
-        return
-    import jax
-
-    num = args.num_processes if args.num_processes is not None else int(os.environ["JAX_NUM_PROCESSES"])
-    pid = args.process_id if args.process_id is not None else int(os.environ["JAX_PROCESS_ID"])
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
+    initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
 
 
 def _run_config(args, run_dir: str | None):
@@ -105,6 +104,10 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, resume=args.resume)
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(f"summary: {Path(cfg.train.output_dir) / 'summary.json'}")
     keys = ("zero_shot_accuracy", "final_accuracy", "steps", "wall_seconds", "steps_per_second", "peak_memory_mb")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         _maybe_distributed(args)
         handler = {"train": _cmd_train, "eval": _cmd_eval, "replay": _cmd_replay, "export": _cmd_export}[args.command]
         return handler(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, MeshError, FileNotFoundError, FileExistsError) as e:
         print(f"zojax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

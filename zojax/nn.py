@@ -70,12 +70,28 @@ def dense(x: jax.Array, w, bias=None, *, precision=None) -> jax.Array:
     if isinstance(w, Perturbed):
         y = jnp.matmul(x, w.base.astype(x.dtype), precision=precision)
         low = jnp.matmul(x, w.v.astype(x.dtype), precision=precision)
-        y = y + jnp.matmul(low, jnp.swapaxes(w.u, -1, -2).astype(x.dtype), precision=precision)
+        y = _add_low_rank(y, low, w.u.astype(x.dtype), precision)
     else:
         y = jnp.matmul(x, w.astype(x.dtype), precision=precision)
     if bias is not None:
         y = y + materialize(bias).astype(y.dtype)
     return y
+
+
+# Up to this rank, ``low @ u.T`` is added as ``r`` broadcast products (one elementwise pass
+# that XLA fuses with the base matmul's output) instead of a contraction-r dot that writes
+# a second ``(rows, d_out)`` array: a dot with a tiny contraction dimension is memory-bound.
+_ELEMENTWISE_MAX_RANK = 4
+
+
+def _add_low_rank(y, low, u, precision=None):
+    """``y + low @ u.T`` for ``low (..., rows, r)`` and ``u (..., d_out, r)`` (matmul broadcasting)."""
+    r = u.shape[-1]
+    if r <= _ELEMENTWISE_MAX_RANK and low.ndim >= 2:
+        for j in range(r):
+            y = y + low[..., j : j + 1] * jnp.expand_dims(u[..., j], -2)
+        return y
+    return y + jnp.matmul(low, jnp.swapaxes(u, -1, -2), precision=precision)
 
 
 def embed(ids: jax.Array, table) -> jax.Array:

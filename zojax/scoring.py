@@ -9,9 +9,10 @@ Two representations of a perturbed leaf share one code path:
   call :mod:`zojax.nn` compute ``x @ W + (x @ v) @ u.T`` and, under ``vmap``, XLA folds the
   population into the batch of the big matmul.
 
-The population of ``(member, sign)`` pairs is ``vmap``-ped, in chunks of ``chunk_size``
-members (``lax.map(..., batch_size=...)``), so a dense step holds about ``chunk_size``
-extra copies of the trainable leaves rather than K.
+The population is ``vmap``-ped over members, in chunks of ``chunk_size`` members
+(``lax.map(..., batch_size=...)``), and over the signs inside a member, so a member's
+directions are drawn once for both signs and a dense step holds about ``chunk_size``
+extra copies of the trainable leaves (two per member: one per sign) rather than K.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from zojax import nn
 from zojax.estimators import get_estimator
@@ -39,6 +41,28 @@ from zojax.noise import (
 __all__ = ["ZOSpec", "score", "perturb", "population"]
 
 PyTree = Any
+
+
+def _fuse_threefry_on_cpu() -> None:
+    """Lower threefry2x32 on CPU as straight-line code (what every other platform gets).
+
+    jax lowers it on CPU as a 5-iteration ``while`` loop to save compile time; each
+    iteration is then a separate pass over the whole counter array, which makes dense
+    Gaussian directions (MeZO: one normal per parameter, drawn for scoring and again for
+    the update) 3-5x slower than the straight-line form, which XLA fuses into a single
+    elementwise loop with the uniform/normal transform. Same bits, same values: only the
+    lowering changes. Skipped quietly if jax's internals move.
+    """
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32 as _tf
+
+        mlir.register_lowering(_tf.threefry2x32_p, _tf._threefry2x32_lowering_rule, platform="cpu")
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the jax version
+        pass
+
+
+_fuse_threefry_on_cpu()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +160,19 @@ def score(
     spec: ZOSpec,
     *,
     frozen: PyTree | None = None,
+    mesh=None,
 ) -> jax.Array:
     """Losses at ``theta ± eps z_k`` for the K members of ``spec``, shape ``(K, 2)``.
 
     ``params`` is the whole pytree (split with ``spec.scope``), or the trainable part
     (``None`` at frozen leaves) when ``frozen`` is given. Traceable: call it inside
     ``jax.jit`` (``zojax.step`` does).
+
+    With a ``mesh`` (:func:`zojax.parallel.make_mesh`) the members are split over its
+    ``pop`` axis with ``jax.shard_map``: each device scores K/pop members, both signs (in
+    chunks of ``chunk_size``) against the weights it already holds -- replicated over
+    ``pop``, possibly sharded over ``model`` -- and the losses, replicated on return, are
+    the only values that cross ``pop``.
 
     >>> loss = lambda p, b: jnp.sum((p["w"] - b) ** 2)
     >>> losses = score(loss, {"w": jnp.zeros(3)}, jnp.ones(3), jax.random.PRNGKey(0), 0,
@@ -156,22 +187,48 @@ def score(
     _check_same_structure(trainable, frozen)
     eps = jnp.asarray(spec.eps, jnp.float32)
 
-    def evaluate(member_and_sign):
-        member, sign = member_and_sign
-        dirs = directions(trainable, spec.noise, key, step, member)
-        perturbed = perturb(trainable, dirs, sign * eps, spec.adapter)
-        return loss_fn(combine(perturbed, frozen), batch).astype(jnp.float32)
+    signs = jnp.array([1.0, -1.0]) if spec.sided == "two" else jnp.ones((1,))
 
-    members, signs = population(spec)
-    width = None if spec.chunk_size is None else spec.chunk_size * (2 if spec.sided == "two" else 1)
-    if width is None or width >= members.shape[0]:
-        losses = jax.vmap(evaluate)((members, signs))
+    def score_members(members, trainable, frozen, batch, key, step):
+        def evaluate(member):
+            # A member's directions are drawn once and shared by its signs (vmapped inside),
+            # so a dense direction is generated once per member, not once per (member, sign).
+            dirs = directions(trainable, spec.noise, key, step, member)
+
+            def one_sign(sign):
+                perturbed = perturb(trainable, dirs, sign * eps, spec.adapter)
+                return loss_fn(combine(perturbed, frozen), batch).astype(jnp.float32)
+
+            return jax.vmap(one_sign)(signs)
+
+        if spec.chunk_size is None or spec.chunk_size >= members.shape[0]:
+            return jax.vmap(evaluate)(members)
+        return jax.lax.map(evaluate, members, batch_size=spec.chunk_size)
+
+    members = jnp.arange(spec.members)
+    from zojax import parallel
+
+    if mesh is None or parallel.pop_size(mesh) == 1:
+        losses = score_members(members, trainable, frozen, batch, key, step)
     else:
-        losses = jax.lax.map(evaluate, (members, signs), batch_size=width)
+        parallel.check_population(mesh, spec.members)
+        # Manual over 'pop' only: each device scores its K/pop members; 'model' stays automatic
+        # (GSPMD partitions the weights and inserts the collectives).
+        sharded = jax.shard_map(
+            score_members,
+            mesh=mesh,
+            in_specs=(P(parallel.POP), P(), P(), P(), P(), P()),
+            out_specs=P(parallel.POP),
+            axis_names={parallel.POP},
+            check_vma=False,
+        )
+        losses = sharded(members, trainable, frozen, batch, key, jnp.asarray(step))
+        # the K x 2 losses are all that crosses 'pop': every device gets all of them
+        losses = jax.lax.with_sharding_constraint(losses, parallel.replicated(mesh))
     if spec.sided == "two":
-        return losses.reshape(spec.members, 2)
+        return losses
     base = loss_fn(combine(trainable, frozen), batch).astype(jnp.float32)
-    return jnp.stack([jnp.broadcast_to(base, losses.shape), losses], axis=1)
+    return jnp.concatenate([jnp.broadcast_to(base, losses.shape), losses], axis=1)
 
 
 def _check_same_structure(trainable, frozen):

@@ -18,6 +18,7 @@ Run directory layout::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import optax
 import yaml
 from flax import nnx
 
-from zojax import tasks
+from zojax import parallel, tasks
 from zojax.checkpoint import Checkpointer
 from zojax.config import RunConfig
 from zojax.noise import Factorized, Gaussian, LowRank, combine
@@ -129,6 +130,31 @@ class Run:
     loss_fn: Any
     metrics_fn: Any
     data_info: dict
+    mesh: Any = None  # jax.sharding.Mesh of cfg.mesh, or None for a single device
+
+
+@functools.lru_cache(maxsize=None)
+def _task_functions(graphdef, objective_name: str):
+    """Loss and metric functions of a model structure, cached so that jit's cache (keyed on these
+    static functions) is reused by every run of the same model in a process."""
+    objective = tasks.get_objective(objective_name)
+    metric_sums = tasks.lm_metric_sums if objective_name == "lm" else tasks.metric_sums
+
+    def loss_fn(p, batch):
+        return objective(_apply_fn(graphdef, p), batch)
+
+    def metrics_fn(p, batch):
+        return metric_sums(_apply_fn(graphdef, p), batch)
+
+    return loss_fn, jax.jit(metrics_fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_optimizer(optim_json: str, steps: int, spec: ZOSpec) -> optax.GradientTransformation:
+    from zojax.config import OptimConfig
+
+    cfg = RunConfig(optim=OptimConfig.model_validate_json(optim_json), train={"steps": steps})
+    return make_optimizer(cfg, spec)
 
 
 def _apply_fn(graphdef, params):
@@ -181,16 +207,9 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         if len(enc) == 0:
             raise ValueError(f"task {t.name!r} from {source!r}: the {name} split is empty")
 
-    objective = tasks.get_objective("lm" if t.name == "lm" else cfg.train.objective)
-    metric_sums = tasks.lm_metric_sums if t.name == "lm" else tasks.metric_sums
-
-    def loss_fn(p, batch):
-        return objective(_apply_fn(graphdef, p), batch)
-
-    def metrics_fn(p, batch):
-        return metric_sums(_apply_fn(graphdef, p), batch)
-
+    loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective)
     spec = make_spec(cfg)
+    mesh = parallel.mesh_from_config(cfg.mesh, spec.members)
     return Run(
         cfg=cfg,
         graphdef=graphdef,
@@ -203,13 +222,15 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         spec=spec,
         optimizer=make_optimizer(cfg, spec),
         loss_fn=loss_fn,
-        metrics_fn=jax.jit(metrics_fn),
+        # on a mesh: replicated scalars, readable by every process
+        metrics_fn=metrics_fn if mesh is None else jax.jit(metrics_fn, out_shardings=parallel.replicated(mesh)),
         data_info={
             "train_examples": len(train_set),
             "dev_examples": len(dev_set),
             "test_examples": len(test_set),
             "truncated_examples": int(sum(e.num_truncated for e in encoded)),
         },
+        mesh=mesh,
     )
 
 
@@ -218,9 +239,13 @@ def evaluate(run: Run, params, split: str = "test", limit: int | None = None) ->
     enc = {"train": run.train_set, "dev": run.dev_set, "test": run.test_set}[split]
     bs = run.cfg.train.eval_batch_size
     n = len(enc) if limit is None else min(limit, len(enc))
+    if run.mesh is not None:  # a no-op for weights already on the mesh
+        params = parallel.shard(params, parallel.param_shardings(params, run.mesh))
     totals: dict[str, float] = {}
     for start in range(0, n, bs):
         batch = tasks.make_batch(enc, range(start, min(start + bs, n)), batch_size=bs, seq_len=enc.seq_len)
+        if run.mesh is not None:
+            batch = parallel.replicate(batch, run.mesh)
         for k, v in run.metrics_fn(params, batch).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     count = max(totals.get("count", 0.0), 1.0)
@@ -312,6 +337,8 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     t = cfg.train
     run_dir = Path(t.output_dir)
     is_main = jax.process_index() == 0
+    if not is_main:
+        echo = lambda *args, **kwargs: None  # noqa: E731 -- only process 0 reports
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
@@ -320,6 +347,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     key = jax.random.PRNGKey(t.seed)
     # a fresh state is also the template a checkpoint restores into
     state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
+    state, frozen = parallel.shard_run(state, frozen, run.mesh)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
     seed_log = SeedLog.new(key, run.spec, config=cfg.model_dump())
     meta: dict = {}
@@ -363,9 +391,12 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
         batches = tasks.train_batches(run.train_set, cfg.task.data_seed, step, n, t.batch_size, seq_len=run.train_set.seq_len)
         if t.micro_batches > 1:
             batches = tasks.split_batch(batches, t.micro_batches, axis=1)
+        if run.mesh is not None:
+            batches = parallel.replicate(batches, run.mesh)
         tic = time.time()
         state, info = run_steps(
-            state, frozen, batches, loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer, micro_batches=t.micro_batches
+            state, frozen, batches, loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer,
+            micro_batches=t.micro_batches, mesh=run.mesh,
         )
         losses = np.asarray(info.losses)  # blocks until the call is done
         elapsed = time.time() - tic
@@ -445,6 +476,7 @@ def trained_params(run: Run, run_dir) -> tuple[Any, int]:
     """Full parameters of the latest checkpoint in ``run_dir`` and its step."""
     key = jax.random.PRNGKey(run.cfg.train.seed)
     template, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
+    template, frozen = parallel.shard_run(template, frozen, run.mesh)
     ckpt = Checkpointer(Path(run_dir) / "checkpoints", keep=run.cfg.train.keep_checkpoints)
     restored = ckpt.restore_latest(template)
     ckpt.close()

@@ -1,0 +1,226 @@
+# Source of notebooks/paper_reproduction.ipynb (regenerate with: python tools/make_notebooks.py).
+
+# %% [markdown]
+# # Reproducing the paper setups: OPT on SST-2 with LoZO and MeZO
+#
+# The seed paper ("LLM Zeroth-Order Fine-Tuning is an Inference Workload", Li & Ding, 2026) runs LoZO on
+# OPT-13B / SST-2 as an inference workload and reports both accuracy and step time. zojax ships its setups
+# as configs:
+#
+# | config | method | model | what the paper reports |
+# |---|---|---|---|
+# | `configs/opt13b_sst2_lozo.yaml` | LoZO, rank 2, `V` refreshed every 100 steps, lora-only scope, lr 1e-7, eps 1e-3, batch 16, 20k steps | OPT-13B | 0.922 eval / 0.931 full-validation accuracy; 0.51 h vs 4.15 h for the official LoZO code |
+# | `configs/opt13b_sst2_mezo.yaml` | MeZO: dense Gaussian directions, all parameters | OPT-13B | 91.3 accuracy (as reported in the LoZO paper) |
+# | `configs/opt1.3b_sst2_factorized.yaml` | MeZO-style factorized high rank `Z = V Uᵀ/√r`, r = 128, 1000 steps | OPT-1.3B | 31.2 s vs 79.6 s for official MeZO, eval loss 0.725 vs 0.719 at step 1000 |
+#
+# The task follows MeZO: prompt `"<sentence> It was"`, verbalizers `" terrible"` / `" great"`, loss = cross
+# entropy over the two options' log-likelihoods; 1000 training and 500 dev examples sampled from the SST-2
+# training split with the data seed, evaluation on 1000 sampled validation examples (or all 872).
+#
+# This notebook shows how to run them on a GPU/TPU, what to expect, and — so that it runs anywhere, offline,
+# in a minute — runs **the same pipeline** (the same configs, the same `train` function) on a tiny random OPT
+# model and a tiny synthetic SST-2-style dataset.
+
+# %%
+# Install zojax (skipped when it is already importable).
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("zojax") is None:
+    # In a clone of the repository this installs it in editable mode; elsewhere replace the argument
+    # with the repository URL, e.g. "git+https://github.com/<owner>/zojax".
+    source = ["-e", ".."] if os.path.exists("../pyproject.toml") else ["zojax"]
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *source])
+
+# %%
+import json
+from pathlib import Path
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+from flax import nnx
+
+import zojax
+from zojax.config import load_config
+from zojax.train import train
+
+SMALL = os.environ.get("ZOJAX_NOTEBOOK_SMALL") == "1"  # the test suite's mode: fewer steps
+
+
+def find_configs() -> Path:
+    """configs/ of the zojax repository (a clone, or where this notebook lives)."""
+    candidates = [Path.cwd(), *Path.cwd().parents, Path(zojax.__file__).resolve().parent.parent]
+    for base in candidates:
+        if (base / "configs" / "opt13b_sst2_lozo.yaml").is_file():
+            return base / "configs"
+    raise FileNotFoundError("configs/ not found: run this notebook from a clone of the zojax repository")
+
+
+CONFIGS = find_configs()
+print(f"zojax {zojax.__version__} | JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()}"
+      f" | configs: {CONFIGS} | small mode: {SMALL}")
+print((CONFIGS / "opt13b_sst2_lozo.yaml").read_text())
+
+# %% [markdown]
+# ## Running the real setups on a GPU/TPU
+#
+# From a shell in the repository (the model and SST-2 are downloaded from the Hugging Face hub):
+#
+# ```bash
+# zojax train --config configs/opt13b_sst2_lozo.yaml          # LoZO, OPT-13B (bf16 weights: ~26 GB)
+# zojax train --config configs/opt13b_sst2_mezo.yaml          # MeZO, OPT-13B
+# zojax train --config configs/opt1.3b_sst2_factorized.yaml   # factorized r=128, OPT-1.3B (fits a 16 GB GPU)
+#
+# # any key can be overridden, e.g. a shorter run or K = 4 directions per step:
+# zojax train --config configs/opt13b_sst2_lozo.yaml train.steps=2000 zo.members=4
+# # shard the weights over 4 devices when one does not hold them:
+# zojax train --config configs/opt13b_sst2_lozo.yaml mesh.model=4
+# # resume after an interruption, rebuild the weights from the seed log, export for transformers:
+# zojax train --config configs/opt13b_sst2_lozo.yaml --resume
+# zojax replay --run runs/opt13b_sst2_lozo
+# zojax export --run runs/opt13b_sst2_lozo --output opt13b-sst2-lozo
+# ```
+#
+# Every run writes `runs/<name>/summary.json` (zero-shot and final accuracy, step time, peak memory),
+# `metrics.jsonl`, `curves.png`, `seeds.jsonl` and checkpoints. The cell below does the same from Python: set
+# `REAL_CONFIG` to one of the configs on a machine with a GPU/TPU and the hub within reach.
+
+# %%
+REAL_CONFIG = None  # e.g. CONFIGS / "opt1.3b_sst2_factorized.yaml" on a 16 GB GPU, "opt13b_sst2_lozo.yaml" on 40 GB+
+
+if REAL_CONFIG is not None and not SMALL:
+    real_summary = train(load_config(REAL_CONFIG))
+    print(json.dumps({k: real_summary[k] for k in ("zero_shot_accuracy", "final_accuracy", "steps_per_second",
+                                                   "wall_seconds", "peak_memory_mb")}, indent=2))
+else:
+    print("REAL_CONFIG is not set: skipping the full-size run")
+
+# %% [markdown]
+# ## What to expect
+#
+# **Accuracy** on SST-2 after 20k steps, OPT-13B:
+#
+# | method | reported accuracy | source |
+# |---|---|---|
+# | LoZO, lora-only scope | 0.922 (1000 sampled validation examples), 0.931 (all 872) | seed paper |
+# | LoZO | 91.7 | LoZO paper |
+# | MeZO | 91.3 | LoZO paper |
+# | MeZO-LoRA | 89.6 | LoZO paper |
+# | full fine-tuning (backprop) | 91.8 | LoZO paper |
+#
+# ZO accuracy rises slowly — lr 1e-7 with one direction per step — and is noisy between evaluations; the
+# zero-shot accuracy of OPT-13B with this prompt is already well above chance.
+#
+# **Step time**, OPT-13B, LoZO, one GPU (seconds per step):
+#
+# | batch size | 16 | 32 | 64 | 128 |
+# |---|---|---|---|---|
+# | official LoZO code | 0.630 | 0.732 | 0.959 | 1.458 |
+# | seed paper (inference engine) | 0.088 | 0.123 | 0.205 | 0.367 |
+#
+# Across OPT-1.3B … 13B the seed paper reports 2.34x–7.72x speed-ups over the official code (largest for big
+# models at small batch); in the official code about 89% of the time is scoring, 6% the update.
+#
+# <!-- ZOJAX-BENCH-START: zojax's own measurements, filled in from bench/ (do not edit by hand elsewhere) -->
+# **zojax** (from `bench/`):
+#
+# | setting | hardware | zojax s/step | official LoZO s/step | speed-up | source |
+# |---|---|---|---|---|---|
+# | OPT-13B, LoZO, batch 16 | _TBD_ | _TBD_ | 0.630 | _TBD_ | `bench/` |
+# | OPT-1.3B, factorized r=128, 1000 steps | _TBD_ | _TBD_ (total) | 79.6 s (official MeZO) | _TBD_ | `bench/` |
+# <!-- ZOJAX-BENCH-END -->
+
+# %% [markdown]
+# ## The same pipeline, small: a tiny random OPT on a synthetic SST-2
+#
+# To run everything offline on a CPU we keep the configs and replace only what needs a GPU and the network:
+# the model (a 2-layer OPT with random weights, saved as a Hugging Face directory with a word-level tokenizer)
+# and the data (a JSONL file of SST-2-style sentences whose sentiment words decide the label). The overrides
+# also shorten the run and raise the learning rate: a random tiny model learns nothing at lr 1e-7.
+
+# %%
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from zojax.models import opt, save_pretrained
+
+WORK = Path("runs/paper_small")
+POSITIVE = "wonderful delightful great fun moving charming superb brilliant gripping witty".split()
+NEGATIVE = "boring awful dull mess tedious clumsy bland terrible lifeless stale".split()
+FILLER = "the film was a plot and story with actors it this movie is".split()
+
+# a word-level tokenizer; "It was" + " great" / " terrible" are single tokens, as with OPT's BPE
+words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["It", "was", "."]))
+vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>",
+                                    bos_token="</s>", eos_token="</s>")
+
+# a tiny OPT: the same zojax.models.opt.Model as OPT-13B, with 2 layers of width 32
+tiny = opt.Config(vocab_size=len(vocab), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+model_dir = save_pretrained(opt.Model(tiny, rngs=nnx.Rngs(0)), tiny, WORK / "tiny-opt", tokenizer, overwrite=True)
+
+# SST-2-style data: the label is the sentiment of the two opinion words among the filler
+rng = np.random.default_rng(0)
+rows = []
+for _ in range(600):
+    label = int(rng.integers(2))
+    sentence = list(rng.choice(FILLER, 4)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2))
+    rng.shuffle(sentence)
+    rows.append({"sentence": " ".join(sentence) + " .", "label": label})
+data_file = WORK / "sst2_synthetic.jsonl"
+data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+print(f"model: {model_dir}\ndata:  {data_file} ({len(rows)} rows), e.g. {rows[0]}")
+
+# %% [markdown]
+# Now the paper configs with overrides — exactly what `zojax train --config ... key=value ...` does. The
+# LoZO, MeZO and factorized runs share the model, the data and the step budget.
+
+# %%
+steps = 40 if SMALL else 400
+SMALL_OVERRIDES = [
+    f"model.name={model_dir}", "model.dtype=float32", "model.param_dtype=float32",
+    f"task.source={data_file}", "task.num_train=400", "task.num_dev=100", "task.num_test=100", "task.max_length=16",
+    "zo.eps=1e-2", "zo.members=4", "optim.lr=2e-2",
+    f"train.steps={steps}", f"train.steps_per_call={steps // 4}", f"train.eval_every={steps // 2}",
+    f"train.checkpoint_every={steps // 2}", "train.progress=false",
+]
+PER_CONFIG = {  # keep each method's character at this scale
+    "opt13b_sst2_lozo": ["zo.refresh_every=10"],
+    "opt13b_sst2_mezo": [],
+    "opt1.3b_sst2_factorized": ["zo.rank=8"],  # r=128 exceeds the tiny model's width of 32
+}
+summaries = {}
+for name, extra in PER_CONFIG.items():
+    cfg = load_config(CONFIGS / f"{name}.yaml", SMALL_OVERRIDES + extra + [f"train.output_dir={WORK / name}"])
+    print(f"--- {name}: {cfg.zo.method}, scope {cfg.zo.scope}, adapter path {cfg.zo.adapter}")
+    summaries[name] = train(cfg)
+
+print(f"\n{'config':<26} {'zero-shot':>9} {'final':>6} {'steps/s':>8}")
+for name, s in summaries.items():
+    print(f"{name:<26} {s['zero_shot_accuracy']:>9.3f} {s['final_accuracy']:>6.3f} {s['steps_per_second']:>8.1f}")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for name in summaries:
+    records = [json.loads(line) for line in (WORK / name / "metrics.jsonl").read_text().splitlines()]
+    pts = [r for r in records if r["kind"] == "train"]
+    ax.plot([r["step"] for r in pts], [r["loss"] for r in pts], "o-", ms=3, label=name)
+ax.set(xlabel="step", ylabel="train loss", title="tiny OPT, synthetic SST-2")
+ax.legend()
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The seed log makes each run replayable: `zojax replay` rebuilds the trained weights from the base model and
+# `seeds.jsonl` alone and checks them against the last checkpoint, bit for bit.
+
+# %%
+from zojax.cli import main as zojax_cli
+
+assert zojax_cli(["replay", "--run", str(WORK / "opt13b_sst2_lozo")]) == 0
