@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import os
 import re
 import sys
 import types
@@ -28,11 +27,31 @@ OUTPUT = ROOT / "docs" / "api.md"
 
 # (module, title, one-line blurb) in the order they appear.
 SECTIONS = [
-    ("zojax", "Engine: `zojax`", "Directions, population scoring, estimators, optax-style updates, the fused step, seed logs."),
-    ("zojax.models", "Models: `zojax.models`", "Load HF / GGUF checkpoints into zojax's Flax NNX models, export back, generate."),
-    ("zojax.tasks", "Tasks: `zojax.tasks`", "Prompt templates, data sources and splits, static-shape batches, objectives."),
-    ("zojax.train", "Trainer: `zojax.train`", "The pipeline behind `zojax train`: fused steps, evaluation, logs, checkpoints."),
-    ("zojax.config", "Configuration: `zojax.config`", "YAML run configs validated into typed objects (all keys: see the CLI section)."),
+    (
+        "zojax",
+        "Engine: `zojax`",
+        "Directions, population scoring, estimators, optax-style updates, the fused step, seed logs.",
+    ),
+    (
+        "zojax.models",
+        "Models: `zojax.models`",
+        "Load HF / GGUF checkpoints into zojax's Flax NNX models, export back, generate.",
+    ),
+    (
+        "zojax.tasks",
+        "Tasks: `zojax.tasks`",
+        "Prompt templates, data sources and splits, static-shape batches, objectives.",
+    ),
+    (
+        "zojax.train",
+        "Trainer: `zojax.train`",
+        "The pipeline behind `zojax train`: fused steps, evaluation, logs, checkpoints.",
+    ),
+    (
+        "zojax.config",
+        "Configuration: `zojax.config`",
+        "YAML run configs validated into typed objects (all keys: see the CLI section).",
+    ),
 ]
 
 
@@ -59,7 +78,12 @@ def format_default(value) -> str:
             return f"<installed>/{Path(value).resolve().relative_to(package_parent).as_posix()}"
         except ValueError:
             return repr(value)
-    if inspect.isclass(value) or inspect.isfunction(value) or inspect.isbuiltin(value) or inspect.ismethod(value):
+    if (
+        inspect.isclass(value)
+        or inspect.isfunction(value)
+        or inspect.isbuiltin(value)
+        or inspect.ismethod(value)
+    ):
         return _qualname(value)
     if callable(value) and not dataclasses.is_dataclass(value) and " at 0x" in repr(value):
         return _qualname(type(value)) + "(...)"
@@ -105,7 +129,9 @@ def format_signature(name: str, obj) -> str | None:
         if p.default is not p.empty:
             text += (" = " if ann else "=") + format_default(p.default)
         parts.append(text)
-        if p.kind is p.POSITIONAL_ONLY and (i + 1 == len(params) or params[i + 1].kind is not p.POSITIONAL_ONLY):
+        if p.kind is p.POSITIONAL_ONLY and (
+            i + 1 == len(params) or params[i + 1].kind is not p.POSITIONAL_ONLY
+        ):
             parts.append("/")
     ret = ""
     if sig.return_annotation is not sig.empty and not inspect.isclass(obj):
@@ -118,7 +144,9 @@ def format_signature(name: str, obj) -> str | None:
 
 # --- docstrings -> markdown ------------------------------------------------------------------
 
-_SECTION_RE = re.compile(r"^(Args|Arguments|Returns|Yields|Raises|Attributes|Example|Examples|Note|Notes):\s*$")
+_SECTION_RE = re.compile(
+    r"^(Args|Arguments|Returns|Yields|Raises|Attributes|Example|Examples|Note|Notes):\s*$"
+)
 
 
 def _rst_to_md(text: str) -> str:
@@ -182,12 +210,11 @@ def docstring_to_md(doc: str | None) -> str:
                 if item_indent is None:
                     item_indent = ind
                 entry = re.match(r"^([\w*., \[\]]+?)(\s*\([^)]*\))?:\s(.*)$", cur.strip())
-                if ind == item_indent and entry and m.group(1) in ("Args", "Arguments", "Attributes", "Raises"):
+                listed = m.group(1) in ("Args", "Arguments", "Attributes", "Raises")
+                if ind == item_indent and entry and listed:
                     names = ", ".join(f"`{n.strip()}`" for n in entry.group(1).split(","))
                     items.append(f"- {names}{entry.group(2) or ''}: {_rst_to_md(entry.group(3))}")
-                elif ind == item_indent and not items:
-                    items.append(_rst_to_md(cur.strip()))
-                elif ind == item_indent and m.group(1) not in ("Args", "Arguments", "Attributes", "Raises"):
+                elif ind == item_indent and (not items or not listed):
                     items.append(_rst_to_md(cur.strip()))
                 else:
                     items[-1] += " " + _rst_to_md(cur.strip())
@@ -260,7 +287,12 @@ def _constant_md(obj) -> str:
 
 def _own_doc(obj) -> str | None:
     doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
-    if inspect.isclass(obj) and doc and dataclasses.is_dataclass(obj) and re.match(rf"^{obj.__name__}\(", doc):
+    if (
+        inspect.isclass(obj)
+        and doc
+        and dataclasses.is_dataclass(obj)
+        and re.match(rf"^{obj.__name__}\(", doc)
+    ):
         return None  # dataclass's auto-generated docstring
     if inspect.isclass(obj) and doc and issubclass(obj, tuple) and doc.startswith(f"{obj.__name__}("):
         return None  # NamedTuple's auto-generated docstring
@@ -275,7 +307,9 @@ def render_object(qualified: str, name: str, obj, level: int = 3) -> list[str]:
         out += [_constant_md(obj), ""]
         return out
     if kind == "alias":
-        members = " | ".join(a.__name__ if inspect.isclass(a) else format_annotation(a) for a in typing.get_args(obj))
+        members = " | ".join(
+            a.__name__ if inspect.isclass(a) else format_annotation(a) for a in typing.get_args(obj)
+        )
         out += [f"Type alias: `{name} = {members}`", ""]
         return out
     if kind in ("class", "exception") and _is_pydantic(obj):
@@ -294,7 +328,9 @@ def render_object(qualified: str, name: str, obj, level: int = 3) -> list[str]:
     if kind == "class" and not _is_pydantic(obj):
         for member_name, member in _class_members(obj):
             if isinstance(member, property):
-                out += [f"- **`.{member_name}`** (property): {_rst_to_md(inspect.cleandoc(member.__doc__).splitlines()[0])}"]
+                out += [
+                    f"- **`.{member_name}`** (property): {_rst_to_md(inspect.cleandoc(member.__doc__).splitlines()[0])}"
+                ]
                 continue
             func = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
             sig = format_signature(member_name, func)
@@ -379,7 +415,13 @@ def _arg_text(action) -> str:
         meta = action.metavar or action.dest
         return f"`{meta} ...`" if action.nargs in ("*", "+") else f"`{meta}`"
     takes_value = not isinstance(
-        action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction, argparse._HelpAction)
+        action,
+        (
+            argparse._StoreTrueAction,
+            argparse._StoreFalseAction,
+            argparse._StoreConstAction,
+            argparse._HelpAction,
+        ),
     )
     meta = (action.metavar or action.dest.upper()) if takes_value else ""
     longest = sorted(action.option_strings, key=lambda o: (-len(o), o))
@@ -430,10 +472,26 @@ def render_cli() -> list[str]:
         "| command | what it does |",
         "|---|---|",
     ]
-    out += [f"| [`zojax {name}`](#zojax-{name}) | {_cell(help_text)} |" for name, (_, help_text) in commands.items()]
-    out += ["", "Every command takes `--config FILE` and `key=value` overrides of any [configuration key](#configuration-keys).", ""]
+    out += [
+        f"| [`zojax {name}`](#zojax-{name}) | {_cell(help_text)} |"
+        for name, (_, help_text) in commands.items()
+    ]
+    out += [
+        "",
+        "Every command takes `--config FILE` and `key=value` overrides of any [configuration key](#configuration-keys).",
+        "",
+    ]
     for name, (sub, _) in commands.items():
-        out += [f"### `zojax {name}`", "", "```text", _usage(f"zojax {name}", sub), "```", "", _cell(sub.description), ""]
+        out += [
+            f"### `zojax {name}`",
+            "",
+            "```text",
+            _usage(f"zojax {name}", sub),
+            "```",
+            "",
+            _cell(sub.description),
+            "",
+        ]
         for group in sub._action_groups:
             actions = [a for a in group._group_actions if not isinstance(a, argparse._HelpAction)]
             if not actions:
@@ -443,7 +501,12 @@ def render_cli() -> list[str]:
                 note = " (required)" if a.required and a.option_strings else ""
                 out.append(f"| {_arg_text(a)} | {_cell(a.help)}{note} |")
             out.append("")
-    out += ["### Configuration keys", "", "The sections and keys of a YAML config (`zojax train --help` prints the same list):", ""]
+    out += [
+        "### Configuration keys",
+        "",
+        "The sections and keys of a YAML config (`zojax train --help` prints the same list):",
+        "",
+    ]
     out += ["```text", describe(), "```", ""]
     return out
 
@@ -463,10 +526,17 @@ def render() -> str:
         subs = [n for n in module.__all__ if inspect.ismodule(getattr(module, n))]
         toc.append("  - " + ", ".join(f"[`{n}`](#{_anchor(f'{modname}.{n}')})" for n in names))
         if subs:
-            toc.append("  - submodules: " + ", ".join(f"[`{modname}.{n}`](#{_anchor(f'{modname}.{n}')})" for n in subs))
+            toc.append(
+                "  - submodules: "
+                + ", ".join(f"[`{modname}.{n}`](#{_anchor(f'{modname}.{n}')})" for n in subs)
+            )
         body += render_module(modname, title, blurb, documented)
     toc.append("- [Command line: `zojax`](#command-line-zojax)")
-    toc.append("  - " + ", ".join(f"[`zojax {c}`](#zojax-{c})" for c in _subcommands(_parser())) + ", [configuration keys](#configuration-keys)")
+    toc.append(
+        "  - "
+        + ", ".join(f"[`zojax {c}`](#zojax-{c})" for c in _subcommands(_parser()))
+        + ", [configuration keys](#configuration-keys)"
+    )
     header = [
         "# zojax API reference",
         "",

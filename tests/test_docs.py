@@ -42,15 +42,20 @@ def test_every_public_name_is_documented(rendered):
 
     for module in (zojax, zojax.models, zojax.tasks):
         for name in module.__all__:
-            assert f"`{module.__name__}.{name}`" in rendered, f"{module.__name__}.{name} is missing from docs/api.md"
+            assert f"`{module.__name__}.{name}`" in rendered, (
+                f"{module.__name__}.{name} is missing from docs/api.md"
+            )
     for command in ("train", "eval", "replay", "export"):
         assert f"### `zojax {command}`" in rendered
+
+
+SENTINEL = object()
 
 
 def test_default_values_are_formatted_without_addresses(gen_api):
     import jax.numpy as jnp
 
-    def f(a, fn=len, dtype=jnp.float32, obj=object(), lam=lambda x: x):
+    def f(a, fn=len, dtype=jnp.float32, obj=SENTINEL, lam=lambda x: x):
         pass
 
     sig = gen_api.format_signature("f", f)

@@ -6,6 +6,7 @@ runs in a fresh kernel with a temporary working directory, so its run directorie
 
 import importlib.util
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ TIMEOUT_PER_CELL = 600
 
 
 def _make_notebooks():
-    spec = importlib.util.spec_from_file_location("zojax_tools_make_notebooks", ROOT / "tools" / "make_notebooks.py")
+    spec = importlib.util.spec_from_file_location(
+        "zojax_tools_make_notebooks", ROOT / "tools" / "make_notebooks.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -32,7 +35,9 @@ def test_notebook_is_committed_without_outputs(name):
     nbformat.validate(nb)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
-            assert cell.outputs == [], f"{name}.ipynb cell {i} has outputs: strip them (python tools/make_notebooks.py)"
+            assert cell.outputs == [], (
+                f"{name}.ipynb cell {i} has outputs: strip them (python tools/make_notebooks.py)"
+            )
             assert cell.execution_count is None, f"{name}.ipynb cell {i} has an execution count"
     assert nb.cells[0].cell_type == "markdown"
     # the install cell skips itself when zojax is importable (it must not reinstall during tests)
@@ -64,8 +69,13 @@ def test_notebook_runs_in_small_mode(name, tmp_path, monkeypatch):
         resources={"metadata": {"path": str(tmp_path)}},
     )
     tic = time.time()
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)  # the quickstart saves a 0.5 GB model there
     elapsed = time.time() - tic
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
+    ]
     assert not errors
     print(f"{name}.ipynb ran in {elapsed:.1f} s", file=sys.stderr)

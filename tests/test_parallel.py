@@ -267,7 +267,7 @@ def _write_config(root: Path) -> Path:
             "label_map": {"neg": 0, "pos": 1}, "num_train": 64, "num_dev": 16, "num_test": 16, "max_length": 16,
         },
         # chunk_size 2: one device scores 4 chunks (lax.map), pop=8 one member, pop=4 two (vmap)
-        "zo": {"method": "lozo", "rank": 2, "refresh_every": 2, "members": MEMBERS, "eps": 1e-2, "scope": "all",
+        "zo": {"method": "lozo", "rank": 2, "refresh_every": 2, "members": MEMBERS, "eps": 1e-2, "scope": "lora",
                "chunk_size": 2},
         "optim": {"name": "zo_sgd", "lr": 5e-3},
         "train": {"steps": 4, "batch_size": 8, "steps_per_call": 2, "eval_every": 0, "eval_batch_size": 16,
@@ -384,7 +384,8 @@ def _worker_eight(root: Path) -> None:
         mesh = None if shape is None else parallel.make_mesh(*shape)
         state, frozen = zojax.init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, jax.random.PRNGKey(0))
         state, frozen = parallel.shard_run(state, frozen, mesh)
-        kwargs = dict(loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer, mesh=mesh)
+        # the same static arguments as the trainer passes (an omitted default is a new jit key)
+        kwargs = dict(loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer, micro_batches=1, mesh=mesh)
         losses = []
         for start in (0, 2):
             batches = tasks.train_batches(run.train_set, cfg.task.data_seed, start, 2, 8, seq_len=run.train_set.seq_len)

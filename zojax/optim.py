@@ -39,7 +39,7 @@ from zojax.noise import (
     partition,
     path_str,
 )
-from zojax.scoring import ZOSpec, perturb, score
+from zojax.scoring import ZOSpec, _materialized, perturb, score
 
 __all__ = [
     "ZOGrad",
@@ -106,11 +106,12 @@ def _leaf_gradient(grad: ZOGrad, path: str, x) -> jax.Array:
             # A few outer products summed elementwise: XLA fuses them with the caller's
             # ``theta - lr * g`` into one pass over the weight, where a contraction-(K r) dot
             # writes g first and runs memory-bound (5x slower at LoZO's K r = 2 on CPU).
-            acc = cv[0, ..., :, 0, None] * d.u[0, ..., None, :, 0]
+            cv, u = _materialized((cv, d.u), grad.step)
+            acc = cv[0, ..., :, 0, None] * u[0, ..., None, :, 0]
             for m in range(k):
                 for j in range(rank):
                     if m or j:
-                        acc = acc + cv[m, ..., :, j, None] * d.u[m, ..., None, :, j]
+                        acc = acc + cv[m, ..., :, j, None] * u[m, ..., None, :, j]
             return acc
         # sum_k c_k V_k U_k^T as one matmul over the concatenated rank axis
         return jnp.einsum("k...ir,k...or->...io", cv, d.u)

@@ -19,9 +19,9 @@ leaf path) and threefry keys are partitionable, so 1 device, ``pop=8`` and
 {'pop': 1, 'model': 1}
 >>> two = jax.sharding.AbstractMesh((4, 2), (POP, MODEL))  # the shape of an 8-device mesh
 >>> param_spec("layers/mlp/down_proj/kernel", (2, 64, 32), two)  # row-parallel: d_in
-PartitionSpec(None, 'model', None)
+P(None, 'model', None)
 >>> param_spec("layers/self_attn/q_proj/kernel", (2, 32, 32), two)  # column-parallel: d_out
-PartitionSpec(None, None, 'model')
+P(None, None, 'model')
 
 Multi-host: call :func:`initialize` (the CLI does, from ``--coordinator`` /
 ``--num-processes`` / ``--process-id`` or ``JAX_COORDINATOR_ADDRESS`` /
@@ -120,7 +120,7 @@ def make_mesh(pop: int = 1, model: int = 1, devices: Sequence | None = None) -> 
     >>> make_mesh(3, 1, jax.devices() * 4)
     Traceback (most recent call last):
     ...
-    zojax.parallel.MeshError: mesh pop=3 x model=1 = 3 devices does not divide the 4 devices available; ...
+    zojax.parallel.MeshError: mesh pop=3 x model=1 = 3 devices does not divide the 4 devices available; choose sizes whose product divides the device count (-1 on one axis takes the rest)
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)

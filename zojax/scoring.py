@@ -139,6 +139,29 @@ def perturb(trainable: PyTree, dirs: PyTree, scale, adapter: bool = False) -> Py
     return jax.tree.map(one, trainable, dirs, is_leaf=lambda d: isinstance(d, LowRankDirection))
 
 
+def _materialized(tree, step):
+    """``tree`` as buffers that XLA cannot fuse into their consumers.
+
+    Low-rank factors are read once per element of a much larger array (an outer product
+    in the update, a broadcast in :func:`zojax.nn.dense`); fused there, XLA would redraw
+    their random numbers for every element. A conditional on a runtime predicate
+    (``step >= 0``: always true, unknown to the compiler) is a fusion boundary that
+    survives optimisation (``lax.optimization_barrier`` does not, on CPU).
+    """
+    return jax.lax.cond(
+        jnp.asarray(step) >= 0, lambda t: t, lambda t: jax.tree.map(jnp.zeros_like, t), tree
+    )
+
+
+def _materialize_factors(dirs, step):
+    is_lr = lambda d: isinstance(d, LowRankDirection)  # noqa: E731
+    factors = [d for d in jax.tree.leaves(dirs, is_leaf=is_lr) if is_lr(d)]
+    if not factors:
+        return dirs
+    done = iter(_materialized(factors, step))
+    return jax.tree.map(lambda d: next(done) if is_lr(d) else d, dirs, is_leaf=is_lr)
+
+
 def population(spec: ZOSpec) -> tuple[jax.Array, jax.Array]:
     """The (member, sign) pairs scored in one step, flattened to length 2K (or K one-sided).
 
@@ -193,7 +216,7 @@ def score(
         def evaluate(member):
             # A member's directions are drawn once and shared by its signs (vmapped inside),
             # so a dense direction is generated once per member, not once per (member, sign).
-            dirs = directions(trainable, spec.noise, key, step, member)
+            dirs = _materialize_factors(directions(trainable, spec.noise, key, step, member), step)
 
             def one_sign(sign):
                 perturbed = perturb(trainable, dirs, sign * eps, spec.adapter)

@@ -31,7 +31,6 @@ if importlib.util.find_spec("zojax") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *source])
 
 # %%
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +55,7 @@ print(f"zojax {zojax.__version__} | JAX {jax.__version__} on {jax.default_backen
 #
 # A plain Flax NNX classifier built from `nnx.Linear`, and a synthetic 3-class problem. zojax sees only the
 # parameter state (a pytree) and a loss function that merges it back into the module.
+
 
 # %%
 class Classifier(nnx.Module):
@@ -90,8 +90,10 @@ def minibatches(seed: int, num: int, size: int = 64):
     return jax.tree.map(lambda a: a[idx], train_set)
 
 
-print(f"{sum(x.size for x in jax.tree.leaves(params))} parameters; initial loss {loss_fn(params, train_set):.3f}, "
-      f"test accuracy {accuracy(params, test_set):.3f}")
+print(
+    f"{sum(x.size for x in jax.tree.leaves(params))} parameters; initial loss {loss_fn(params, train_set):.3f}, "
+    f"test accuracy {accuracy(params, test_set):.3f}"
+)
 
 # %% [markdown]
 # ## 1. One step by hand: score → estimate → update
@@ -126,14 +128,19 @@ updates, opt_state = jax.jit(optimizer.update)(grad, opt_state, trainable)
 stepped = zojax.combine(optax.apply_updates(trainable, updates), frozen)
 print(f"loss {loss_fn(params, train_set):.4f} -> {loss_fn(stepped, train_set):.4f} after one step")
 
-# How good is one 16-direction estimate? Compare with backprop's gradient on this small model.
-flat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])  # noqa: E731
-true_grad = jax.jit(jax.grad(loss_fn))(params, train_set)
-zo_grad = jax.jit(zojax.dense_gradient)(grad, trainable)
-cosine = jnp.vdot(flat(zo_grad), flat(true_grad)) / (jnp.linalg.norm(flat(zo_grad)) * jnp.linalg.norm(flat(true_grad)))
-print(f"cosine(ZO estimate, jax.grad) = {cosine:.3f}")
-# zojax.compare_with_grad measures the same over many steps: averaging draws approaches the true gradient
-print(zojax.compare_with_grad(loss_fn, params, train_set, key, spec, num_steps=8 if SMALL else 64))
+# How good is one 16-direction estimate? Compare it with backprop's gradient on this small model.
+# (zojax.compare_with_grad reports the same statistics averaged over many steps.)
+flat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
+
+
+@jax.jit
+def cosine_to_true_gradient(grad, params, batch):
+    zo = flat(zojax.dense_gradient(grad, zojax.partition(params)[0]))  # the dense pytree a ZOGrad stands for
+    true = flat(jax.grad(loss_fn)(params, batch))
+    return jnp.vdot(zo, true) / (jnp.linalg.norm(zo) * jnp.linalg.norm(true))
+
+
+print(f"cosine(ZO estimate, jax.grad) = {cosine_to_true_gradient(grad, params, train_set):.3f}")
 
 # %% [markdown]
 # ## 2. The fused step
@@ -150,8 +157,9 @@ seed_log = zojax.SeedLog.new(key, spec)
 history = []
 tic = time.time()
 for call in range(CALLS):
-    state, info = zojax.run_steps(state, frozen, minibatches(call, STEPS_PER_CALL),
-                                  loss_fn=loss_fn, spec=spec, optimizer=optimizer)
+    state, info = zojax.run_steps(
+        state, frozen, minibatches(call, STEPS_PER_CALL), loss_fn=loss_fn, spec=spec, optimizer=optimizer
+    )
     seed_log.record(info.step, info.coeffs, info.applied)
     test_acc = accuracy(zojax.combine(state.params, frozen), test_set)
     history.append((int(state.step), float(info.loss.mean()), float(test_acc)))
@@ -169,6 +177,7 @@ trained_params = zojax.combine(state.params, frozen)
 # more directions per step help. `estimator="rank"` (centred-rank fitness shaping, as in evolution
 # strategies) makes the step size independent of the loss scale.
 
+
 # %%
 def error_rate(params, batch):
     logits = nnx.merge(graphdef, params)(batch["x"])
@@ -176,7 +185,10 @@ def error_rate(params, batch):
 
 
 fresh = nnx.split(Classifier(8, 32, 3, rngs=nnx.Rngs(1)))[1]
-print("jax.grad of the error rate is zero:", float(jnp.abs(flat(jax.jit(jax.grad(error_rate))(fresh, train_set))).max()))
+print(
+    "jax.grad of the error rate is zero everywhere:",
+    not jnp.any(flat(jax.grad(error_rate)(fresh, train_set))),
+)
 
 err_spec = zojax.ZOSpec(eps=0.05, members=32, estimator="rank")
 err_opt = optax.chain(zojax.densify(), optax.adam(3e-2))
@@ -184,8 +196,14 @@ err_state, err_frozen = zojax.init(fresh, err_spec, err_opt, jax.random.PRNGKey(
 test_error = jax.jit(error_rate)
 errors = [float(test_error(zojax.combine(err_state.params, err_frozen), test_set))]
 for call in range(CALLS):
-    err_state, _ = zojax.run_steps(err_state, err_frozen, minibatches(100 + call, STEPS_PER_CALL, size=128),
-                                   loss_fn=error_rate, spec=err_spec, optimizer=err_opt)
+    err_state, _ = zojax.run_steps(
+        err_state,
+        err_frozen,
+        minibatches(100 + call, STEPS_PER_CALL, size=128),
+        loss_fn=error_rate,
+        spec=err_spec,
+        optimizer=err_opt,
+    )
     errors.append(float(test_error(zojax.combine(err_state.params, err_frozen), test_set)))
 print("test error rate after each call:", np.round(errors, 3))
 
@@ -206,7 +224,10 @@ plt.show()
 # `x @ W + (x @ v) @ uᵀ`. Every population member then shares the same unbatched `W`, and XLA folds the
 # population into the batch of the big matmul — what multi-LoRA serving does. zojax's language models
 # (`zojax.models`) route every linear layer through `zojax.nn`; in your own model, call `zojax.nn.dense`
-# instead of `x @ w` (plain arrays work too, so the model is unchanged outside ZO training).
+# instead of `x @ w` (plain arrays work too, so the model is unchanged outside ZO training). Both paths give
+# the same losses for the same directions (up to float rounding); the adapter path just never materialises
+# `W + eps·V Uᵀ` per member.
+
 
 # %%
 class AdapterMLP(nnx.Module):
@@ -220,41 +241,43 @@ class AdapterMLP(nnx.Module):
         self.b2 = nnx.Param(jnp.zeros((classes,)))
 
     def __call__(self, x):
-        # .value may hold a zojax.nn.Perturbed leaf during scoring; zojax.nn.dense handles both
-        h = jax.nn.gelu(zojax.nn.dense(x, self.w1.value, self.b1.value))
-        return zojax.nn.dense(h, self.w2.value, self.b2.value)
+        # a weight may hold a zojax.nn.Perturbed leaf during scoring; zojax.nn.dense handles both
+        h = jax.nn.gelu(zojax.nn.dense(x, self.w1.get_value(), self.b1.get_value()))
+        return zojax.nn.dense(h, self.w2.get_value(), self.b2.get_value())
 
 
 adapter_graphdef, adapter_params = nnx.split(AdapterMLP(8, 32, 3, rngs=nnx.Rngs(2)))
-seen = []  # the type of the first weight, recorded while tracing
+seen = set()  # what the first layer receives, recorded while tracing
 
 
 def adapter_loss(params, batch):
-    seen.append(type(params["w1"].value).__name__)
+    seen.add(type(params["w1"].get_value()).__name__)
     logits = nnx.merge(adapter_graphdef, params)(batch["x"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
 
 
-generic = zojax.ZOSpec(noise=zojax.LowRank(rank=2, refresh_every=10), eps=1e-2, members=8, scope=r"w\d")
-adapter = dataclasses.replace(generic, adapter=True)
-with jax.default_matmul_precision("highest"):
-    generic_losses = jax.jit(lambda p: zojax.score(adapter_loss, p, train_set, key, 0, generic))(adapter_params)
-    print("generic path: the model sees", seen.pop())
-    adapter_losses = jax.jit(lambda p: zojax.score(adapter_loss, p, train_set, key, 0, adapter))(adapter_params)
-    print("adapter path: the model sees", seen.pop())
-print("same losses on both paths:", bool(jnp.allclose(generic_losses, adapter_losses, rtol=1e-5, atol=1e-5)))
-
-# LoZO training on the adapter path: scope r"w\d" trains the two matrices, biases stay frozen.
-lozo = zojax.ZOSpec(noise=zojax.LowRank(rank=2, refresh_every=10), eps=1e-2, members=8, scope=r"w\d", adapter=True)
+# LoZO: rank-2 directions, V refreshed every 10 steps; scope r"w\d" trains the two matrices, biases stay frozen.
+lozo = zojax.ZOSpec(
+    noise=zojax.LowRank(rank=2, refresh_every=10), eps=1e-2, members=8, scope=r"w\d", adapter=True
+)
 lozo_opt = zojax.zo_sgd(0.05)
 lozo_state, lozo_frozen = zojax.init(adapter_params, lozo, lozo_opt, key)
 for call in range(CALLS):
-    lozo_state, info = zojax.run_steps(lozo_state, lozo_frozen, minibatches(200 + call, STEPS_PER_CALL),
-                                       loss_fn=adapter_loss, spec=lozo, optimizer=lozo_opt)
+    lozo_state, info = zojax.run_steps(
+        lozo_state,
+        lozo_frozen,
+        minibatches(200 + call, STEPS_PER_CALL),
+        loss_fn=adapter_loss,
+        spec=lozo,
+        optimizer=lozo_opt,
+    )
+print("the first layer received:", sorted(seen))  # Perturbed while scoring; plain arrays elsewhere
 merged = zojax.combine(lozo_state.params, lozo_frozen)
-test_acc = jax.jit(lambda p: jnp.mean(jnp.argmax(nnx.merge(adapter_graphdef, p)(test_set["x"]), -1) == test_set["y"]))(merged)
-print(f"LoZO (rank 2, zo_sgd) after {int(lozo_state.step)} steps: loss {float(info.loss[-1]):.3f}, "
-      f"test accuracy {float(test_acc):.3f}")
+test_acc = jnp.mean(jnp.argmax(nnx.merge(adapter_graphdef, merged)(test_set["x"]), -1) == test_set["y"])
+print(
+    f"LoZO (rank 2, zo_sgd) after {int(lozo_state.step)} steps: loss {float(info.loss[-1]):.3f}, "
+    f"test accuracy {float(test_acc):.3f}"
+)
 
 # %% [markdown]
 # ## 5. Replay from the seed log
@@ -268,8 +291,10 @@ print(f"LoZO (rank 2, zo_sgd) after {int(lozo_state.step)} steps: loss {float(in
 log_path = Path(tempfile.mkdtemp()) / "seeds.jsonl"
 seed_log.save(log_path)
 size = log_path.stat().st_size
-print(f"seed log: {len(seed_log.entries)} steps, {size} bytes ({size / len(seed_log.entries):.0f} bytes/step "
-      f"for {spec.members} coefficients) vs {4 * sum(x.size for x in jax.tree.leaves(params))} bytes of weights")
+print(
+    f"seed log: {len(seed_log.entries)} steps in {size} bytes, {size / len(seed_log.entries):.0f} bytes per step "
+    f"({spec.members} coefficients as JSON) -- whatever the size of the model"
+)
 
 rebuilt = zojax.replay(base_params, zojax.SeedLog.load(log_path), optimizer)
 same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(trained_params)))

@@ -36,6 +36,7 @@ if importlib.util.find_spec("zojax") is None:
 
 # %%
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -60,8 +61,10 @@ def find_configs() -> Path:
 
 
 CONFIGS = find_configs()
-print(f"zojax {zojax.__version__} | JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()}"
-      f" | configs: {CONFIGS} | small mode: {SMALL}")
+print(
+    f"zojax {zojax.__version__} | JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()}"
+    f" | configs: {CONFIGS} | small mode: {SMALL}"
+)
 print((CONFIGS / "opt13b_sst2_lozo.yaml").read_text())
 
 # %% [markdown]
@@ -89,12 +92,27 @@ print((CONFIGS / "opt13b_sst2_lozo.yaml").read_text())
 # `REAL_CONFIG` to one of the configs on a machine with a GPU/TPU and the hub within reach.
 
 # %%
-REAL_CONFIG = None  # e.g. CONFIGS / "opt1.3b_sst2_factorized.yaml" on a 16 GB GPU, "opt13b_sst2_lozo.yaml" on 40 GB+
+REAL_CONFIG = (
+    None  # e.g. CONFIGS / "opt1.3b_sst2_factorized.yaml" on a 16 GB GPU, "opt13b_sst2_lozo.yaml" on 40 GB+
+)
 
 if REAL_CONFIG is not None and not SMALL:
     real_summary = train(load_config(REAL_CONFIG))
-    print(json.dumps({k: real_summary[k] for k in ("zero_shot_accuracy", "final_accuracy", "steps_per_second",
-                                                   "wall_seconds", "peak_memory_mb")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: real_summary[k]
+                for k in (
+                    "zero_shot_accuracy",
+                    "final_accuracy",
+                    "steps_per_second",
+                    "wall_seconds",
+                    "peak_memory_mb",
+                )
+            },
+            indent=2,
+        )
+    )
 else:
     print("REAL_CONFIG is not set: skipping the full-size run")
 
@@ -148,22 +166,45 @@ from transformers import PreTrainedTokenizerFast
 from zojax.models import opt, save_pretrained
 
 WORK = Path("runs/paper_small")
-POSITIVE = "wonderful delightful great fun moving charming superb brilliant gripping witty".split()
-NEGATIVE = "boring awful dull mess tedious clumsy bland terrible lifeless stale".split()
-FILLER = "the film was a plot and story with actors it this movie is".split()
+POSITIVE = [
+    "wonderful",
+    "delightful",
+    "great",
+    "fun",
+    "moving",
+    "charming",
+    "superb",
+    "brilliant",
+    "gripping",
+    "witty",
+]
+NEGATIVE = ["boring", "awful", "dull", "mess", "tedious", "clumsy", "bland", "terrible", "lifeless", "stale"]
+FILLER = ["the", "film", "was", "a", "plot", "and", "story", "with", "actors", "it", "this", "movie", "is"]
 
 # a word-level tokenizer; "It was" + " great" / " terrible" are single tokens, as with OPT's BPE
 words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["It", "was", "."]))
 vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
 word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
 word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>",
-                                    bos_token="</s>", eos_token="</s>")
+tokenizer = PreTrainedTokenizerFast(
+    tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>", bos_token="</s>", eos_token="</s>"
+)
 
 # a tiny OPT: the same zojax.models.opt.Model as OPT-13B, with 2 layers of width 32
-tiny = opt.Config(vocab_size=len(vocab), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=1)
-model_dir = save_pretrained(opt.Model(tiny, rngs=nnx.Rngs(0)), tiny, WORK / "tiny-opt", tokenizer, overwrite=True)
+tiny = opt.Config(
+    vocab_size=len(vocab),
+    hidden_size=32,
+    ffn_dim=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=32,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=1,
+)
+model_dir = save_pretrained(
+    opt.Model(tiny, rngs=nnx.Rngs(0)), tiny, WORK / "tiny-opt", tokenizer, overwrite=True
+)
 
 # SST-2-style data: the label is the sentiment of the two opinion words among the filler
 rng = np.random.default_rng(0)
@@ -182,28 +223,44 @@ print(f"model: {model_dir}\ndata:  {data_file} ({len(rows)} rows), e.g. {rows[0]
 # LoZO, MeZO and factorized runs share the model, the data and the step budget.
 
 # %%
-steps = 40 if SMALL else 400
+steps = 20 if SMALL else 400
 SMALL_OVERRIDES = [
-    f"model.name={model_dir}", "model.dtype=float32", "model.param_dtype=float32",
-    f"task.source={data_file}", "task.num_train=400", "task.num_dev=100", "task.num_test=100", "task.max_length=16",
-    "zo.eps=1e-2", "zo.members=4", "optim.lr=2e-2",
-    f"train.steps={steps}", f"train.steps_per_call={steps // 4}", f"train.eval_every={steps // 2}",
-    f"train.checkpoint_every={steps // 2}", "train.progress=false",
+    f"model.name={model_dir}",
+    "model.dtype=float32",
+    "model.param_dtype=float32",
+    f"task.source={data_file}",
+    "task.num_train=400",
+    "task.num_dev=100",
+    "task.num_test=100",
+    "task.max_length=16",
+    "zo.eps=1e-2",
+    "zo.members=4",
+    "optim.lr=2e-2",
+    f"train.steps={steps}",
+    f"train.steps_per_call={steps // 2 if SMALL else steps // 10}",
+    f"train.eval_every={steps // 2}",
+    f"train.checkpoint_every={steps // 2}",
+    "train.progress=false",
 ]
-PER_CONFIG = {  # keep each method's character at this scale
+PER_CONFIG = {  # what each config needs at this scale
     "opt13b_sst2_lozo": ["zo.refresh_every=10"],
-    "opt13b_sst2_mezo": [],
-    "opt1.3b_sst2_factorized": ["zo.rank=8"],  # r=128 exceeds the tiny model's width of 32
+    "opt13b_sst2_mezo": ["optim.lr=1e-2"],
+    "opt1.3b_sst2_factorized": ["zo.rank=8", "optim.lr=2e-3"],  # r=128 exceeds the tiny model's width of 32
 }
+if SMALL:  # the test suite runs the main setup only (each config compiles its own programs)
+    PER_CONFIG = {"opt13b_sst2_lozo": PER_CONFIG["opt13b_sst2_lozo"]}
 summaries = {}
 for name, extra in PER_CONFIG.items():
     cfg = load_config(CONFIGS / f"{name}.yaml", SMALL_OVERRIDES + extra + [f"train.output_dir={WORK / name}"])
     print(f"--- {name}: {cfg.zo.method}, scope {cfg.zo.scope}, adapter path {cfg.zo.adapter}")
+    shutil.rmtree(cfg.train.output_dir, ignore_errors=True)  # a fresh run each time the cell runs
     summaries[name] = train(cfg)
 
 print(f"\n{'config':<26} {'zero-shot':>9} {'final':>6} {'steps/s':>8}")
 for name, s in summaries.items():
-    print(f"{name:<26} {s['zero_shot_accuracy']:>9.3f} {s['final_accuracy']:>6.3f} {s['steps_per_second']:>8.1f}")
+    print(
+        f"{name:<26} {s['zero_shot_accuracy']:>9.3f} {s['final_accuracy']:>6.3f} {s['steps_per_second']:>8.1f}"
+    )
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -217,6 +274,12 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# On a random 2-layer model these numbers only show that the pipeline runs; they say nothing about OPT-13B.
+# Still, the ordering is the expected one: with the same number of steps LoZO's rank-2 directions on the
+# projection weights move fastest, while MeZO's dense directions over *every* weight (embeddings included)
+# make a noisier estimate — the variance of a ZO gradient grows with the number of parameters it perturbs,
+# which is why LoZO and the lora-only scope exist.
+#
 # The seed log makes each run replayable: `zojax replay` rebuilds the trained weights from the base model and
 # `seeds.jsonl` alone and checks them against the last checkpoint, bit for bit.
 

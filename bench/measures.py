@@ -1,0 +1,182 @@
+"""The measures: inference efficiency, speedup over the torch training loop, memory, scaling.
+
+Each returns a JSON-ready dict. All comparisons are ratios of medians measured side by side
+(interleaved round-robin, see :func:`common.side_by_side`) in the same process.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+import zojax
+
+from . import common
+
+# --- 1. inference efficiency -------------------------------------------------------------
+
+
+def inference_efficiency(bundle, members=(1, 8), batch_size=16, seq_len=48, methods=common.METHODS,
+                         reps=5, log=print) -> dict:
+    """One ZO step over one plain forward of the same 2·K·B sequences, per K and method."""
+    batch = common.make_batch(bundle, batch_size, seq_len)
+    out = {"model": bundle.describe(), "batch_size": batch_size, "seq_len": seq_len, "by_k": {}}
+    for k in members:
+        log(f"  [efficiency] {bundle.name} K={k}: inference over {2 * k * batch_size} sequences vs "
+            f"{', '.join(methods)} steps")
+        fns = {"inference": common.InferenceRunner(bundle, batch, 2 * k)}
+        for m in methods:
+            fns[m] = common.StepRunner(bundle, m, k, batch)
+        t = common.side_by_side(fns, reps=reps, log=log)
+        inf = t["inference"]
+        row = {"inference_s": inf.median, "inference_cpu_s": inf.cpu_median}
+        for m in methods:
+            row[m] = {"step_s": t[m].median, "ratio": t[m].median / inf.median,
+                      "ratio_cpu": t[m].cpu_median / inf.cpu_median, "first_call_s": t[m].compile_s}
+            if m == "mezo":
+                row[m]["chunk_size"] = fns[m].spec.chunk_size
+        row["timings"] = {n: v.as_dict() for n, v in t.items()}
+        out["by_k"][str(k)] = row
+        log("    " + "  ".join(f"{m} {row[m]['ratio']:.3f}" for m in methods)
+            + f"  (inference {inf.median:.3f}s)")
+        del fns
+        common.release()
+    return out
+
+
+# --- 2. against the torch training loop -----------------------------------------------------
+
+
+def torch_speedup(bundle, members=(1, 8), batch_size=16, seq_len=48, methods=("lozo", "mezo"), reps=3,
+                  log=print) -> dict:
+    """Step time of the official-style torch MeZO / LoZO over zojax's step, same weights/batch/K."""
+    from . import torch_baseline
+
+    batch = common.make_batch(bundle, batch_size, seq_len)
+    model = torch_baseline.to_torch(bundle)
+    out = {"model": bundle.describe(), "batch_size": batch_size, "seq_len": seq_len, "by_k": {},
+           "torch_threads": __import__("torch").get_num_threads()}
+    for k in members:
+        row = {}
+        for m in methods:
+            log(f"  [torch] {bundle.name} K={k} {m}: zojax step vs torch {m} step")
+            fns = {"zojax": common.StepRunner(bundle, m, k, batch),
+                   "torch": torch_baseline.TorchZO(model, batch, m, k)}
+            t = common.side_by_side(fns, reps=reps, log=log)
+            row[m] = {"zojax_s": t["zojax"].median, "torch_s": t["torch"].median,
+                      "speedup": t["torch"].median / t["zojax"].median,
+                      "timings": {n: v.as_dict() for n, v in t.items()}}
+            log(f"    speedup {row[m]['speedup']:.2f}x (torch {t['torch'].median:.2f}s, "
+                f"zojax {t['zojax'].median:.2f}s)")
+            del fns
+            common.release()
+        out["by_k"][str(k)] = row
+    return out
+
+
+# --- 3. memory ------------------------------------------------------------------------------
+
+
+def _memory_stats(compiled) -> dict:
+    m = compiled.memory_analysis()
+    arg, out, alias, temp = (int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                             int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
+    # donated inputs come back as outputs in the same buffers: count them once
+    return {"argument_bytes": arg, "output_bytes": out, "alias_bytes": alias, "temp_bytes": temp,
+            "peak_bytes": arg + out - alias + temp}
+
+
+def abstract_bundle(name: str, layers: int | None = None, dtype=jnp.float32):
+    """A bundle whose params are shapes only (``jax.ShapeDtypeStruct``): enough to compile."""
+    import dataclasses
+
+    from flax import nnx
+
+    key = "smollm2-135m-shape" if name == "smollm2-135m" else name
+    family, config = common.SHAPES[key]
+    if layers is not None and layers < config.num_hidden_layers:
+        config = dataclasses.replace(config, num_hidden_layers=layers)
+    abstract = nnx.eval_shape(lambda: family.Model(config, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    return common.Bundle(name, family, config, params, dtype)
+
+
+def memory(name: str, layers: int | None = None, batch_size=16, seq_len=48, members=16,
+           chunk_size: int = 1, log=print) -> dict:
+    """Peak bytes of a dense full-parameter MeZO step (K members, ``chunk_size`` at a time) over
+    plain inference on the same batch, from XLA's compiled memory analysis.
+
+    peak = argument + output - aliased (donated) + temp bytes of the compiled program, for
+    the same shapes the timed runs use (weights are not needed to compile). The LoZO step
+    (adapter path) is reported alongside.
+    """
+    bundle = abstract_bundle(name, layers)
+    batch = common.make_batch(bundle, batch_size, seq_len)
+    loss = common.loss_fn(bundle)
+    inf = _memory_stats(jax.jit(loss).lower(bundle.params, batch).compile())
+    out = {"model": f"{name} ({bundle.config.num_hidden_layers} layers, shapes only)", "batch_size": batch_size,
+           "seq_len": seq_len, "members": members, "method": "xla_memory_analysis", "inference": inf}
+    for method, spec in (("mezo", common.spec_for("mezo", members, chunk_size=chunk_size)),
+                         ("lozo", common.spec_for("lozo", members))):
+        opt = zojax.zo_sgd(1e-7)
+        state, frozen = jax.eval_shape(lambda p, s=spec, o=opt: zojax.init(p, s, o, jax.random.PRNGKey(0)),
+                                       bundle.params)
+        compiled = zojax.step.lower(state, frozen, batch, loss_fn=loss, spec=spec, optimizer=opt).compile()
+        st = _memory_stats(compiled)
+        st["ratio"] = st["peak_bytes"] / inf["peak_bytes"]
+        st["chunk_size"] = spec.chunk_size
+        out[method] = st
+        log(f"  [memory] {name} K={members} {method}: peak {st['peak_bytes'] / 2**20:.0f} MiB vs inference "
+            f"{inf['peak_bytes'] / 2**20:.0f} MiB -> {st['ratio']:.3f}")
+        common.release()
+    return out
+
+
+# --- 4. scaling ------------------------------------------------------------------------------
+
+
+def _growth(xs: list[float]) -> list[float]:
+    return [x / xs[0] for x in xs]
+
+
+def scaling(bundle, members=(1, 2, 4, 8, 16), batch_sizes=(4, 8, 16, 32), fixed_batch=16, fixed_members=1,
+            seq_len=48, method="lozo", reps=3, log=print) -> dict:
+    """Step time against K (batch fixed) and against B (K fixed), next to inference of the same
+    number of sequences (2·K·B). ``growth`` is time relative to the first point; the step
+    scales no worse than inference when ``step_growth / inference_growth`` stays <= ~1."""
+    out = {"model": bundle.describe(), "method": method, "seq_len": seq_len}
+    for axis, values in (("members", members), ("batch_size", batch_sizes)):
+        steps, infs = [], []
+        for v in values:
+            k = v if axis == "members" else fixed_members
+            b = fixed_batch if axis == "members" else v
+            log(f"  [scaling] {bundle.name} {method} K={k} B={b}")
+            batch = common.make_batch(bundle, b, seq_len)
+            fns = {"inference": common.InferenceRunner(bundle, batch, 2 * k),
+                   "step": common.StepRunner(bundle, method, k, batch)}
+            t = common.side_by_side(fns, reps=reps, log=log)
+            steps.append(t["step"].median)
+            infs.append(t["inference"].median)
+            del fns
+            common.release()
+        sg, ig = _growth(steps), _growth(infs)
+        out[axis] = {
+            "values": list(values),
+            "sequences": [2 * (v if axis == "members" else fixed_members) * (fixed_batch if axis == "members" else v)
+                          for v in values],
+            "step_s": steps,
+            "inference_s": infs,
+            "step_over_inference": [s / i for s, i in zip(steps, infs)],
+            "step_growth": sg,
+            "inference_growth": ig,
+            "growth_ratio": [a / b for a, b in zip(sg, ig)],
+        }
+        log(f"    {axis}: step/inference " + " ".join(f"{r:.3f}" for r in out[axis]["step_over_inference"]))
+    return out
+
+
+def finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
