@@ -44,20 +44,30 @@ PyTree = Any
 
 
 def _fuse_threefry_on_cpu() -> None:
-    """Lower threefry2x32 on CPU as straight-line code (what every other platform gets).
+    """Lower large threefry2x32 calls on CPU as straight-line code (what GPU/TPU get).
 
-    jax lowers it on CPU as a 5-iteration ``while`` loop to save compile time; each
+    jax lowers threefry on CPU as a 5-iteration ``while`` loop to save compile time; each
     iteration is then a separate pass over the whole counter array, which makes dense
     Gaussian directions (MeZO: one normal per parameter, drawn for scoring and again for
     the update) 3-5x slower than the straight-line form, which XLA fuses into a single
     elementwise loop with the uniform/normal transform. Same bits, same values: only the
-    lowering changes. Skipped quietly if jax's internals move.
+    lowering changes. Small calls (the scalar ``fold_in`` key derivations, dozens per
+    step) keep the compact loop, so compile time does not grow. Skipped quietly if jax's
+    internals move.
     """
     try:
+        import math
+
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as _tf
 
-        mlir.register_lowering(_tf.threefry2x32_p, _tf._threefry2x32_lowering_rule, platform="cpu")
+        rolled, unrolled = _tf._threefry2x32_cpu_lowering_rule, _tf._threefry2x32_lowering_rule
+
+        def rule(ctx, *args):
+            size = max(math.prod(a.shape) for a in ctx.avals_in)
+            return (unrolled if size >= 4096 else rolled)(ctx, *args)
+
+        mlir.register_lowering(_tf.threefry2x32_p, rule, platform="cpu")
     except (ImportError, AttributeError):  # pragma: no cover - depends on the jax version
         pass
 

@@ -27,8 +27,8 @@ class ToyMLP(nnx.Module):
                             bias=nnx.Param(jnp.zeros((d_out,))))
 
     def __call__(self, x):
-        h = jax.nn.gelu(nn.dense(x, self.fc1["kernel"].value, self.fc1["bias"].value))
-        return nn.dense(h, self.fc2["kernel"].value, self.fc2["bias"].value)
+        h = jax.nn.gelu(nn.dense(x, self.fc1["kernel"].get_value(), self.fc1["bias"].get_value()))
+        return nn.dense(h, self.fc2["kernel"].get_value(), self.fc2["bias"].get_value())
 
 
 def toy_classification(key, n: int = 256, d_in: int = 4, classes: int = 3):

@@ -43,7 +43,7 @@ from zojax.optim import densify, init, lozo_m, run_steps, zo_sgd
 from zojax.scoring import ZOSpec
 from zojax.seedlog import SeedLog
 
-__all__ = ["Run", "build_run", "train", "evaluate", "make_spec", "make_optimizer", "TrainingError"]
+__all__ = ["Run", "build_run", "train", "evaluate", "trained_params", "make_spec", "make_optimizer", "TrainingError"]
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +349,11 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
     state, frozen = parallel.shard_run(state, frozen, run.mesh)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
+    if not resume and ckpt.steps():
+        raise FileExistsError(
+            f"{run_dir} already holds checkpoints {ckpt.steps()}: pass --resume, choose another "
+            "train.output_dir, or delete it"
+        )
     seed_log = SeedLog.new(key, run.spec, config=cfg.model_dump())
     meta: dict = {}
     if resume:
