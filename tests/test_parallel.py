@@ -41,10 +41,17 @@ def _env(devices: int) -> dict:
 
 def _run_worker(args: list[str], devices: int, timeout: float = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, str(HERE), *args], env=_env(devices), capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(HERE), *args],
+        env=_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if proc.returncode != 0:
-        raise AssertionError(f"worker {args[0]} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"worker {args[0]} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
@@ -53,7 +60,8 @@ def _run_worker(args: list[str], devices: int, timeout: float = 600) -> subproce
 
 def test_mesh_errors_and_sharding_rules():
     import jax
-    from jax.sharding import AbstractMesh, PartitionSpec as P
+    from jax.sharding import AbstractMesh
+    from jax.sharding import PartitionSpec as P
 
     from zojax import parallel
     from zojax.parallel import MeshError, check_population, make_mesh, param_spec
@@ -93,9 +101,9 @@ def test_mesh_errors_and_sharding_rules():
     }
     for (path, shape), expected in rules.items():
         assert param_spec(path, shape, mesh) == expected, path
-    assert param_spec("layers/mlp/down_proj/kernel", (2, 64, 32), AbstractMesh((8, 1), ("pop", "model"))) == P(
-        None, None, None
-    )
+    assert param_spec(
+        "layers/mlp/down_proj/kernel", (2, 64, 32), AbstractMesh((8, 1), ("pop", "model"))
+    ) == P(None, None, None)
     assert parallel.initialize() is False  # no coordinator in the environment: single process
 
 
@@ -164,11 +172,23 @@ def test_only_losses_cross_the_population_axis(eight):
             assert op["group_size"] == 2, op
 
 
+def test_optax_state_one_sided_and_micro_batches_on_a_mesh(eight):
+    toy = eight["toy"]
+    # one-sided differences at eps=1e-3 and adam's normalisation amplify float32 rounding
+    np.testing.assert_allclose(toy["pop4_model2"]["losses"], toy["single"]["losses"], rtol=1e-4, atol=1e-5)
+    for a, b in zip(toy["pop4_model2"]["params"], toy["single"]["params"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert toy["pop4_model2"]["mu_spec"] == ["None", "model"]  # adam's moments sharded like fc1/kernel
+
+
 def test_mesh_errors_on_eight_devices(eight):
     errors = eight["errors"]
     assert "does not divide the number of members K=6" in errors["score"]
     assert errors["cli_members"]["rc"] == 2 and "K=4" in errors["cli_members"]["stderr"]
-    assert errors["cli_devices"]["rc"] == 2 and "does not divide the 8 devices" in errors["cli_devices"]["stderr"]
+    assert (
+        errors["cli_devices"]["rc"] == 2
+        and "does not divide the 8 devices" in errors["cli_devices"]["stderr"]
+    )
 
 
 # --- two processes on localhost ----------------------------------------------------------------
@@ -188,7 +208,10 @@ def test_two_processes_match_one(eight, tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE), "host", str(root), str(out), address, str(pid)],
-            env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for pid in (0, 1)
     ]
@@ -207,7 +230,11 @@ def test_two_processes_match_one(eight, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and len(summary["devices"]) == 4
     np.testing.assert_allclose(summary["final_loss"], ref["final_loss"], rtol=1e-5)
-    train = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    train = [
+        r["loss"]
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
     np.testing.assert_allclose(train, ref["train_losses"], rtol=1e-5)
     for a, b in zip(_params(out, "multihost"), _params(root, "single"), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -241,8 +268,14 @@ def _make_assets(root: Path) -> None:
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
     )
     hf = LlamaConfig(
-        vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+        vocab_size=48,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
     )
     config = llama.Config.from_hf(hf)
     save_pretrained(llama.Model(config, rngs=nnx.Rngs(0)), config, root / "model", tokenizer)
@@ -263,18 +296,37 @@ def _write_config(root: Path) -> Path:
     cfg = {
         "model": {"name": str(root / "model")},
         "task": {
-            "name": "sst2", "source": str(root / "data.jsonl"), "columns": {"sentence": "text", "label": "sentiment"},
-            "label_map": {"neg": 0, "pos": 1}, "num_train": 64, "num_dev": 16, "num_test": 16, "max_length": 16,
+            "name": "sst2",
+            "source": str(root / "data.jsonl"),
+            "columns": {"sentence": "text", "label": "sentiment"},
+            "label_map": {"neg": 0, "pos": 1},
+            "num_train": 64,
+            "num_dev": 16,
+            "num_test": 16,
+            "max_length": 16,
         },
         # chunk_size 2: one device scores 4 chunks (lax.map), pop=8 one member, pop=4 two (vmap).
         # Two trained leaves, one column- and one row-parallel (compile time grows with the
         # number of trained leaves); the other weights are frozen but sharded all the same.
-        "zo": {"method": "lozo", "rank": 2, "refresh_every": 2, "members": MEMBERS, "eps": 1e-2,
-               "scope": "(q_proj|down_proj)/kernel$",
-               "chunk_size": 2},
+        "zo": {
+            "method": "lozo",
+            "rank": 2,
+            "refresh_every": 2,
+            "members": MEMBERS,
+            "eps": 1e-2,
+            "scope": "(q_proj|down_proj)/kernel$",
+            "chunk_size": 2,
+        },
         "optim": {"name": "zo_sgd", "lr": 5e-3},
-        "train": {"steps": 4, "batch_size": 8, "steps_per_call": 2, "eval_every": 0, "eval_batch_size": 16,
-                  "checkpoint_every": 0, "progress": False},
+        "train": {
+            "steps": 4,
+            "batch_size": 8,
+            "steps_per_call": 2,
+            "eval_every": 0,
+            "eval_batch_size": 16,
+            "checkpoint_every": 0,
+            "progress": False,
+        },
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -305,7 +357,10 @@ def _collectives(hlo: str, mesh_shape) -> list[dict]:
     """Cross-device ops of a compiled HLO module: kind, element count and replica-group size."""
     out = []
     for line in hlo.splitlines():
-        m = re.search(r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?\(", line)
+        m = re.search(
+            r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?\(",
+            line,
+        )
         if not m:
             continue
         elements = sum(
@@ -333,13 +388,52 @@ def _share_optimizers() -> None:
 
     make = zt.make_optimizer
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def cached(optim_json, steps, spec):
         return make(zt.RunConfig.model_validate_json(optim_json), spec)
 
     zt.make_optimizer = lambda cfg, spec: cached(
-        zt.RunConfig(optim=cfg.optim, train={"steps": cfg.train.steps}).model_dump_json(), cfg.train.steps, spec
+        zt.RunConfig(optim=cfg.optim, train={"steps": cfg.train.steps}).model_dump_json(),
+        cfg.train.steps,
+        spec,
     )
+
+
+def _toy_optax(jax, jnp, zojax, parallel) -> dict:
+    """A plain loss_fn with densify + adam, one-sided differences and 2 micro-batches: the
+    optimiser state is sharded like the weights and the result does not depend on the mesh."""
+    import optax
+
+    params = {
+        "fc1": {"kernel": jnp.linspace(-1, 1, 8 * 16).reshape(8, 16)},
+        "fc2": {"kernel": jnp.linspace(1, -1, 16 * 4).reshape(16, 4), "bias": jnp.zeros(4)},
+    }
+    x = jnp.linspace(-2, 2, 2 * 6 * 8).reshape(2, 6, 8)  # (micro-batches, examples, features)
+    batch = {"x": x, "y": jnp.tanh(x[..., :4])}
+
+    def loss_fn(p, b):
+        h = jnp.tanh(b["x"] @ p["fc1"]["kernel"])
+        return jnp.mean((h @ p["fc2"]["kernel"] + p["fc2"]["bias"] - b["y"]) ** 2)
+
+    spec = zojax.ZOSpec(noise=zojax.Gaussian(), eps=1e-3, members=MEMBERS, sided="one")
+    opt = optax.chain(zojax.densify(), optax.adam(1e-2))
+    out = {}
+    for name, shape in (("single", None), ("pop4_model2", (4, 2))):
+        mesh = None if shape is None else parallel.make_mesh(*shape)
+        state, frozen = zojax.init(jax.tree.map(jnp.copy, params), spec, opt, jax.random.PRNGKey(3))
+        state, frozen = parallel.shard_run(state, frozen, mesh)
+        b = batch if mesh is None else parallel.replicate(batch, mesh)
+        for _ in range(2):
+            state, info = zojax.step(
+                state, frozen, b, loss_fn=loss_fn, spec=spec, optimizer=opt, micro_batches=2, mesh=mesh
+            )
+        mu = state.opt_state[1][0].mu["fc1"]["kernel"]
+        out[name] = {
+            "losses": np.asarray(info.losses).tolist(),
+            "params": [np.asarray(v).tolist() for v in jax.tree.leaves(state.params)],
+            "mu_spec": [str(a) for a in mu.sharding.spec] if mesh is not None else None,
+        }
+    return out
 
 
 def _worker_eight(root: Path) -> None:
@@ -385,13 +479,23 @@ def _worker_eight(root: Path) -> None:
         cli_leaves = _gather_params(cli_params)
         _save_params(root / f"params_{name}.npz", cli_leaves)
         mesh = None if shape is None else parallel.make_mesh(*shape)
-        state, frozen = zojax.init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, jax.random.PRNGKey(0))
+        state, frozen = zojax.init(
+            jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, jax.random.PRNGKey(0)
+        )
         state, frozen = parallel.shard_run(state, frozen, mesh)
         # the same static arguments as the trainer passes (an omitted default is a new jit key)
-        kwargs = dict(loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer, micro_batches=1, mesh=mesh)
+        kwargs = {
+            "loss_fn": run.loss_fn,
+            "spec": run.spec,
+            "optimizer": run.optimizer,
+            "micro_batches": 1,
+            "mesh": mesh,
+        }
         losses = []
         for start in (0, 2):
-            batches = tasks.train_batches(run.train_set, cfg.task.data_seed, start, 2, 8, seq_len=run.train_set.seq_len)
+            batches = tasks.train_batches(
+                run.train_set, cfg.task.data_seed, start, 2, 8, seq_len=run.train_set.seq_len
+            )
             if mesh is not None:
                 batches = parallel.replicate(batches, mesh)
                 if start == 0:  # the trainer's compiled program, from the jit cache
@@ -404,18 +508,29 @@ def _worker_eight(root: Path) -> None:
         flat = jax.tree_util.tree_flatten_with_path(final)[0]
         result["api"][name] = {
             "losses": losses,
-            "max_param_diff_vs_cli": max(float(np.max(np.abs(a - b))) for a, b in zip(api_leaves, cli_leaves, strict=True)),
-            "specs": {path_str(p): list(x.sharding.spec) + [None] * (x.ndim - len(x.sharding.spec)) for p, x in flat
-                      if hasattr(x.sharding, "spec")},
+            "max_param_diff_vs_cli": max(
+                float(np.max(np.abs(a - b))) for a, b in zip(api_leaves, cli_leaves, strict=True)
+            ),
+            "specs": {
+                path_str(p): list(x.sharding.spec) + [None] * (x.ndim - len(x.sharding.spec))
+                for p, x in flat
+                if hasattr(x.sharding, "spec")
+            },
             "shard_shape": {path_str(p): list(x.addressable_shards[0].data.shape) for p, x in flat},
         }
         timings[f"api_{name}"] = time.time() - tic
+
+    tic = time.time()
+    result["toy"] = _toy_optax(jax, jnp, zojax, parallel)
+    timings["toy"] = time.time() - tic
 
     # Errors: K not divisible by pop (API and CLI), a mesh that does not divide the devices.
     mesh = parallel.make_mesh(8, 1)
     spec = zojax.ZOSpec(members=6)
     try:
-        zojax.score(lambda p, b: jnp.sum(p["w"]), {"w": jnp.zeros(2)}, None, jax.random.PRNGKey(0), 0, spec, mesh=mesh)
+        zojax.score(
+            lambda p, b: jnp.sum(p["w"]), {"w": jnp.zeros(2)}, None, jax.random.PRNGKey(0), 0, spec, mesh=mesh
+        )
         result["errors"]["score"] = "no error"
     except parallel.MeshError as e:
         result["errors"]["score"] = str(e)

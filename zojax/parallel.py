@@ -45,25 +45,25 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from zojax.noise import path_str
 
 __all__ = [
-    "POP",
-    "MODEL",
     "DEFAULT_RULES",
+    "MODEL",
+    "POP",
     "MeshError",
-    "make_mesh",
-    "mesh_from_config",
     "check_population",
-    "pop_size",
-    "model_size",
-    "param_spec",
-    "param_shardings",
-    "state_shardings",
-    "replicated",
-    "shard",
-    "replicate",
-    "shard_run",
     "constrain",
     "initialize",
     "is_main_process",
+    "make_mesh",
+    "mesh_from_config",
+    "model_size",
+    "param_shardings",
+    "param_spec",
+    "pop_size",
+    "replicate",
+    "replicated",
+    "shard",
+    "shard_run",
+    "state_shardings",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,9 @@ class MeshError(ValueError):
 def _resolve(pop: int, model: int, n: int) -> tuple[int, int]:
     for name, v in (("pop", pop), ("model", model)):
         if not isinstance(v, (int, np.integer)) or (v < 1 and v != -1):
-            raise MeshError(f"mesh.{name} must be a positive integer or -1 (the rest of the devices), got {v!r}")
+            raise MeshError(
+                f"mesh.{name} must be a positive integer or -1 (the rest of the devices), got {v!r}"
+            )
     if pop == -1 and model == -1:
         raise MeshError("at most one of mesh.pop and mesh.model may be -1")
     if pop == -1 or model == -1:
@@ -270,7 +272,9 @@ def shard_run(state, frozen: PyTree, mesh: Mesh | None, rules=DEFAULT_RULES):
     """Place a ``(state, frozen)`` pair from :func:`zojax.init` on ``mesh`` (no-op for None)."""
     if mesh is None:
         return state, frozen
-    return shard(state, state_shardings(state, mesh, rules)), shard(frozen, param_shardings(frozen, mesh, rules))
+    return shard(state, state_shardings(state, mesh, rules)), shard(
+        frozen, param_shardings(frozen, mesh, rules)
+    )
 
 
 def constrain(tree: PyTree, shardings: PyTree) -> PyTree:
@@ -307,7 +311,9 @@ def initialize(
         if value is not None:
             return int(value)
         if env not in os.environ:
-            raise MeshError(f"multi-host run with coordinator {coordinator}: set --{env[4:].lower().replace('_', '-')} or {env}")
+            raise MeshError(
+                f"multi-host run with coordinator {coordinator}: set --{env[4:].lower().replace('_', '-')} or {env}"
+            )
         return int(os.environ[env])
 
     jax.distributed.initialize(

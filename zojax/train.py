@@ -338,7 +338,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     run_dir = Path(t.output_dir)
     is_main = jax.process_index() == 0
     if not is_main:
-        echo = lambda *args, **kwargs: None  # noqa: E731 -- only process 0 reports
+        echo = lambda *args, **kwargs: None  # only process 0 reports
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
