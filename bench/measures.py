@@ -19,7 +19,7 @@ from . import common
 
 
 def inference_efficiency(bundle, members=(1, 8), batch_size=16, seq_len=48, methods=common.METHODS,
-                         reps=5, log=print) -> dict:
+                         reps=5, warmup=1, log=print) -> dict:
     """One ZO step over one plain forward of the same 2·K·B sequences, per K and method."""
     batch = common.make_batch(bundle, batch_size, seq_len)
     out = {"model": bundle.describe(), "batch_size": batch_size, "seq_len": seq_len, "by_k": {}}
@@ -29,7 +29,7 @@ def inference_efficiency(bundle, members=(1, 8), batch_size=16, seq_len=48, meth
         fns = {"inference": common.InferenceRunner(bundle, batch, 2 * k)}
         for m in methods:
             fns[m] = common.StepRunner(bundle, m, k, batch)
-        t = common.side_by_side(fns, reps=reps, log=log)
+        t = common.side_by_side(fns, reps=reps, warmup=warmup, log=log)
         inf = t["inference"]
         row = {"inference_s": inf.median, "inference_cpu_s": inf.cpu_median}
         for m in methods:
@@ -50,7 +50,7 @@ def inference_efficiency(bundle, members=(1, 8), batch_size=16, seq_len=48, meth
 
 
 def torch_speedup(bundle, members=(1, 8), batch_size=16, seq_len=48, methods=("lozo", "mezo"), reps=3,
-                  log=print) -> dict:
+                  warmup=1, log=print) -> dict:
     """Step time of the official-style torch MeZO / LoZO over zojax's step, same weights/batch/K."""
     from . import torch_baseline
 
@@ -64,7 +64,7 @@ def torch_speedup(bundle, members=(1, 8), batch_size=16, seq_len=48, methods=("l
             log(f"  [torch] {bundle.name} K={k} {m}: zojax step vs torch {m} step")
             fns = {"zojax": common.StepRunner(bundle, m, k, batch),
                    "torch": torch_baseline.TorchZO(model, batch, m, k)}
-            t = common.side_by_side(fns, reps=reps, log=log)
+            t = common.side_by_side(fns, reps=reps, warmup=warmup, log=log)
             row[m] = {"zojax_s": t["zojax"].median, "torch_s": t["torch"].median,
                       "speedup": t["torch"].median / t["zojax"].median,
                       "timings": {n: v.as_dict() for n, v in t.items()}}
@@ -105,7 +105,7 @@ def abstract_bundle(name: str, layers: int | None = None, dtype=jnp.float32):
 
 
 def memory(name: str, layers: int | None = None, batch_size=16, seq_len=48, members=16,
-           chunk_size: int = 1, log=print) -> dict:
+           chunk_size: int = 1, methods=("mezo", "lozo"), log=print) -> dict:
     """Peak bytes of a dense full-parameter MeZO step (K members, ``chunk_size`` at a time) over
     plain inference on the same batch, from XLA's compiled memory analysis.
 
@@ -119,9 +119,10 @@ def memory(name: str, layers: int | None = None, batch_size=16, seq_len=48, memb
     inf = _memory_stats(jax.jit(loss).lower(bundle.params, batch).compile())
     out = {"model": f"{name} ({bundle.config.num_hidden_layers} layers, shapes only)", "batch_size": batch_size,
            "seq_len": seq_len, "members": members, "method": "xla_memory_analysis", "inference": inf}
-    for method, spec in (("mezo", common.spec_for("mezo", members, chunk_size=chunk_size)),
-                         ("lozo", common.spec_for("lozo", members))):
-        opt = zojax.zo_sgd(1e-7)
+    specs = {"mezo": common.spec_for("mezo", members, chunk_size=chunk_size), "lozo": common.spec_for("lozo", members)}
+    for method in methods:
+        spec = specs[method]
+        opt = common.optimizer(1e-7)
         state, frozen = jax.eval_shape(lambda p, s=spec, o=opt: zojax.init(p, s, o, jax.random.PRNGKey(0)),
                                        bundle.params)
         compiled = zojax.step.lower(state, frozen, batch, loss_fn=loss, spec=spec, optimizer=opt).compile()
@@ -143,7 +144,7 @@ def _growth(xs: list[float]) -> list[float]:
 
 
 def scaling(bundle, members=(1, 2, 4, 8, 16), batch_sizes=(4, 8, 16, 32), fixed_batch=16, fixed_members=1,
-            seq_len=48, method="lozo", reps=3, log=print) -> dict:
+            seq_len=48, method="lozo", reps=3, warmup=1, log=print) -> dict:
     """Step time against K (batch fixed) and against B (K fixed), next to inference of the same
     number of sequences (2·K·B). ``growth`` is time relative to the first point; the step
     scales no worse than inference when ``step_growth / inference_growth`` stays <= ~1."""
@@ -157,7 +158,7 @@ def scaling(bundle, members=(1, 2, 4, 8, 16), batch_sizes=(4, 8, 16, 32), fixed_
             batch = common.make_batch(bundle, b, seq_len)
             fns = {"inference": common.InferenceRunner(bundle, batch, 2 * k),
                    "step": common.StepRunner(bundle, method, k, batch)}
-            t = common.side_by_side(fns, reps=reps, log=log)
+            t = common.side_by_side(fns, reps=reps, warmup=warmup, log=log)
             steps.append(t["step"].median)
             infs.append(t["inference"].median)
             del fns

@@ -6,7 +6,7 @@
     python bench/run.py --tiny --json /tmp/t.json                      # seconds; what the tests run
     python bench/run.py --device-suite --tiny                          # the device suite at a tiny shape
 
-Measures (see bench/README.md for what each compares and the latest numbers):
+Measures (the README's Benchmarks section has what each compares and the latest numbers):
   1. efficiency  one ZO step / one plain forward over the same 2·K·B sequences (LoZO, factorized, MeZO)
   2. torch       the official-style PyTorch MeZO / LoZO step time / zojax's step time
   3. memory      peak bytes of a dense MeZO step with K=16 / plain inference (XLA memory analysis)
@@ -50,22 +50,25 @@ PROFILES = {
                  memory_model=("smollm2-135m", None),
                  scaling_model=("smollm2-135m", None), scaling_k=(1, 2, 4, 8, 16), scaling_b=(4, 8, 16, 32),
                  scaling_reps=3),
-    "quick": dict(models=[("smollm2-135m", 4), ("opt-125m", 4)], batch=8, seq=32, members=(1, 8), reps=3,
-                  torch_model=("smollm2-135m", 4), torch_reps=2,
-                  memory_model=("smollm2-135m", None),
-                  scaling_model=("smollm2-135m", 4), scaling_k=(1, 2, 4, 8, 16), scaling_b=(4, 8, 16, 32),
+    # the batch (16 prompts of 48 tokens) and K, on truncated models; the first call
+    # (compile + run) is the only warm-up
+    "quick": dict(models=[("smollm2-135m", 4), ("opt-125m", 2)], batch=16, seq=48, members=(1, 8), reps=3,
+                  warmup=0, torch_model=("smollm2-135m", 4), torch_reps=2,
+                  memory_model=("smollm2-135m", None), memory_batch=16, memory_seq=48,
+                  scaling_model=("smollm2-135m", 4), scaling_batch=8, scaling_k=(1, 2, 4, 8), scaling_b=(4, 8, 16),
                   scaling_reps=2),
-    "tiny": dict(models=[("tiny-llama", None), ("tiny-opt", None)], batch=4, seq=16, members=(1, 8), reps=2,
+    # every code path at toy size, few distinct programs (compiles dominate at this size)
+    "tiny": dict(models=[("tiny-llama", None)], batch=4, seq=16, members=(1, 8), reps=1,
                  torch_model=("tiny-llama", None), torch_reps=1,
-                 memory_model=("tiny-llama", None),
-                 scaling_model=("tiny-llama", None), scaling_k=(1, 2), scaling_b=(2, 4), scaling_reps=1),
+                 memory_model=("tiny-llama", None), memory_members=8,
+                 scaling_model=("tiny-llama", None), scaling_k=(1, 8), scaling_b=(4, 8), scaling_reps=1),
     # the device suite (gpu.sh): OPT-1.3B and OPT-13B shapes, bf16, one accelerator
     "device": dict(models=[("opt-1.3b", None), ("opt-13b", None)], batch=16, seq=48, members=(1, 8), reps=5,
                    memory_model=("opt-1.3b", None),
                    scaling_model=("opt-1.3b", None), scaling_k=(1, 2, 4, 8, 16), scaling_b=(16, 32, 64, 128),
                    scaling_reps=3, dtype="bfloat16"),
     "device-tiny": dict(models=[("tiny-opt", None)], batch=4, seq=16, members=(1, 8), reps=1,
-                        memory_model=("tiny-opt", None),
+                        memory_model=("tiny-opt", None), memory_members=8,
                         scaling_model=("tiny-opt", None), scaling_k=(1, 2), scaling_b=(4, 8), scaling_reps=1,
                         dtype="bfloat16"),
 }
@@ -87,16 +90,22 @@ def _check(results: dict) -> dict:
     return out
 
 
-def run(profile: str, only=ALL, json_path: str | None = None, log=print, reps: int | None = None) -> dict:
+def run(profile: str, only=ALL, json_path: str | None = None, log=print, reps: int | None = None,
+        members: tuple[int, ...] | None = None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    p = PROFILES[profile]
+    p = dict(PROFILES[profile])
+    if members:
+        p["members"] = members
+    cache = common.enable_compilation_cache()
     dtype = jnp.dtype(p.get("dtype", "float32"))
     device = profile.startswith("device")
     t_start = time.time()
-    results: dict = {"profile": profile, "machine": common.machine(), "details": {}}
+    results: dict = {"profile": profile, "machine": common.machine(), "details": {},
+                     "compilation_cache": cache is not None}
     reps = reps or p["reps"]
+    warmup = p.get("warmup", 1)
     log(f"zojax bench, profile {profile!r} on {results['machine']['cpu']} "
         f"({results['machine']['cores']} cores, backend {jax.default_backend()})")
 
@@ -116,7 +125,7 @@ def run(profile: str, only=ALL, json_path: str | None = None, log=print, reps: i
         worst = {m: 0.0 for m in common.METHODS}
         for name, layers in p["models"]:
             r = measures.inference_efficiency(get(name, layers), members=p["members"], batch_size=p["batch"],
-                                              seq_len=p["seq"], reps=reps, log=log)
+                                              seq_len=p["seq"], reps=reps, warmup=warmup, log=log)
             eff[name] = r
             for k, row in r["by_k"].items():
                 for m in common.METHODS:
@@ -135,7 +144,7 @@ def run(profile: str, only=ALL, json_path: str | None = None, log=print, reps: i
     if "torch" in only and "torch_model" in p:
         name, layers = p["torch_model"]
         r = measures.torch_speedup(get(name, layers), members=p["members"], batch_size=p["batch"], seq_len=p["seq"],
-                                   reps=p.get("torch_reps", reps), log=log)
+                                   reps=p.get("torch_reps", reps), warmup=warmup, log=log)
         details["torch"] = r
         for k, row in r["by_k"].items():
             for m, v in row.items():
@@ -145,17 +154,17 @@ def run(profile: str, only=ALL, json_path: str | None = None, log=print, reps: i
 
     if "memory" in only:
         name, layers = p["memory_model"]
-        r = measures.memory(name, layers, batch_size=p["batch"] if profile != "quick" else 16,
-                            seq_len=p["seq"] if profile != "quick" else 48, members=16, log=log)
+        r = measures.memory(name, layers, batch_size=p.get("memory_batch", p["batch"]),
+                            seq_len=p.get("memory_seq", p["seq"]), members=p.get("memory_members", 16), log=log)
         details["memory"] = r
         results["memory_ratio_mezo"] = r["mezo"]["ratio"]
         results["memory_ratio_lozo"] = r["lozo"]["ratio"]
 
     if "scaling" in only:
         name, layers = p["scaling_model"]
-        fixed_b = p["batch"]
+        fixed_b = p.get("scaling_batch", p["batch"])
         r = measures.scaling(get(name, layers), members=p["scaling_k"], batch_sizes=p["scaling_b"],
-                             fixed_batch=fixed_b, seq_len=p["seq"], reps=p["scaling_reps"], log=log)
+                             fixed_batch=fixed_b, seq_len=p["seq"], reps=p["scaling_reps"], warmup=warmup, log=log)
         details["scaling"] = r
         results["scaling_k_step_over_inference"] = r["members"]["step_over_inference"]
         results["scaling_b_step_over_inference"] = r["batch_size"]["step_over_inference"]
@@ -198,6 +207,7 @@ def main(argv=None):
                     help="OPT-1.3B / OPT-13B shapes in bf16 on the default accelerator (what gpu.sh runs)")
     ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per candidate (after warm-up)")
+    ap.add_argument("--members", default=None, help="comma-separated K values for efficiency and torch (default 1,8)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     if args.device_suite:
@@ -211,7 +221,8 @@ def main(argv=None):
     if profile.startswith("device"):
         only = tuple(m for m in only if m != "torch")  # the torch baseline is the CPU comparison
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    run(profile, only, args.json, reps=args.reps)
+    members = tuple(int(k) for k in args.members.split(",")) if args.members else None
+    run(profile, only, args.json, reps=args.reps, members=members)
 
 
 if __name__ == "__main__":

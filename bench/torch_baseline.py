@@ -43,7 +43,7 @@ def to_torch(bundle, attn_implementation: str = "sdpa"):
     torch.set_num_threads(os.cpu_count() or 1)
     hf_config = bundle.config.to_hf()
     hf_config._attn_implementation = attn_implementation
-    model = AutoModelForCausalLM.from_config(hf_config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
     state = {}
     host: dict[tuple, np.ndarray] = {}
     for name, spec in bundle.family.hf_param_map(bundle.config).items():
@@ -53,7 +53,7 @@ def to_torch(bundle, attn_implementation: str = "sdpa"):
                 leaf = leaf[part]
             host[spec.path] = np.asarray(jax.device_get(leaf), dtype=np.float32)
         a = host[spec.path]
-        state[name] = torch.from_numpy(np.ascontiguousarray(spec.to_hf(a if spec.layer is None else a[spec.layer])))
+        state[name] = torch.from_numpy(np.array(spec.to_hf(a if spec.layer is None else a[spec.layer]), copy=True))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("lm_head.weight")]
     if missing or unexpected:

@@ -136,8 +136,11 @@ def _toy_loss(graphdef):
     return loss
 
 
+@pytest.mark.parametrize("factored", [True, False], ids=["factored", "formed"])
 @pytest.mark.parametrize("noise", [LowRank(rank=2), Factorized(rank=8)], ids=["lowrank", "factorized"])
-def test_adapter_path_equals_generic_path_on_nnx_model(noise):
+def test_adapter_path_equals_generic_path_on_nnx_model(noise, factored, monkeypatch):
+    """Both ways ``nn.dense`` may consume a Perturbed weight give the generic path's losses."""
+    monkeypatch.setattr(nn, "factored_is_cheaper", lambda x, w: factored)
     graphdef, state = nnx.split(ToyMLP(4, 16, 3, rngs=nnx.Rngs(1)))
     batch = toy_classification(KEY, n=32)
     loss = _toy_loss(graphdef)
@@ -162,6 +165,18 @@ def test_adapter_path_never_forms_perturbed_weights():
     zojax.score(loss, {"w": jnp.ones((4, 2))}, jnp.ones((1, 4)), KEY, 0, spec)
     assert isinstance(seen[0], nn.Perturbed)
     assert seen[0].base.shape == (4, 2)  # the shared base, not one copy per member
+
+
+def test_dense_forms_the_weight_only_when_activations_outweigh_it():
+    def perturbed(d_in, d_out, stack=()):
+        return nn.Perturbed(jnp.zeros(stack + (d_in, d_out)), jnp.zeros(stack + (d_in, 2)),
+                            jnp.zeros(stack + (d_out, 2)))
+
+    tokens = jnp.zeros((16, 48, 576))  # batch 16 of 48 tokens
+    assert not nn.factored_is_cheaper(tokens, perturbed(576, 1536))  # SmolLM2-135M: form it
+    assert nn.factored_is_cheaper(jnp.zeros((16, 48, 5120)), perturbed(5120, 5120))  # OPT-13B: factored
+    # rows are counted per matrix when the weight carries stacked (batch) axes
+    assert nn.factored_is_cheaper(jnp.zeros((30, 4, 576)), perturbed(576, 576, (30,)))
 
 
 def test_frozen_leaves_are_not_perturbed():

@@ -185,6 +185,16 @@ def test_config_errors_name_the_key(assets, tmp_path):
     assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
 
 
+def test_every_shipped_config_loads_and_builds_its_spec():
+    from zojax.train import make_spec
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")):
+        spec = make_spec(load_config(path))
+        assert spec.members >= 1, path
+    mezo = make_spec(load_config(Path(__file__).resolve().parent.parent / "configs" / "opt13b_sst2_mezo.yaml"))
+    assert mezo.lazy_dense and not mezo.adapter
+
+
 def test_missing_data_file_and_columns(assets, tmp_path):
     cfg = load_config(_config(assets, tmp_path / "r", task__source=str(tmp_path / "missing.jsonl")))
     from zojax.train import train

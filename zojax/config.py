@@ -62,6 +62,9 @@ class ZOConfig(_Strict):
     )
     chunk_size: int | None = Field(None, ge=1, description="members scored at once (memory bound); None: all")
     adapter: bool = Field(True, description="score low-rank directions through zojax.nn without forming W + eps UV^T")
+    lazy_dense: bool = Field(
+        False, description="draw dense directions inside the model, layer by layer (built-in models): full-parameter MeZO at inference memory"
+    )
     vectors: Literal["dense", "exclude"] = Field("dense", description="LoZO: 1-D leaves get dense noise or stay frozen")
 
 
@@ -169,7 +172,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Traceback (most recent call last):
     ...
     zojax.config.ConfigError: invalid configuration (.../default.yaml + overrides):
-      unknown key 'zo.rnak'; allowed here: method, rank, refresh_every, members, eps, scope, sided, estimator, chunk_size, adapter, vectors
+      unknown key 'zo.rnak'; allowed here: method, rank, refresh_every, members, eps, scope, sided, estimator, chunk_size, adapter, lazy_dense, vectors
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.exists():

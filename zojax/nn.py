@@ -1,10 +1,12 @@
 """Weights that may carry a low-rank perturbation, and the matmuls that consume them.
 
 A model written with these functions can be scored on zojax's adapter path: a trainable
-weight arrives as a :class:`Perturbed` leaf ``W + v @ u.T`` and the matmul computes
-``x @ W + (x @ v) @ u.T`` without ever forming the perturbed matrix. When the population
+weight arrives as a :class:`Perturbed` leaf ``W + s v @ u.T`` and the matmul computes
+``x @ W + s (x @ v) @ u.T`` without forming the perturbed matrix. When the population
 is vmapped and ``W`` is shared (unbatched), XLA folds the population into the batch of
-the large GEMM, exactly like multi-LoRA serving.
+the large GEMM, exactly like multi-LoRA serving. Only where the activations outweigh the
+weight (few, narrow matrices and many tokens: small models on CPU) is the perturbed
+matrix formed instead, one layer at a time, as that is then the cheaper of the two.
 
 Conventions: a weight has shape ``(..., d_in, d_out)`` (leading axes, e.g. stacked
 layers, are batch axes); ``v`` has shape ``(..., d_in, r)`` and ``u`` ``(..., d_out, r)``.
@@ -13,17 +15,24 @@ layers, are batch axes); ``v`` has shape ``(..., d_in, r)`` and ``u`` ``(..., d_
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Perturbed", "dense", "embed", "attend", "materialize", "is_perturbed"]
+__all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper"]
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Perturbed:
-    """A weight ``base + v @ u.T`` kept in factored form.
+    """A weight ``base + scale * v @ u.T`` kept in factored form.
+
+    ``scale`` (``None``: 1) has the shape of the weight's leading (batch) axes, so it slices
+    with stacked layers. Scoring passes the signed step ``±eps`` there rather than in ``u``:
+    the two signs of a member then share ``v`` and ``u`` unbatched under ``vmap``, and
+    anything computed from them alone (``v @ u.T``) is computed once per member.
 
     >>> w = Perturbed(jnp.eye(2), jnp.ones((2, 1)), jnp.ones((2, 1)))
     >>> materialize(w).tolist()
@@ -33,6 +42,20 @@ class Perturbed:
     base: jax.Array
     v: jax.Array
     u: jax.Array
+    scale: jax.Array | None = None
+
+    def scaled_u(self) -> jax.Array:
+        """``u`` times ``scale`` (broadcast over its rows and rank)."""
+        if self.scale is None:
+            return self.u
+        return self.u * jnp.asarray(self.scale, self.u.dtype)[..., None, None]
+
+    def delta(self) -> jax.Array:
+        """``scale * v @ u.T``, formed."""
+        d = jnp.einsum("...ir,...or->...io", self.v, self.u)
+        if self.scale is not None:
+            d = d * jnp.asarray(self.scale, d.dtype)[..., None, None]
+        return d
 
     @property
     def shape(self):
@@ -47,15 +70,182 @@ class Perturbed:
         return self.base.ndim
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["base", "key", "scale", "index"], meta_fields=["shape", "noise"]
+)
+@dataclasses.dataclass(frozen=True)
+class Noisy:
+    """A weight ``base + scale * z`` whose dense direction ``z`` is drawn where it is used.
+
+    ``z = zojax.noise.dense_direction(noise, key, shape)`` is never stored: :func:`materialize`
+    draws it next to the matmul that consumes the weight, so a model that scans over stacked
+    layers holds one layer's perturbed weight at a time, not the whole perturbed model (MeZO's
+    memory, with the population still in one program). Values are exactly the generic path's.
+
+    Every array field is indexed by the weight's leading axis, so ``lax.scan`` over stacked
+    layers slices it like the weight: ``base (n, ...)``, ``key (n, ...)`` (the leaf key,
+    repeated), ``scale (n,)``, ``index (n,) = arange(n)``. A slice (``index`` a scalar) draws
+    only its own rows of ``z``. 0-D and 1-D weights carry scalar fields and no ``index``.
+
+    >>> from zojax.noise import Gaussian
+    >>> w = Noisy.create(jnp.zeros((3, 2)), jax.random.PRNGKey(0), 1.0, Gaussian())
+    >>> bool(jnp.all(materialize(w) == jax.random.normal(jax.random.PRNGKey(0), (3, 2))))
+    True
+    """
+
+    base: jax.Array
+    key: jax.Array
+    scale: jax.Array
+    index: jax.Array | None
+    shape: tuple
+    noise: object
+
+    @classmethod
+    def create(cls, base, key, scale, noise) -> Noisy:
+        shape = tuple(base.shape)
+        scale = jnp.asarray(scale, jnp.float32)
+        if len(shape) < 2:
+            return cls(base, key, scale, None, shape, noise)
+        n = shape[0]
+        key = jnp.broadcast_to(key, (n,) + key.shape)
+        return cls(base, key, jnp.broadcast_to(scale, (n,)), jnp.arange(n), shape, noise)
+
+    @property
+    def dtype(self):
+        return self.base.dtype
+
+    @property
+    def ndim(self):
+        return self.base.ndim
+
+    def direction(self, rows=None) -> jax.Array:
+        """``z`` for this weight (or slice), or only its leading-axis ``rows``: only the
+        requested rows of the full leaf's direction are drawn (:func:`dense_rows`)."""
+        from zojax.noise import dense_direction
+
+        dtype = self.base.dtype
+        if self.index is None:
+            z = dense_direction(self.noise, self.key, self.shape, dtype)
+            return z if rows is None else z[rows]
+        if self.index.ndim == 0:  # one slice of the leading axis (inside a layer scan)
+            z = dense_rows(self.noise, self.key, self.shape, dtype, self.index)
+            return z if rows is None else z[rows]
+        key = self.key[0]
+        if rows is None:
+            return dense_direction(self.noise, key, self.shape, dtype)
+        return dense_rows(self.noise, key, self.shape, dtype, rows)
+
+    def _scale(self):
+        s = self.scale if self.scale.ndim == 0 or self.index is None or self.index.ndim == 0 else self.scale[0]
+        return s.astype(self.base.dtype)
+
+
+def _mul_wide(x: jax.Array, c: int) -> tuple[jax.Array, jax.Array]:
+    """``x * c`` as (high, low) uint32 words, for uint32 ``x`` and a Python int ``0 <= c < 2**32``."""
+    u32 = jnp.uint32
+    xl, xh = x & u32(0xFFFF), x >> u32(16)
+    cl, ch = u32(c & 0xFFFF), u32(c >> 16)
+    p0, p1, p2, p3 = xl * cl, xl * ch, xh * cl, xh * ch
+    mid = p1 + p2
+    carry_mid = (mid < p1).astype(u32)
+    lo = p0 + (mid << u32(16))
+    carry_lo = (lo < p0).astype(u32)
+    hi = p3 + (mid >> u32(16)) + (carry_mid << u32(16)) + carry_lo
+    return hi, lo
+
+
+def _threefry_words(key):
+    """The two uint32 words of a threefry key (raw ``uint32[2]`` or typed), or None."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if "threefry" not in str(jax.random.key_impl(key)):
+            return None
+        key = jax.random.key_data(key)
+    elif key.dtype != jnp.uint32 or key.shape[-1:] != (2,) or jax.config.jax_default_prng_impl != "threefry2x32":
+        return None
+    return key[..., 0], key[..., 1]
+
+
+def dense_rows(noise, key, shape, dtype, rows) -> jax.Array:
+    """``zojax.noise.dense_direction(noise, key, shape, dtype)[rows]``, drawing only those rows.
+
+    ``rows`` is an integer array (any shape) of indices into the leading axis. The value is
+    bit for bit the full draw's (jax's partitionable threefry: element ``i`` of the flattened
+    draw hashes the 64-bit counter ``i``, so a row's counters are ``row * row_size + j``), at
+    the cost of the rows alone. Keys that are not threefry fall back to the full draw.
+
+    >>> from zojax.noise import Gaussian, dense_direction
+    >>> k = jax.random.PRNGKey(3)
+    >>> full = dense_direction(Gaussian(), k, (5, 4, 3), jnp.float32)
+    >>> rows = jnp.array([4, 1])
+    >>> bool(jnp.all(dense_rows(Gaussian(), k, (5, 4, 3), jnp.float32, rows) == full[rows]))
+    True
+    """
+    import math
+
+    import numpy as np
+
+    from zojax.noise import Rademacher, dense_direction
+
+    rows = jnp.asarray(rows)
+    shape = tuple(shape)
+    row_shape = shape[1:]
+    row_size = math.prod(row_shape)
+    words = _threefry_words(key)
+    partitionable = getattr(jax.config, "jax_threefry_partitionable", True)
+    if words is None or not partitionable or row_size >= 2**32 or not row_shape:
+        return dense_direction(noise, key, shape, dtype)[rows]
+    from jax.extend.random import threefry2x32_p
+
+    hi, lo = _mul_wide(rows.astype(jnp.uint32), row_size)
+    expand = (...,) + (None,) * len(row_shape)
+    j = jax.lax.iota(jnp.uint32, row_size).reshape(row_shape)
+    lo = lo[expand] + j
+    hi = hi[expand] + (lo < j).astype(jnp.uint32)
+    k1, k2 = words
+    b1, b2 = threefry2x32_p.bind(k1, k2, hi, lo)
+    bits = b1 ^ b2
+    # jax.random.uniform's bits -> float transform, then normal / rademacher as jax.random does
+    if isinstance(noise, Rademacher):
+        udtype = jnp.dtype(jnp.float32)  # bernoulli(p=0.5) draws float32 uniforms
+    else:
+        udtype = jnp.dtype(dtype)
+    finfo = jnp.finfo(udtype)
+    nbits, nmant = finfo.bits, finfo.nmant
+    rng_bits = 8 if nmant < 8 else nbits
+    uint = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}
+    if rng_bits != 32:
+        bits = jax.lax.convert_element_type(bits, uint[rng_bits])
+    if rng_bits != nbits:
+        bits = jax.lax.convert_element_type(bits, uint[nbits])
+    float_bits = jax.lax.shift_right_logical(bits, jnp.array(rng_bits - nmant, uint[nbits]))
+    float_bits = jax.lax.bitwise_or(float_bits, jnp.asarray(np.array(1.0, udtype).view(uint[nbits]), uint[nbits]))
+    floats = jax.lax.bitcast_convert_type(float_bits, udtype) - jnp.array(1.0, udtype)
+    if isinstance(noise, Rademacher):
+        b = (floats < jnp.array(0.5, udtype)).astype(dtype)
+        return (2 * b - 1).astype(dtype)
+    lo_v = np.nextafter(np.array(-1.0, udtype), np.array(0.0, udtype), dtype=udtype)
+    hi_v = np.array(1.0, udtype)
+    minval, maxval = jnp.asarray(lo_v, udtype), jnp.asarray(hi_v, udtype)
+    u = jax.lax.max(minval, floats * (maxval - minval) + minval)
+    return jax.lax.mul(jnp.asarray(np.sqrt(2), udtype), jax.lax.erf_inv(u))
+
+
 def is_perturbed(x) -> bool:
-    return isinstance(x, Perturbed)
+    return isinstance(x, (Perturbed, Noisy))
 
 
 def materialize(w):
     """The dense matrix a weight stands for (identity on plain arrays)."""
     if isinstance(w, Perturbed):
-        delta = jnp.einsum("...ir,...or->...io", w.v, w.u)
-        return w.base + delta.astype(w.base.dtype)
+        return w.base + w.delta().astype(w.base.dtype)
+    if isinstance(w, Noisy):
+        z = w.direction()
+        if w.index is not None and w.index.ndim == 0:
+            # One layer's draw, shared by the population axes the key does not carry (the
+            # two signs): a conditional on the runtime layer index is a fusion boundary, so
+            # XLA draws z once instead of once per sign inside the fused ``base + s z``.
+            z = jax.lax.cond(w.index >= 0, lambda t: t, jnp.zeros_like, z)
+        return w.base + w._scale() * z
     return w
 
 
@@ -67,15 +257,29 @@ def dense(x: jax.Array, w, bias=None, *, precision=None) -> jax.Array:
     >>> bool(jnp.allclose(dense(x, w), x @ materialize(w)))
     True
     """
-    if isinstance(w, Perturbed):
+    if isinstance(w, Perturbed) and factored_is_cheaper(x, w):
         y = jnp.matmul(x, w.base.astype(x.dtype), precision=precision)
         low = jnp.matmul(x, w.v.astype(x.dtype), precision=precision)
-        y = _add_low_rank(y, low, w.u.astype(x.dtype), precision)
+        y = _add_low_rank(y, low, w.scaled_u().astype(x.dtype), precision)
     else:
-        y = jnp.matmul(x, w.astype(x.dtype), precision=precision)
+        y = jnp.matmul(x, materialize(w).astype(x.dtype), precision=precision)
     if bias is not None:
         y = y + materialize(bias).astype(y.dtype)
     return y
+
+
+def factored_is_cheaper(x: jax.Array, w: Perturbed) -> bool:
+    """Whether ``x @ w`` costs less in factored form than with ``w`` formed (a trace-time choice).
+
+    Both extra costs scale with the rank: the factored form makes two thin passes over the
+    activations (``rows * (d_in + d_out) * r``), forming the weight one over the matrix
+    (``d_in * d_out * r``, once per member: under the sign ``vmap`` it is shared, see
+    :class:`Perturbed`). So the choice is activations against weight size. At batch 16 of 48
+    tokens, SmolLM2-135M's 576-wide matrices are formed; OPT-1.3B's and OPT-13B's are not.
+    """
+    d_in, d_out = w.base.shape[-2:]
+    rows = math.prod(x.shape[:-1]) // max(1, math.prod(w.base.shape[:-2]))
+    return rows * (d_in + d_out) <= d_in * d_out
 
 
 # Up to this rank, ``low @ u.T`` is added as ``r`` broadcast products (one elementwise pass
@@ -97,9 +301,11 @@ def _add_low_rank(y, low, u, precision=None):
 def embed(ids: jax.Array, table) -> jax.Array:
     """Row lookup ``table[ids]`` for a ``(vocab, d)`` table, plain or :class:`Perturbed`."""
     if isinstance(table, Perturbed):
-        return table.base[ids] + jnp.matmul(table.v[ids], jnp.swapaxes(table.u, -1, -2)).astype(
+        return table.base[ids] + jnp.matmul(table.v[ids], jnp.swapaxes(table.scaled_u(), -1, -2)).astype(
             table.base.dtype
         )
+    if isinstance(table, Noisy):  # only the looked-up rows of the direction are drawn
+        return table.base[ids] + table._scale() * table.direction(ids)
     return table[ids]
 
 
@@ -107,6 +313,39 @@ def attend(x: jax.Array, table, *, precision=None) -> jax.Array:
     """``x @ table.T`` for a ``(vocab, d)`` table (tied output heads), plain or :class:`Perturbed`."""
     if isinstance(table, Perturbed):
         y = jnp.matmul(x, jnp.swapaxes(table.base, -1, -2).astype(x.dtype), precision=precision)
-        low = jnp.matmul(x, table.u.astype(x.dtype), precision=precision)
+        low = jnp.matmul(x, table.scaled_u().astype(x.dtype), precision=precision)
         return y + jnp.matmul(low, jnp.swapaxes(table.v, -1, -2).astype(x.dtype), precision=precision)
+    if isinstance(table, Noisy):
+        return _attend_noisy(x, table, precision)
     return jnp.matmul(x, jnp.swapaxes(table, -1, -2).astype(x.dtype), precision=precision)
+
+
+# A Noisy output head is scored in vocabulary blocks of this many rows, so its direction
+# (vocab x d: as large as a decoder layer or more) is never held whole.
+_ATTEND_BLOCK = 4096
+
+
+def _attend_noisy(x, table: Noisy, precision=None):
+    """``x @ (base + scale z).T`` = ``x @ base.T + scale (x @ z.T)``, ``z`` drawn block by block."""
+    y = jnp.matmul(x, jnp.swapaxes(table.base, -1, -2).astype(x.dtype), precision=precision)
+    vocab = table.shape[0]
+    block = min(_ATTEND_BLOCK, vocab)
+    n_blocks = -(-vocab // block)
+
+    def one(i):
+        start = jnp.minimum(i * block, vocab - block)  # the last block overlaps: same values
+        rows = start + jnp.arange(block)
+        z = table.direction(rows)  # (block, d)
+        return jnp.matmul(x, jnp.swapaxes(z, -1, -2).astype(x.dtype), precision=precision), start
+
+    if n_blocks == 1:
+        low = one(0)[0]
+    else:
+        blocks, starts = jax.lax.map(one, jnp.arange(n_blocks))  # (n, ..., block)
+        blocks = jnp.moveaxis(blocks, 0, -2)  # (..., n, block)
+        low = blocks.reshape(blocks.shape[:-2] + (n_blocks * block,))
+        if n_blocks * block != vocab:  # drop the overlap of the last block
+            keep = (n_blocks - 1) * block
+            tail = blocks[..., -1, (n_blocks * block - vocab):]
+            low = jnp.concatenate([low[..., :keep], tail], axis=-1)
+    return y + table._scale().astype(x.dtype) * low

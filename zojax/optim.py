@@ -120,6 +120,17 @@ def _leaf_gradient(grad: ZOGrad, path: str, x) -> jax.Array:
         z = dense_direction(grad.noise, leaf_key(grad.key, grad.step, m, path), x.shape, x.dtype)
         return acc + c[m].astype(x.dtype) * z, None
 
+    if k <= _ELEMENTWISE_MAX_TERMS:
+        # Unrolled, the sum is elementwise end to end: XLA fuses the K draws with the caller's
+        # ``theta - lr * g`` into one in-place pass over the weight, so the update holds no
+        # gradient-sized buffer (a scan would carry one per leaf: a whole extra model copy).
+        # The K leaf keys come from one vmapped derivation (a compact program).
+        keys = jax.vmap(lambda m: leaf_key(grad.key, grad.step, m, path))(jnp.arange(k))
+        acc = c[0].astype(x.dtype) * dense_direction(grad.noise, keys[0], x.shape, x.dtype)
+        for m in range(1, k):
+            acc = acc + c[m].astype(x.dtype) * dense_direction(grad.noise, keys[m], x.shape, x.dtype)
+        return acc
+
     acc, _ = jax.lax.scan(add, jnp.zeros_like(x), jnp.arange(k))
     return acc
 

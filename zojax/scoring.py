@@ -35,7 +35,9 @@ from zojax.noise import (
     Rademacher,
     combine,
     directions,
+    leaf_key,
     partition,
+    path_str,
 )
 
 __all__ = ["ZOSpec", "score", "perturb", "population"]
@@ -92,7 +94,12 @@ class ZOSpec:
       chunk_size: members scored at once (memory bound). ``None`` scores all K together.
         It need not divide K: ``lax.map`` scores the remainder as a last, smaller chunk.
       adapter: pass low-rank directions as :class:`zojax.nn.Perturbed` leaves (the model
-        must use :mod:`zojax.nn`); dense directions are always materialised.
+        must use :mod:`zojax.nn`); dense directions are materialised unless ``lazy_dense``.
+      lazy_dense: pass dense directions as :class:`zojax.nn.Noisy` leaves, drawn where the
+        model uses the weight (the model must read every trainable leaf through
+        :mod:`zojax.nn`: ``dense``/``embed``/``attend``/``materialize``). Under a layer scan a
+        dense step then holds one layer's perturbed weights at a time instead of perturbed
+        copies of the whole model: full-parameter MeZO at about inference memory.
 
     >>> ZOSpec(eps=0.0)
     Traceback (most recent call last):
@@ -108,6 +115,7 @@ class ZOSpec:
     estimator: Any = None
     chunk_size: int | None = None
     adapter: bool = False
+    lazy_dense: bool = False
 
     def __post_init__(self):
         if not isinstance(self.noise, (Gaussian, Rademacher, LowRank)):
@@ -140,13 +148,26 @@ def perturb(trainable: PyTree, dirs: PyTree, scale, adapter: bool = False) -> Py
 
     def one(x, d):
         if isinstance(d, LowRankDirection):
-            u = d.u * jnp.asarray(scale, d.u.dtype)
             if adapter:
-                return nn.Perturbed(x, d.v, u)
+                return nn.Perturbed(x, d.v, d.u, jnp.broadcast_to(jnp.asarray(scale, jnp.float32), x.shape[:-2]))
+            u = d.u * jnp.asarray(scale, d.u.dtype)
             return (x + jnp.einsum("...ir,...or->...io", d.v, u)).astype(x.dtype)
         return (x + jnp.asarray(scale, x.dtype) * d).astype(x.dtype)
 
     return jax.tree.map(one, trainable, dirs, is_leaf=lambda d: isinstance(d, LowRankDirection))
+
+
+def _perturb_lazy(trainable, dirs, scale, spec, key, step, member):
+    """:func:`perturb` with every dense direction left to the model (a :class:`zojax.nn.Noisy`)."""
+
+    def one(path, x, d):
+        if isinstance(d, LowRankDirection):
+            return perturb(x, d, scale, spec.adapter)
+        # the dense draw ``d`` is unused here (dead code, removed by XLA): the model draws it
+        return nn.Noisy.create(x, leaf_key(key, step, member, path_str(path)), scale, spec.noise)
+
+    is_lr = lambda d: isinstance(d, LowRankDirection)  # noqa: E731
+    return jax.tree_util.tree_map_with_path(one, trainable, dirs, is_leaf=is_lr)
 
 
 def _materialized(tree, step):
@@ -229,7 +250,10 @@ def score(
             dirs = _materialize_factors(directions(trainable, spec.noise, key, step, member), step)
 
             def one_sign(sign):
-                perturbed = perturb(trainable, dirs, sign * eps, spec.adapter)
+                if spec.lazy_dense:
+                    perturbed = _perturb_lazy(trainable, dirs, sign * eps, spec, key, step, member)
+                else:
+                    perturbed = perturb(trainable, dirs, sign * eps, spec.adapter)
                 return loss_fn(combine(perturbed, frozen), batch).astype(jnp.float32)
 
             return jax.vmap(one_sign)(signs)

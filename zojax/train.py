@@ -72,6 +72,7 @@ def make_spec(cfg: RunConfig) -> ZOSpec:
         estimator=z.estimator,
         chunk_size=z.chunk_size,
         adapter=z.adapter,
+        lazy_dense=z.lazy_dense,
     )
 
 
