@@ -160,7 +160,8 @@ def tile(batch: Batch, n: int) -> Batch:
 
 
 def loss_fn(bundle: Bundle) -> Callable:
-    """``loss(params, batch)``: MeZO's classification loss, LM head only at the last position.
+    """``loss(params, batch)``: MeZO's classification loss, LM head only at the last position and
+    only for the two option tokens (what the loss reads; the inference baseline computes the same).
 
     One function object per bundle: ``zojax.step`` takes it as a static argument, so every
     measure that runs the same (method, K, batch shape) reuses one compiled program.
@@ -171,8 +172,9 @@ def loss_fn(bundle: Bundle) -> Callable:
     family, config, dtype = bundle.family, bundle.config, bundle.dtype
 
     def loss(params, batch):
-        def apply(ids, mask, positions):
-            return family.apply(config, params, ids, mask, logits_positions=positions, dtype=dtype)
+        def apply(ids, mask, positions, tokens=None):
+            return family.apply(config, params, ids, mask, logits_positions=positions, logits_tokens=tokens,
+                                dtype=dtype)
 
         return classification_loss(apply, batch)
 

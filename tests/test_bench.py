@@ -22,6 +22,7 @@ import pytest
 import zojax
 from zojax import nn
 from zojax.noise import Gaussian, Rademacher, dense_direction
+from zojax.tasks import classification_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -111,14 +112,20 @@ def test_mul_wide_is_exact():
         np.testing.assert_array_equal(got, x.astype(np.uint64) * np.uint64(c))
 
 
+@pytest.mark.parametrize("head", ["option_tokens", "full_vocab"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
-def test_lazy_dense_scores_like_the_generic_path(name, monkeypatch):
+def test_lazy_dense_scores_like_the_generic_path(name, head, monkeypatch):
     """``ZOSpec(lazy_dense=True)`` (directions drawn layer by layer inside the model) gives the
-    generic path's losses, including a vocabulary-blocked tied head."""
+    generic path's losses: with the head read at the option tokens only (rows drawn for those
+    tokens) and over the whole vocabulary (a vocabulary-blocked tied head)."""
     monkeypatch.setattr(nn, "_ATTEND_BLOCK", 100)  # 512-token vocab: 6 blocks, the last overlapping
     bundle = common.load(name)
     batch = common.make_batch(bundle, 3, 12)
     loss = common.loss_fn(bundle)
+    if head == "full_vocab":
+        def loss(params, batch, family=bundle.family, config=bundle.config):  # an apply without tokens
+            return classification_loss(
+                lambda ids, mask, pos: family.apply(config, params, ids, mask, logits_positions=pos), batch)
     generic = zojax.ZOSpec(noise=Gaussian(), eps=1e-2, members=3, chunk_size=2)
     lazy = dataclasses.replace(generic, lazy_dense=True)
     with jax.default_matmul_precision("highest"):

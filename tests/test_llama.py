@@ -164,6 +164,19 @@ def test_logits_positions_match_slicing(loaded):
     np.testing.assert_allclose(part, np.take_along_axis(np.asarray(full), pos[..., None], 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["qwen2", "llama3_tied_bias"])  # untied lm_head, tied embedding
+def test_logits_tokens_are_the_full_logits_of_those_tokens(loaded, name):
+    _, model, config = loaded(name)
+    ids, mask = padded_batch(config.vocab_size)
+    pos = np.array([[6], [4], [6]], np.int32)
+    tokens = np.array([[[5, 9, 5]], [[0, 1, 2]], [[66, 3, 7]]], np.int32)
+    full, part = jax.jit(
+        lambda m: (m(ids, mask, logits_positions=pos), m(ids, mask, logits_positions=pos, logits_tokens=tokens))
+    )(model)
+    assert part.shape == (3, 1, 3)
+    np.testing.assert_allclose(part, np.take_along_axis(np.asarray(full), tokens, axis=-1), atol=1e-5)
+
+
 @jax.jit
 def _last_logits(model, ids, mask, last):
     return model(ids, mask, logits_positions=last)[:, 0]

@@ -230,6 +230,17 @@ def test_logits_positions_equal_sliced_logits():
     np.testing.assert_allclose(part, jnp.take_along_axis(full, pos[..., None], axis=1), atol=1e-5)
 
 
+def test_logits_tokens_are_the_full_logits_of_those_tokens():
+    cfg = opt.Config(**CONFIGS["post_ln_proj"])  # project_out before the tied head
+    model = opt.Model(cfg, rngs=nnx.Rngs(3))
+    ids, mask = (jnp.asarray(a) for a in _batch(cfg.vocab_size, left=False))
+    pos = (mask.sum(1) - 1)[:, None]
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (ids.shape[0], 1, 2)), jnp.int32)
+    full, part = nnx.jit(lambda m: (m(ids, mask, logits_positions=pos),
+                                    m(ids, mask, logits_positions=pos, logits_tokens=tokens)))(model)
+    np.testing.assert_allclose(part, jnp.take_along_axis(full, tokens, axis=-1), atol=1e-5)
+
+
 def test_cached_greedy_decoding_matches_uncached(tmp_root):
     _, path = _hf_checkpoint("pre_ln", tmp_root)
     model = _load(path)

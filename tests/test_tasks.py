@@ -419,6 +419,30 @@ def test_losses_and_metrics_match_hand_computation(tok):
         T.get_objective(3)
 
 
+def test_option_token_logits_give_the_same_losses_and_metrics(tok):
+    """An apply that takes ``tokens`` computes only the options' logits (single-token options, one
+    sequence per example): every classification objective and metric is unchanged."""
+    traced_with_tokens = []
+
+    def apply_tokens(ids, mask, pos, tokens=None):
+        logits = _toy_apply(ids, mask, pos)
+        if tokens is None:  # the exact log-probs (option_logprobs, nll) still need the whole vocabulary
+            return logits
+        traced_with_tokens.append(tokens.shape)
+        return jnp.take_along_axis(logits, tokens, axis=-1)
+
+    b = T.make_batch(T.encode_task(SST2, "sst2", tok), range(5), batch_size=8)
+    want = jax.tree.map(np.asarray, jax.jit(_all_metrics, static_argnums=0)(toy_apply, b))
+    got = jax.tree.map(np.asarray, jax.jit(_all_metrics, static_argnums=0)(apply_tokens, b))
+    assert traced_with_tokens and traced_with_tokens[0] == (8, 1, 2)
+    for key in ("ce", "acc", "pred", "error_rate", "margin", "nll", "reward", "sums"):
+        for w, g in zip(jax.tree.leaves(want[key]), jax.tree.leaves(got[key])):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=key)
+    scores = np.asarray(T.option_scores(apply_tokens, b))  # log-probs up to a per-example constant
+    shift = scores - want["lp"]
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(2, 1), atol=1e-4)
+
+
 def test_batches_are_jittable_stackable_splittable_pytrees(tok):
     enc = T.encode_task(SST2 * 4, "sst2", tok)
     loss = jax.jit(lambda batch: J.classification_loss(toy_apply, batch))

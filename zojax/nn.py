@@ -21,7 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper"]
+__all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits"]
 
 
 @jax.tree_util.register_dataclass
@@ -318,6 +318,32 @@ def attend(x: jax.Array, table, *, precision=None) -> jax.Array:
     if isinstance(table, Noisy):
         return _attend_noisy(x, table, precision)
     return jnp.matmul(x, jnp.swapaxes(table, -1, -2).astype(x.dtype), precision=precision)
+
+
+def token_logits(h: jax.Array, tokens: jax.Array, *, table=None, kernel=None, precision=None) -> jax.Array:
+    """``(h @ head)[..., tokens]`` computed for those vocabulary entries only: ``h (..., d)``,
+    ``tokens (..., K)`` int -> ``(..., K)``. The head is a tied ``(vocab, d)`` ``table`` or a
+    ``(d, vocab)`` ``kernel``, plain, :class:`Perturbed` or :class:`Noisy` (a Noisy table draws
+    only the rows it needs; a Noisy kernel is formed).
+
+    >>> table = jnp.arange(12.0).reshape(4, 3)
+    >>> h = jnp.ones((2, 3))
+    >>> token_logits(h, jnp.array([[3, 0], [1, 1]]), table=table).tolist()
+    [[30.0, 3.0], [12.0, 12.0]]
+    >>> bool(jnp.all(token_logits(h, jnp.array([[2]]), kernel=table.T) == attend(h, table)[:, 2:3]))
+    True
+    """
+    if (table is None) == (kernel is None):
+        raise ValueError("token_logits needs exactly one of table= (tied) or kernel=")
+    if table is not None:
+        rows = embed(tokens, table)
+    elif isinstance(kernel, Perturbed):
+        rows = jnp.swapaxes(kernel.base, -1, -2)[tokens] + jnp.matmul(
+            kernel.scaled_u()[tokens], jnp.swapaxes(kernel.v, -1, -2)
+        ).astype(kernel.base.dtype)
+    else:
+        rows = jnp.swapaxes(materialize(kernel), -1, -2)[tokens]
+    return jnp.einsum("...d,...kd->...k", h, rows.astype(h.dtype), precision=precision)
 
 
 # A Noisy output head is scored in vocabulary blocks of this many rows, so its direction

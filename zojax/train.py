@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import math
@@ -135,17 +136,17 @@ class Run:
 
 
 @functools.lru_cache(maxsize=None)
-def _task_functions(graphdef, objective_name: str):
+def _task_functions(graphdef, objective_name: str, takes_tokens: bool):
     """Loss and metric functions of a model structure, cached so that jit's cache (keyed on these
     static functions) is reused by every run of the same model in a process."""
     objective = tasks.get_objective(objective_name)
     metric_sums = tasks.lm_metric_sums if objective_name == "lm" else tasks.metric_sums
 
     def loss_fn(p, batch):
-        return objective(_apply_fn(graphdef, p), batch)
+        return objective(_apply_fn(graphdef, p, takes_tokens), batch)
 
     def metrics_fn(p, batch):
-        return metric_sums(_apply_fn(graphdef, p), batch)
+        return metric_sums(_apply_fn(graphdef, p, takes_tokens), batch)
 
     return loss_fn, jax.jit(metrics_fn)
 
@@ -158,8 +159,17 @@ def _cached_optimizer(optim_json: str, steps: int, spec: ZOSpec) -> optax.Gradie
     return make_optimizer(cfg, spec)
 
 
-def _apply_fn(graphdef, params):
-    return lambda ids, mask, positions: nnx.merge(graphdef, params)(ids, mask, logits_positions=positions)
+def _apply_fn(graphdef, params, takes_tokens: bool):
+    """The objectives' ``apply``; with ``tokens`` when the model can compute given tokens' logits
+    only (``logits_tokens``, as the built-in models can: see ``tasks.option_scores``)."""
+
+    def apply(ids, mask, positions):
+        return nnx.merge(graphdef, params)(ids, mask, logits_positions=positions)
+
+    def apply_tokens(ids, mask, positions, tokens=None):
+        return nnx.merge(graphdef, params)(ids, mask, logits_positions=positions, logits_tokens=tokens)
+
+    return apply_tokens if takes_tokens else apply
 
 
 def build_run(cfg: RunConfig, *, model=None) -> Run:
@@ -208,7 +218,8 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         if len(enc) == 0:
             raise ValueError(f"task {t.name!r} from {source!r}: the {name} split is empty")
 
-    loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective)
+    takes_tokens = "logits_tokens" in inspect.signature(type(module).__call__).parameters
+    loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective, takes_tokens)
     spec = make_spec(cfg)
     mesh = parallel.mesh_from_config(cfg.mesh, spec.members)
     return Run(

@@ -464,6 +464,7 @@ def apply(
     *,
     positions: jax.Array | None = None,
     logits_positions: jax.Array | None = None,
+    logits_tokens: jax.Array | None = None,
     cache: dict[str, jax.Array] | None = None,
     dtype=jnp.float32,
 ):
@@ -524,7 +525,10 @@ def apply(
         # Per-token ops from here on: gather first so the head runs only where needed.
         h = jnp.take_along_axis(h, logits_positions[..., None].astype(jnp.int32), axis=1)
     h = _rms_norm(h, params["norm"]["scale"], c.rms_norm_eps)
-    if c.tie_word_embeddings:
+    if logits_tokens is not None:
+        head = {"table": table} if c.tie_word_embeddings else {"kernel": params["lm_head"]["kernel"]}
+        logits = znn.token_logits(h, logits_tokens, **head)
+    elif c.tie_word_embeddings:
         logits = znn.attend(h, table)
     else:
         logits = znn.dense(h, params["lm_head"]["kernel"])
@@ -594,6 +598,7 @@ class Model(nnx.Module):
         *,
         positions: jax.Array | None = None,
         logits_positions: jax.Array | None = None,
+        logits_tokens: jax.Array | None = None,
         cache: dict[str, jax.Array] | None = None,
     ):
         """Next-token logits.
@@ -606,6 +611,8 @@ class Model(nnx.Module):
             cached + new tokens when a cache is given), so left padding starts real tokens at 0.
           logits_positions: int ``(batch, P)`` indices into ``seq``; if given, the final norm and
             LM head run only there and logits are ``(batch, P, vocab)``.
+          logits_tokens: int ``(batch, seq or P, K)`` vocabulary ids; if given, only their logits
+            are computed (the head's rows for those tokens) and logits are ``(batch, seq or P, K)``.
           cache: from :meth:`init_cache`; the new tokens are written at ``cache["index"]``.
 
         Returns:
@@ -620,6 +627,7 @@ class Model(nnx.Module):
             attention_mask,
             positions=positions,
             logits_positions=logits_positions,
+            logits_tokens=logits_tokens,
             cache=cache,
             dtype=self.dtype,
         )

@@ -333,6 +333,7 @@ def apply(
     *,
     positions: jax.Array | None = None,
     logits_positions: jax.Array | None = None,
+    logits_tokens: jax.Array | None = None,
     cache: dict[str, jax.Array] | None = None,
     dtype=jnp.float32,
 ):
@@ -391,7 +392,10 @@ def apply(
         h = _layer_norm(h, params.get("final_layer_norm", {}), dtype)
     if c.has_projections:
         h = znn.dense(h, params["project_out"]["kernel"])
-    logits = znn.attend(h, table).astype(jnp.float32)
+    if logits_tokens is not None:
+        logits = znn.token_logits(h, logits_tokens, table=table).astype(jnp.float32)
+    else:
+        logits = znn.attend(h, table).astype(jnp.float32)
     if cache is None:
         return logits
     new_cache = {"k": new_kv[0], "v": new_kv[1], "mask": key_mask, "index": index + S}
@@ -472,6 +476,7 @@ class Model(nnx.Module):
         *,
         positions: jax.Array | None = None,
         logits_positions: jax.Array | None = None,
+        logits_tokens: jax.Array | None = None,
         cache: dict[str, jax.Array] | None = None,
     ):
         """Next-token logits.
@@ -485,6 +490,8 @@ class Model(nnx.Module):
             cached + new tokens when a cache is given).
           logits_positions: int ``(batch, P)`` indices into ``seq``; if given, the final norm,
             project_out and LM head run only there and logits are ``(batch, P, vocab)``.
+          logits_tokens: int ``(batch, seq or P, K)`` vocabulary ids; if given, only their logits
+            are computed (the head's rows for those tokens) and logits are ``(batch, seq or P, K)``.
           cache: from :meth:`init_cache`; the new tokens are written at ``cache["index"]``
             (``index + seq`` must not exceed its ``max_len``: XLA would clamp the write).
 
@@ -500,6 +507,7 @@ class Model(nnx.Module):
             attention_mask,
             positions=positions,
             logits_positions=logits_positions,
+            logits_tokens=logits_tokens,
             cache=cache,
             dtype=self.dtype,
         )

@@ -1,7 +1,9 @@
 """Losses and metrics on a :class:`~zojax.tasks.Batch`, for any model behind the ``apply`` contract.
 
 ``apply(input_ids (N, T) int32, attention_mask (N, T) int32, positions (N, P) int32) -> logits (N, P, V)``
-computes the LM head only at ``positions`` (N = B*S: the batch's sequences flattened). Everything here is
+computes the LM head only at ``positions`` (N = B*S: the batch's sequences flattened). An ``apply`` that also
+takes an optional ``tokens`` (``(N, P, K)`` vocabulary ids) and then returns only their logits ``(N, P, K)`` lets the
+classification objectives skip the rest of the vocabulary (see :func:`option_scores`). Everything here is
 pure ``jnp`` on static shapes: jit it, vmap it over a population of parameters, scan it over stacked
 batches.
 
@@ -24,6 +26,7 @@ log-probs. Note a piecewise-constant objective (error rate) often gives L+ == L-
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +48,7 @@ __all__ = [
     "metric_sums",
     "option_logprobs",
     "option_nll",
+    "option_scores",
     "predictions",
     "register_objective",
     "token_logprobs",
@@ -94,6 +98,40 @@ def option_logprobs(apply: Apply, batch: Batch, *, length_norm: bool | None = No
     return jnp.where(jnp.asarray(batch.option_mask), s.reshape(B, -1), _MISSING)
 
 
+def _takes_tokens(apply: Apply) -> bool:
+    try:
+        return "tokens" in inspect.signature(apply).parameters
+    except (TypeError, ValueError):  # builtins and some wrapped callables have no signature
+        return False
+
+
+def option_scores(apply: Apply, batch: Batch) -> jax.Array:
+    """Option log-likelihoods up to a per-example constant, ``(B, O)``: all that cross-entropy over the
+    options, argmax and margins depend on.
+
+    When every example is one sequence read at one position (single-token options, the ``"last"``
+    layout) and ``apply`` takes ``tokens``, only the options' logits are computed: their log-probs
+    differ from them by the example's log-sum-exp over the vocabulary, which these objectives cancel.
+    That skips the vocabulary-wide head (for dense ZO over a tied embedding, its whole direction).
+    Otherwise this is :func:`option_logprobs`.
+    """
+    ids = jnp.asarray(batch.input_ids)
+    B, S, T = ids.shape
+    P = batch.positions.shape[-1]
+    if S != 1 or P != 1 or not _takes_tokens(apply):
+        return option_logprobs(apply, batch)
+    targets = jnp.asarray(batch.targets)  # (B, 1, 1, O)
+    logits = apply(
+        ids.reshape(B, T),
+        jnp.asarray(batch.attention_mask).reshape(B, T),
+        jnp.asarray(batch.positions).reshape(B, 1),
+        tokens=targets.reshape(B, 1, -1),
+    )
+    scores = logits.reshape(B, -1).astype(jnp.float32)
+    present = jnp.asarray(batch.option_mask) & (jnp.asarray(batch.target_mask).reshape(B, -1) > 0)
+    return jnp.where(present, scores, _MISSING)
+
+
 def _ce(lp, batch):
     lse = jax.nn.logsumexp(lp, axis=-1)
     gold = jnp.take_along_axis(lp, jnp.asarray(batch.labels)[:, None], axis=-1)[:, 0]
@@ -103,17 +141,17 @@ def _ce(lp, batch):
 def classification_loss(apply: Apply, batch: Batch) -> jax.Array:
     """Cross-entropy of the label over the options' log-likelihoods (MeZO's "train as classification"),
     averaged over real examples (``weights``)."""
-    return _wmean(_ce(option_logprobs(apply, batch), batch), batch.weights)
+    return _wmean(_ce(option_scores(apply, batch), batch), batch.weights)
 
 
 def predictions(apply: Apply, batch: Batch) -> jax.Array:
     """The most likely option of each example, ``(B,)`` int32."""
-    return jnp.argmax(option_logprobs(apply, batch), axis=-1).astype(jnp.int32)
+    return jnp.argmax(option_scores(apply, batch), axis=-1).astype(jnp.int32)
 
 
 def accuracy(apply: Apply, batch: Batch) -> jax.Array:
     """Fraction of real examples whose most likely option is the label."""
-    return _wmean(_correct(option_logprobs(apply, batch), batch), batch.weights)
+    return _wmean(_correct(option_scores(apply, batch), batch), batch.weights)
 
 
 def _correct(lp, batch):
@@ -134,7 +172,7 @@ def _margin(lp, batch):
 
 def margin_loss(apply: Apply, batch: Batch) -> jax.Array:
     """Mean of ``max_wrong - correct`` option log-likelihood (negative margin; lower is better)."""
-    return _wmean(_margin(option_logprobs(apply, batch), batch), batch.weights)
+    return _wmean(_margin(option_scores(apply, batch), batch), batch.weights)
 
 
 def option_nll(apply: Apply, batch: Batch) -> jax.Array:
@@ -156,7 +194,7 @@ def lm_loss(apply: Apply, batch: Batch) -> jax.Array:
 def metric_sums(apply: Apply, batch: Batch) -> dict[str, jax.Array]:
     """Sums for evaluation over many batches: ``loss_sum`` (cross-entropy), ``correct``, ``count``.
     Accuracy = correct / count, loss = loss_sum / count."""
-    lp = option_logprobs(apply, batch)
+    lp = option_scores(apply, batch)
     w = jnp.asarray(batch.weights, jnp.float32)
     return {
         "loss_sum": jnp.sum(_ce(lp, batch) * w),
