@@ -43,7 +43,7 @@ TARGETS = {
 }
 
 # name -> settings. ``layers``: None = the whole model; quick truncates depth (real SmolLM2
-# weights, first layers) and shrinks the batch so that every measure fits in 10 minutes.
+# weights, first layers) at the batch so that every measure runs in about 10 minutes on 2 cores.
 PROFILES = {
     "full": dict(models=[("smollm2-135m", None), ("opt-125m", None)], batch=16, seq=48, members=(1, 8), reps=5,
                  torch_model=("smollm2-135m", None), torch_reps=3,
@@ -201,7 +201,7 @@ def _jsonable(x):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="reduced sizes: every CPU measure in under 10 minutes")
+    ap.add_argument("--quick", action="store_true", help="reduced sizes: every CPU measure in about 10 minutes on 2 cores")
     ap.add_argument("--tiny", action="store_true", help="tiny random models: checks the code paths in seconds")
     ap.add_argument("--device-suite", action="store_true",
                     help="OPT-1.3B / OPT-13B shapes in bf16 on the default accelerator (what gpu.sh runs)")
