@@ -20,6 +20,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry2x32_p
+
+from zojax.noise import Rademacher, dense_direction
 
 __all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits"]
 
@@ -121,8 +125,6 @@ class Noisy:
     def direction(self, rows=None) -> jax.Array:
         """``z`` for this weight (or slice), or only its leading-axis ``rows``: only the
         requested rows of the full leaf's direction are drawn (:func:`dense_rows`)."""
-        from zojax.noise import dense_direction
-
         dtype = self.base.dtype
         if self.index is None:
             z = dense_direction(self.noise, self.key, self.shape, dtype)
@@ -180,12 +182,6 @@ def dense_rows(noise, key, shape, dtype, rows) -> jax.Array:
     >>> bool(jnp.all(dense_rows(Gaussian(), k, (5, 4, 3), jnp.float32, rows) == full[rows]))
     True
     """
-    import math
-
-    import numpy as np
-
-    from zojax.noise import Rademacher, dense_direction
-
     rows = jnp.asarray(rows)
     shape = tuple(shape)
     row_shape = shape[1:]
@@ -194,8 +190,6 @@ def dense_rows(noise, key, shape, dtype, rows) -> jax.Array:
     partitionable = getattr(jax.config, "jax_threefry_partitionable", True)
     if words is None or not partitionable or row_size >= 2**32 or not row_shape:
         return dense_direction(noise, key, shape, dtype)[rows]
-    from jax.extend.random import threefry2x32_p
-
     hi, lo = _mul_wide(rows.astype(jnp.uint32), row_size)
     expand = (...,) + (None,) * len(row_shape)
     j = jax.lax.iota(jnp.uint32, row_size).reshape(row_shape)
