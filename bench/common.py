@@ -7,6 +7,7 @@ device suite (``run.py --device-suite``, called by ``gpu.sh``) and the tests sha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import os
 import statistics
@@ -182,15 +183,11 @@ def loss_fn(bundle: Bundle) -> Callable:
     return loss
 
 
-_INFERENCE_FNS: dict[int, Callable] = {}
-
-
 def inference_fn(bundle: Bundle) -> Callable:
     """``jax.jit(loss_fn(bundle))``, one per bundle (shared compile cache across measures)."""
-    key = id(loss_fn(bundle))
-    if key not in _INFERENCE_FNS:
-        _INFERENCE_FNS[key] = jax.jit(loss_fn(bundle))
-    return _INFERENCE_FNS[key]
+    if getattr(bundle, "_inference", None) is None:
+        bundle._inference = jax.jit(loss_fn(bundle))
+    return bundle._inference
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:
@@ -256,14 +253,10 @@ def spec_for(method: str, members: int, *, bundle: Bundle | None = None, chunk_s
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 
-_OPTIMIZERS: dict[float, Any] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def optimizer(lr: float):
     """``zojax.zo_sgd(lr)``, one object per learning rate (a static argument of ``zojax.step``)."""
-    if lr not in _OPTIMIZERS:
-        _OPTIMIZERS[lr] = zojax.zo_sgd(lr)
-    return _OPTIMIZERS[lr]
+    return zojax.zo_sgd(lr)
 
 
 class StepRunner:

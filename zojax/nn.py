@@ -28,9 +28,21 @@ from zojax.noise import Rademacher, dense_direction
 __all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits"]
 
 
+class _WeightLike:
+    """``dtype`` and ``ndim`` of a perturbed weight are its base's."""
+
+    @property
+    def dtype(self):
+        return self.base.dtype
+
+    @property
+    def ndim(self):
+        return self.base.ndim
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class Perturbed:
+class Perturbed(_WeightLike):
     """A weight ``base + scale * v @ u.T`` kept in factored form.
 
     ``scale`` (``None``: 1) has the shape of the weight's leading (batch) axes, so it slices
@@ -65,20 +77,16 @@ class Perturbed:
     def shape(self):
         return self.base.shape
 
-    @property
-    def dtype(self):
-        return self.base.dtype
-
-    @property
-    def ndim(self):
-        return self.base.ndim
+    def transposed(self) -> Perturbed:
+        """The weight with its last two axes swapped: ``base.T + scale * u @ v.T``."""
+        return Perturbed(jnp.swapaxes(self.base, -1, -2), self.u, self.v, self.scale)
 
 
 @functools.partial(
     jax.tree_util.register_dataclass, data_fields=["base", "key", "scale", "index"], meta_fields=["shape", "noise"]
 )
 @dataclasses.dataclass(frozen=True)
-class Noisy:
+class Noisy(_WeightLike):
     """A weight ``base + scale * z`` whose dense direction ``z`` is drawn where it is used.
 
     ``z = zojax.noise.dense_direction(noise, key, shape)`` is never stored: :func:`materialize`
@@ -114,14 +122,6 @@ class Noisy:
         key = jnp.broadcast_to(key, (n,) + key.shape)
         return cls(base, key, jnp.broadcast_to(scale, (n,)), jnp.arange(n), shape, noise)
 
-    @property
-    def dtype(self):
-        return self.base.dtype
-
-    @property
-    def ndim(self):
-        return self.base.ndim
-
     def direction(self, rows=None) -> jax.Array:
         """``z`` for this weight (or slice), or only its leading-axis ``rows``: only the
         requested rows of the full leaf's direction are drawn (:func:`dense_rows`)."""
@@ -138,7 +138,7 @@ class Noisy:
         return dense_rows(self.noise, key, self.shape, dtype, rows)
 
     def _scale(self):
-        s = self.scale if self.scale.ndim == 0 or self.index is None or self.index.ndim == 0 else self.scale[0]
+        s = self.scale if self.scale.ndim == 0 else self.scale[0]  # (n,) only for an unsliced stack
         return s.astype(self.base.dtype)
 
 
@@ -329,14 +329,9 @@ def token_logits(h: jax.Array, tokens: jax.Array, *, table=None, kernel=None, pr
     """
     if (table is None) == (kernel is None):
         raise ValueError("token_logits needs exactly one of table= (tied) or kernel=")
-    if table is not None:
-        rows = embed(tokens, table)
-    elif isinstance(kernel, Perturbed):
-        rows = jnp.swapaxes(kernel.base, -1, -2)[tokens] + jnp.matmul(
-            kernel.scaled_u()[tokens], jnp.swapaxes(kernel.v, -1, -2)
-        ).astype(kernel.base.dtype)
-    else:
-        rows = jnp.swapaxes(materialize(kernel), -1, -2)[tokens]
+    if table is None:  # an untied kernel's rows for these tokens are its transpose's
+        table = kernel.transposed() if isinstance(kernel, Perturbed) else jnp.swapaxes(materialize(kernel), -1, -2)
+    rows = embed(tokens, table)
     return jnp.einsum("...d,...kd->...k", h, rows.astype(h.dtype), precision=precision)
 
 
@@ -356,12 +351,12 @@ def _attend_noisy(x, table: Noisy, precision=None):
         start = jnp.minimum(i * block, vocab - block)  # the last block overlaps: same values
         rows = start + jnp.arange(block)
         z = table.direction(rows)  # (block, d)
-        return jnp.matmul(x, jnp.swapaxes(z, -1, -2).astype(x.dtype), precision=precision), start
+        return jnp.matmul(x, jnp.swapaxes(z, -1, -2).astype(x.dtype), precision=precision)
 
     if n_blocks == 1:
-        low = one(0)[0]
+        low = one(0)
     else:
-        blocks, starts = jax.lax.map(one, jnp.arange(n_blocks))  # (n, ..., block)
+        blocks = jax.lax.map(one, jnp.arange(n_blocks))  # (n, ..., block)
         blocks = jnp.moveaxis(blocks, 0, -2)  # (..., n, block)
         low = blocks.reshape(blocks.shape[:-2] + (n_blocks * block,))
         if n_blocks * block != vocab:  # drop the overlap of the last block

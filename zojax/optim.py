@@ -116,9 +116,11 @@ def _leaf_gradient(grad: ZOGrad, path: str, x) -> jax.Array:
         # sum_k c_k V_k U_k^T as one matmul over the concatenated rank axis
         return jnp.einsum("k...ir,k...or->...io", cv, d.u)
 
+    def term(m, key):
+        return c[m].astype(x.dtype) * dense_direction(grad.noise, key, x.shape, x.dtype)
+
     def add(acc, m):
-        z = dense_direction(grad.noise, leaf_key(grad.key, grad.step, m, path), x.shape, x.dtype)
-        return acc + c[m].astype(x.dtype) * z, None
+        return acc + term(m, leaf_key(grad.key, grad.step, m, path)), None
 
     if k <= _ELEMENTWISE_MAX_TERMS:
         # Unrolled, the sum is elementwise end to end: XLA fuses the K draws with the caller's
@@ -126,9 +128,9 @@ def _leaf_gradient(grad: ZOGrad, path: str, x) -> jax.Array:
         # gradient-sized buffer (a scan would carry one per leaf: a whole extra model copy).
         # The K leaf keys come from one vmapped derivation (a compact program).
         keys = jax.vmap(lambda m: leaf_key(grad.key, grad.step, m, path))(jnp.arange(k))
-        acc = c[0].astype(x.dtype) * dense_direction(grad.noise, keys[0], x.shape, x.dtype)
+        acc = term(0, keys[0])
         for m in range(1, k):
-            acc = acc + c[m].astype(x.dtype) * dense_direction(grad.noise, keys[m], x.shape, x.dtype)
+            acc = acc + term(m, keys[m])
         return acc
 
     acc, _ = jax.lax.scan(add, jnp.zeros_like(x), jnp.arange(k))
