@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 import zojax
-from zojax.models import llama, opt
+from zojax.models import llama, opt, stacked_paths
 from zojax.tasks import classification_loss
 from zojax.tasks.batching import Batch
 
@@ -228,6 +228,10 @@ def mezo_chunk_size(bundle: Bundle, members: int, budget_bytes: float | None) ->
     return int(max(1, min(members, budget_bytes // per_member)))
 
 
+# the benchmarks run zojax's own families, which declare the same stacked-layer leaves
+STACKED = stacked_paths(llama)
+
+
 def spec_for(method: str, members: int, *, bundle: Bundle | None = None, chunk_size: int | None = None,
              lozo_rank: int = 2, factorized_rank: int = 128) -> zojax.ZOSpec:
     """The ZOSpec of a benchmark method.
@@ -240,15 +244,15 @@ def spec_for(method: str, members: int, *, bundle: Bundle | None = None, chunk_s
       ``chunk_size`` members at a time (default 1, see :func:`mezo_chunk_size`).
     """
     if method == "lozo":
-        return zojax.ZOSpec(noise=zojax.LowRank(rank=lozo_rank, refresh_every=100), eps=1e-3, members=members,
-                            scope="lora", adapter=True)
+        noise = zojax.LowRank(rank=lozo_rank, refresh_every=100, stacked=STACKED)
+        return zojax.ZOSpec(noise=noise, eps=1e-3, members=members, scope="lora", adapter=True)
     if method == "factorized":
-        return zojax.ZOSpec(noise=zojax.Factorized(rank=factorized_rank), eps=1e-3, members=members,
-                            scope="lora", adapter=True)
+        noise = zojax.Factorized(rank=factorized_rank, stacked=STACKED)
+        return zojax.ZOSpec(noise=noise, eps=1e-3, members=members, scope="lora", adapter=True)
     if method == "mezo":
         if chunk_size is None:
             chunk_size = 1 if bundle is None else mezo_chunk_size(bundle, members, None)
-        return zojax.ZOSpec(noise=zojax.Gaussian(), eps=1e-3, members=members, scope=None,
+        return zojax.ZOSpec(noise=zojax.Gaussian(stacked=STACKED), eps=1e-3, members=members, scope=None,
                             chunk_size=min(chunk_size, members), lazy_dense=True)
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 

@@ -121,10 +121,10 @@ def test_vmapped_scoring_equals_sequential_loop(noise, chunk, sided):
                              is_leaf=lambda x: isinstance(x, zojax.noise.LowRankDirection))
         plus = quadratic(jax.tree.map(lambda p, z: p + spec.eps * z, params, dense), QUAD_BATCH)
         if sided == "two":
-            other = quadratic(jax.tree.map(lambda p, z: p - spec.eps * z, params, dense), QUAD_BATCH)
-            expected.append([plus, other])
+            reference = quadratic(jax.tree.map(lambda p, z: p - spec.eps * z, params, dense), QUAD_BATCH)
         else:
-            expected.append([quadratic(params, QUAD_BATCH), plus])
+            reference = quadratic(params, QUAD_BATCH)
+        expected.append([plus, reference])  # column 0 is always theta + eps z
     np.testing.assert_allclose(losses, np.array(expected), rtol=1e-5, atol=1e-5)
 
 
@@ -326,33 +326,6 @@ def test_lowrank_update_matches_dense_formula():
     grad = zojax.ZOGrad(KEY, jnp.int32(3), coeffs, noise)
     expected = sum(c * leaf_direction(noise, KEY, 3, k, "w", (5, 4), jnp.float32).dense() for k, c in enumerate(coeffs)) / 2
     np.testing.assert_allclose(zojax.dense_gradient(grad, params)["w"], expected, rtol=1e-5)
-
-
-def test_lozo_adapter_accumulation_equals_immediate_update():
-    noise = LowRank(rank=2, refresh_every=4)
-    params = {"w": jax.random.normal(KEY, (6, 5)), "b": jnp.zeros(5)}
-    immediate, adapter = zojax.zo_sgd(0.1), zojax.lozo_adapter(0.1, noise=noise, members=2)
-    p1, p2 = params, params
-    s1, s2 = immediate.init(params), adapter.init(params)
-
-    @jax.jit
-    def both(p1, s1, p2, s2, t, coeffs):
-        grad = zojax.ZOGrad(KEY, t, coeffs, noise)
-        u1, s1 = immediate.update(grad, s1, p1)
-        u2, s2 = adapter.update(grad, s2, p2)
-        p2 = optax.apply_updates(p2, u2)
-        view = zojax.adapter_view(p2, s2, noise=noise, key=KEY, step=t)
-        return optax.apply_updates(p1, u1), s1, p2, s2, view
-
-    rng = np.random.default_rng(0)
-    for t in range(8):
-        coeffs = jnp.asarray(rng.normal(size=2), jnp.float32)
-        p1, s1, p2, s2, view = both(p1, s1, p2, s2, jnp.int32(t), coeffs)
-        np.testing.assert_allclose(view["w"], p1["w"], rtol=1e-5, atol=1e-6)
-        if (t + 1) % 4 == 0:  # folded: the weights themselves equal the immediate update
-            np.testing.assert_allclose(p2["w"], p1["w"], rtol=1e-5, atol=1e-6)
-            assert float(jnp.abs(s2.u_acc["w"]).max()) == 0.0
-    np.testing.assert_allclose(p2["b"], p1["b"], rtol=1e-6)
 
 
 def test_lozo_m_keeps_factored_momentum_and_reduces_loss():

@@ -29,7 +29,8 @@ from zojax.optim import (
     StepInfo,
     ZOGrad,
     ZOState,
-    adapter_view,
+    ZOTransformation,
+    effective_params,
     compare_with_grad,
     dense_gradient,
     densify,
@@ -41,6 +42,7 @@ from zojax.optim import (
     step,
     zo_sgd,
 )
+from zojax.fo import fo_run_steps, fo_step
 from zojax.scoring import ZOSpec, score
 from zojax.seedlog import SeedLog, replay
 
@@ -74,12 +76,15 @@ __all__ = [
     "dense_gradient",
     "lozo_m",
     "lozo_adapter",
-    "adapter_view",
+    "ZOTransformation",
+    "effective_params",
     "init",
     "step",
     "run_steps",
     "forward_gradient",
     "compare_with_grad",
+    "fo_step",
+    "fo_run_steps",
     "SeedLog",
     "replay",
 ]

@@ -4,8 +4,10 @@ A checkpoint holds the trainable parameters, the optimiser state, the step (whic
 also the data position: batches are a pure function of (data seed, step)), the run key
 and the skipped-step counter. Orbax writes each checkpoint to a temporary directory and
 renames it when complete, so a crash never leaves a half-written "latest" checkpoint;
-a latest checkpoint that fails to restore anyway (e.g. corrupted on disk) is skipped
-with a warning in favour of the previous one.
+a latest checkpoint that fails to restore anyway (e.g. corrupted on disk) is set aside
+with a warning in favour of the previous one. A checkpoint that reads fine but holds
+other arrays than the run expects (another scope, optimiser or model) is not damaged:
+that is an error, and nothing on disk changes. Weights holding NaN or inf are never saved.
 """
 
 from __future__ import annotations
@@ -15,14 +17,54 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from zojax.config import UserError
 from zojax.optim import ZOState
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "CheckpointMismatchError", "NonFiniteError", "TrainingError", "all_finite"]
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (e.g. too many consecutive non-finite losses)."""
+
+
+class NonFiniteError(TrainingError):
+    """Weights holding NaN or inf, which are never checkpointed."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A readable checkpoint whose arrays differ from the run's: it was written under another config."""
+
+
+@jax.jit
+def _finite(leaves) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree) -> bool:
+    """Whether every floating leaf of ``tree`` is free of NaN and inf."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not leaves:
+        return True
+    # replicated scalar: process-local data is the value, also when the weights span several hosts
+    return bool(np.asarray(_finite(leaves).addressable_data(0)))
+
+
+def _signature(flat: dict) -> list[tuple[tuple[int, ...], str]]:
+    return [(tuple(int(d) for d in x.shape), str(np.dtype(x.dtype))) for _, x in sorted(flat.items(), key=lambda kv: int(kv[0]))]
+
+
+def _first_difference(stored: list, expected: list) -> str:
+    if len(stored) != len(expected):
+        return f"{len(stored)} arrays stored, {len(expected)} expected"
+    i = next(i for i, (a, b) in enumerate(zip(stored, expected)) if a != b)
+    (s_shape, s_dtype), (e_shape, e_dtype) = stored[i], expected[i]
+    return f"array {i} is {s_shape} {s_dtype}, expected {e_shape} {e_dtype}"
 
 
 def _flat(tree) -> dict[str, jax.Array]:
@@ -59,11 +101,22 @@ class Checkpointer:
     def __init__(self, directory, keep: int = 3):
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            # named handlers let a fresh process read a checkpoint's metadata before restoring it
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         )
 
     def save(self, state: ZOState, meta: dict) -> None:
-        """Write a checkpoint for ``state.step`` (blocking until it is committed)."""
+        """Write a checkpoint for ``state.step`` (blocking until it is committed).
+
+        Raises :class:`NonFiniteError` (writing nothing) if the weights hold NaN or inf, so
+        every checkpoint on disk is one a run can go on from."""
+        if not all_finite(state.params):
+            raise NonFiniteError(
+                f"the weights at step {int(state.step)} hold NaN or inf; not checkpointed. The last good checkpoint "
+                f"is {self.last_good()}. Lower optim.lr or zo.eps, or check the data."
+            )
         tree = {
             "params": _flat(state.params),
             "opt_state": _flat(state.opt_state),
@@ -81,16 +134,26 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def last_good(self) -> str:
+        """The newest checkpoint, for messages (every saved checkpoint holds finite weights)."""
+        steps = self.steps()
+        return f"step {steps[-1]} in {self.directory}" if steps else "none (no checkpoint was saved yet)"
+
     def restore_latest(self, template: ZOState) -> tuple[ZOState, dict] | None:
         """The newest checkpoint that restores, as ``(state, meta)``; ``None`` if there is none.
 
         ``template`` is a freshly initialised state of the same run (it supplies the
-        structure and shapes)."""
+        structure and shapes). A damaged checkpoint is moved aside (``N.unreadable``) in favour
+        of the previous one; one that holds other arrays than ``template`` raises
+        :class:`CheckpointMismatchError` and changes nothing."""
         steps = self.steps()
         for i, step in enumerate(reversed(steps)):
             try:
+                self._check_structure(step, template)
                 return self._restore(step, template)
-            except Exception as e:  # noqa: BLE001 -- any failure means this checkpoint is unusable
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- any other failure means this checkpoint is unusable
                 older = steps[-2 - i] if i + 1 < len(steps) else None
                 # set aside (not deleted), so the resumed run can write this step again
                 aside = self.directory / f"{step}.unreadable"
@@ -103,6 +166,23 @@ class Checkpointer:
                     stacklevel=2,
                 )
         return None
+
+    def _check_structure(self, step: int, template: ZOState) -> None:
+        """Compare the stored arrays' shapes and dtypes with the template's (reading metadata only)."""
+        try:
+            stored = self.manager.item_metadata(step)["state"]
+            stored = getattr(stored, "tree", stored)  # TreeMetadata in recent orbax, a plain tree before
+            stored["params"]
+        except Exception:  # noqa: BLE001 -- unreadable metadata: the restore itself decides if it is damaged
+            return
+        for part in ("params", "opt_state"):
+            # an empty optimiser state (zo_sgd) is stored as nothing at all
+            have, want = _signature(stored.get(part) or {}), _signature(_flat(getattr(template, part)))
+            if have != want:
+                raise CheckpointMismatchError(
+                    f"checkpoint {self.directory / str(step)} does not fit this run ({part}: {_first_difference(have, want)}): "
+                    "it was written under another model, zo or optim config; nothing was changed"
+                )
 
     def _restore(self, step: int, template: ZOState) -> tuple[ZOState, dict]:
         abstract = {

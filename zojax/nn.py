@@ -46,7 +46,8 @@ class Perturbed(_WeightLike):
     """A weight ``base + scale * v @ u.T`` kept in factored form.
 
     ``scale`` (``None``: 1) has the shape of the weight's leading (batch) axes, so it slices
-    with stacked layers. Scoring passes the signed step ``±eps`` there rather than in ``u``:
+    with stacked layers. ``base`` may itself be a Perturbed: the dynamic adapter state scores
+    ``(W + V A^T) + scale v u^T`` with both low-rank terms factored. Scoring passes the signed step ``±eps`` there rather than in ``u``:
     the two signs of a member then share ``v`` and ``u`` unbatched under ``vmap``, and
     anything computed from them alone (``v @ u.T``) is computed once per member.
 
@@ -79,7 +80,8 @@ class Perturbed(_WeightLike):
 
     def transposed(self) -> Perturbed:
         """The weight with its last two axes swapped: ``base.T + scale * u @ v.T``."""
-        return Perturbed(jnp.swapaxes(self.base, -1, -2), self.u, self.v, self.scale)
+        base = self.base.transposed() if isinstance(self.base, Perturbed) else jnp.swapaxes(self.base, -1, -2)
+        return Perturbed(base, self.u, self.v, self.scale)
 
 
 @functools.partial(
@@ -231,7 +233,7 @@ def is_perturbed(x) -> bool:
 def materialize(w):
     """The dense matrix a weight stands for (identity on plain arrays)."""
     if isinstance(w, Perturbed):
-        return w.base + w.delta().astype(w.base.dtype)
+        return materialize(w.base) + w.delta().astype(w.base.dtype)
     if isinstance(w, Noisy):
         z = w.direction()
         if w.index is not None and w.index.ndim == 0:
@@ -252,7 +254,7 @@ def dense(x: jax.Array, w, bias=None, *, precision=None) -> jax.Array:
     True
     """
     if isinstance(w, Perturbed) and factored_is_cheaper(x, w):
-        y = jnp.matmul(x, w.base.astype(x.dtype), precision=precision)
+        y = dense(x, w.base, precision=precision)
         low = jnp.matmul(x, w.v.astype(x.dtype), precision=precision)
         y = _add_low_rank(y, low, w.scaled_u().astype(x.dtype), precision)
     else:
@@ -295,7 +297,7 @@ def _add_low_rank(y, low, u, precision=None):
 def embed(ids: jax.Array, table) -> jax.Array:
     """Row lookup ``table[ids]`` for a ``(vocab, d)`` table, plain or :class:`Perturbed`."""
     if isinstance(table, Perturbed):
-        return table.base[ids] + jnp.matmul(table.v[ids], jnp.swapaxes(table.scaled_u(), -1, -2)).astype(
+        return embed(ids, table.base) + jnp.matmul(table.v[ids], jnp.swapaxes(table.scaled_u(), -1, -2)).astype(
             table.base.dtype
         )
     if isinstance(table, Noisy):  # only the looked-up rows of the direction are drawn
@@ -306,7 +308,7 @@ def embed(ids: jax.Array, table) -> jax.Array:
 def attend(x: jax.Array, table, *, precision=None) -> jax.Array:
     """``x @ table.T`` for a ``(vocab, d)`` table (tied output heads), plain or :class:`Perturbed`."""
     if isinstance(table, Perturbed):
-        y = jnp.matmul(x, jnp.swapaxes(table.base, -1, -2).astype(x.dtype), precision=precision)
+        y = attend(x, table.base, precision=precision)
         low = jnp.matmul(x, table.scaled_u().astype(x.dtype), precision=precision)
         return y + jnp.matmul(low, jnp.swapaxes(table.v, -1, -2).astype(x.dtype), precision=precision)
     if isinstance(table, Noisy):

@@ -10,8 +10,9 @@ mesh (threefry keys are partitionable).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import re
-import zlib
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -36,32 +37,62 @@ __all__ = [
     "directions",
     "dense_direction",
     "is_matrix",
+    "check_leaf_identity",
+    "path_hash",
+    "KEY_DERIVATION",
 ]
 
 PyTree = Any
 
 
+class _Layout:
+    """Which leaves are stacks of per-layer arrays, as the model declares it.
+
+    ``stacked`` is a regex searched in each leaf's path (see :func:`path_str`); a leaf it
+    matches carries one leading layer axis, so a ``(L, d)`` norm scale is a stack of
+    vectors and a ``(L, d_in, d_out)`` kernel a stack of matrices. ``None`` (the default
+    for a pytree zojax knows nothing about) means no leaf is stacked. zojax's own models
+    declare theirs (``zojax.models.stacked_paths(model)``); a plain NNX model with a
+    ``nnx.List`` of layers has no stacked leaves.
+    """
+
+    def is_matrix(self, path: str, shape) -> bool:
+        """Whether a leaf is (a stack of) matrices, i.e. gets low-rank directions and decay."""
+        return is_matrix(path, shape, self.stacked)
+
+
 @dataclasses.dataclass(frozen=True)
-class Gaussian:
+class Gaussian(_Layout):
     """Dense N(0, I) directions (MeZO)."""
 
+    stacked: str | None = None
+
 
 @dataclasses.dataclass(frozen=True)
-class Rademacher:
+class Rademacher(_Layout):
     """Dense ±1 directions."""
 
+    stacked: str | None = None
+
 
 @dataclasses.dataclass(frozen=True)
-class LowRank:
+class LowRank(_Layout):
     """LoZO directions ``Z = V U^T`` for every matrix leaf.
 
     For a weight stored ``(..., d_in, d_out)``, ``V`` (``d_in x rank``) is resampled only
     every ``refresh_every`` steps (the lazy factor) and ``U`` (``d_out x rank``) is fresh
     every step -- LoZO's ``U V^T`` for torch's ``(d_out, d_in)`` layout. Leading axes
-    (stacked layers) get independent factors. 1-D leaves get dense Gaussian directions
-    (``vectors="dense"``, as the official LoZO) or are frozen (``vectors="exclude"``);
-    a stacked per-layer vector (``layers/.../scale`` of shape (L, d)) counts as 1-D
-    (see :func:`is_matrix`).
+    (stacked layers, declared by ``stacked``) get independent factors. 1-D leaves get dense
+    Gaussian directions (``vectors="dense"``, as the official LoZO) or are frozen
+    (``vectors="exclude"``); a stacked per-layer vector (shape (L, d) on a path ``stacked``
+    matches) counts as 1-D.
+
+    The lazy factor sits on the stored first axis (``d_in``). For an embedding table stored
+    ``(vocab, d)`` that is the vocabulary side -- the input side of the lookup, as for every
+    linear layer -- where the official LoZO, going by torch's ``(out, in)`` layout, puts
+    it on ``d``. Each entry of ``V U^T`` has the same variance either way and both factors
+    are drawn row by row for the looked-up tokens, so cost and variance do not pick a
+    side; zojax keeps one rule for every matrix.
 
     >>> LowRank(rank=2, refresh_every=100).rank
     2
@@ -70,6 +101,7 @@ class LowRank:
     rank: int = 2
     refresh_every: int = 100
     vectors: str = "dense"
+    stacked: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -119,18 +151,17 @@ class LowRankDirection:
 
 # --- paths and scopes -------------------------------------------------------------------
 
-# zojax models stack their decoder layers under a ``layers`` module: those leaves carry one
-# leading layer axis, so a per-layer norm scale (L, d) is a stack of vectors, not a matrix.
-STACKED_PATTERN = re.compile(r"(^|/)layers/")
-
-
-def is_matrix(path: str, shape) -> bool:
+def is_matrix(path: str, shape, stacked: str | None = None) -> bool:
     """Whether a leaf is (a stack of) matrices, i.e. gets low-rank directions.
 
-    >>> is_matrix("layers/input_layernorm/scale", (30, 576)), is_matrix("lm_head/kernel", (576, 10))
+    ``stacked`` is the regex of paths whose leaves carry a leading layer axis (see
+    :class:`Gaussian`); without it no leaf is a stack.
+
+    >>> is_matrix("layers/norm/scale", (30, 576), r"^layers/"), is_matrix("layers/norm/scale", (30, 576))
     (False, True)
     """
-    return len(shape) - (1 if STACKED_PATTERN.search(path) else 0) >= 2
+    stack_axes = 1 if stacked is not None and re.search(stacked, path) else 0
+    return len(shape) - stack_axes >= 2
 
 
 _PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)"
@@ -171,6 +202,31 @@ def leaf_paths(tree: PyTree) -> list[str]:
     return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def check_leaf_identity(tree: PyTree) -> None:
+    """Refuse a pytree in which two leaves would share a name, and so a direction.
+
+    A leaf's noise is keyed by its path string, which is lossy (``{"a/b": x}`` and
+    ``{"a": {"b": y}}`` both read ``a/b``), so two distinct leaves could be given the same
+    key. The 64-bit path hashes are checked too, so no two leaves of one pytree share a key.
+
+    >>> check_leaf_identity({"a/b": 1.0, "a": {"b": 2.0}})
+    Traceback (most recent call last):
+    ...
+    ValueError: two parameter leaves have the same path name 'a/b', so they would get the same random directions; rename one (paths are joined with '/')
+    """
+    seen: dict[tuple[int, int], str] = {}
+    for path in leaf_paths(tree):
+        words = path_hash(path)
+        if words in seen:
+            if seen[words] == path:
+                raise ValueError(
+                    f"two parameter leaves have the same path name {path!r}, so they would get the "
+                    "same random directions; rename one (paths are joined with '/')"
+                )
+            raise ValueError(f"the paths {seen[words]!r} and {path!r} hash alike; rename one")  # pragma: no cover
+        seen[words] = path
+
+
 def _scope_predicate(scope) -> Callable[[str, Any], bool]:
     if scope is None or scope == "all":
         return lambda path, leaf: True
@@ -188,7 +244,7 @@ def _scope_predicate(scope) -> Callable[[str, Any], bool]:
 def _is_trainable(path: str, leaf, predicate, noise) -> bool:
     if leaf is None or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
         return False
-    if isinstance(noise, LowRank) and noise.vectors == "exclude" and not is_matrix(path, jnp.shape(leaf)):
+    if isinstance(noise, LowRank) and noise.vectors == "exclude" and not noise.is_matrix(path, jnp.shape(leaf)):
         return False
     return bool(predicate(path, leaf))
 
@@ -202,6 +258,7 @@ def trainable_mask(params: PyTree, scope=None, noise: Noise | None = None) -> Py
     >>> trainable_mask({"w": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "weights")
     {'bias': False, 'w': True}
     """
+    check_leaf_identity(params)
     predicate = _scope_predicate(scope)
     mask = jax.tree_util.tree_map_with_path(
         lambda p, x: _is_trainable(path_str(p), x, predicate, noise), params
@@ -244,16 +301,26 @@ def combine(trainable: PyTree, frozen: PyTree) -> PyTree:
 # --- keys and directions ----------------------------------------------------------------
 
 
-def _path_hash(path: str) -> int:
-    # crc32 is stable across processes and Python versions (unlike hash()).
-    return zlib.crc32(path.encode()) & 0x7FFFFFFF
+# Bump when the derivation of directions from (key, step, member, path) changes: seed logs
+# record it, and replay refuses a log written under another one.
+KEY_DERIVATION = "fold_in(step, member, blake2b64(path)) v2"
+
+
+@functools.lru_cache(maxsize=None)
+def path_hash(path: str) -> tuple[int, int]:
+    """A stable 64-bit hash of a leaf path as two 32-bit words (stable across processes,
+    unlike ``hash()``; 64 bits so that realistic pytrees never see a collision, which
+    :func:`check_leaf_identity` verifies anyway)."""
+    digest = hashlib.blake2b(path.encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
 def leaf_key(key: jax.Array, step, member, path: str) -> jax.Array:
     """The key of one leaf's direction: fold_in(run key, step, member, hash(path))."""
     key = jax.random.fold_in(key, step)
     key = jax.random.fold_in(key, member)
-    return jax.random.fold_in(key, _path_hash(path))
+    high, low = path_hash(path)
+    return jax.random.fold_in(jax.random.fold_in(key, high), low)
 
 
 def dense_direction(noise: Noise, key, shape, dtype) -> jax.Array:
@@ -264,7 +331,7 @@ def dense_direction(noise: Noise, key, shape, dtype) -> jax.Array:
 
 def leaf_direction(noise: Noise, key, step, member, path: str, shape, dtype):
     """The direction of one leaf: a dense array, or a :class:`LowRankDirection`."""
-    if isinstance(noise, LowRank) and is_matrix(path, shape):
+    if isinstance(noise, LowRank) and noise.is_matrix(path, shape):
         lead, d_in, d_out = tuple(shape[:-2]), shape[-2], shape[-1]
         step = jnp.asarray(step)
         v_step = (step // noise.refresh_every) * noise.refresh_every

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -33,12 +34,12 @@ from zojax.noise import (
     combine,
     dense_direction,
     directions,
-    is_matrix,
     leaf_direction,
     leaf_key,
     partition,
     path_str,
 )
+from zojax import nn
 from zojax.scoring import ZOSpec, _materialized, perturb, score
 
 __all__ = [
@@ -94,27 +95,32 @@ def _member_directions(grad: ZOGrad, path: str, x):
 _ELEMENTWISE_MAX_TERMS = 16
 
 
+def _sum_outer(v, u, step) -> jax.Array:
+    """``sum_k v_k u_k^T`` for factors ``(K, ..., d_in, r)`` and ``(K, ..., d_out, r)``."""
+    k, rank = v.shape[0], v.shape[-1]
+    if k * rank <= _ELEMENTWISE_MAX_TERMS:
+        # A few outer products summed elementwise: XLA fuses them with the caller's
+        # ``theta - lr * g`` into one pass over the weight, where a contraction-(K r) dot
+        # writes g first and runs memory-bound (5x slower at LoZO's K r = 2 on CPU).
+        v, u = _materialized((v, u), step)
+        acc = v[0, ..., :, 0, None] * u[0, ..., None, :, 0]
+        for m in range(k):
+            for j in range(rank):
+                if m or j:
+                    acc = acc + v[m, ..., :, j, None] * u[m, ..., None, :, j]
+        return acc
+    # one matmul over the concatenated rank axis
+    return jnp.einsum("k...ir,k...or->...io", v, u)
+
+
 def _leaf_gradient(grad: ZOGrad, path: str, x) -> jax.Array:
     """``mean_k c_k z_k`` for one leaf, never holding K dense directions at once."""
     k = grad.coeffs.shape[0]
     c = grad.coeffs.astype(jnp.float32) / k
-    if isinstance(grad.noise, LowRank) and is_matrix(path, x.shape):
+    if isinstance(grad.noise, LowRank) and grad.noise.is_matrix(path, x.shape):
         d = _member_directions(grad, path, x)
         cv = d.v * c.astype(x.dtype).reshape((k,) + (1,) * (d.v.ndim - 1))
-        rank = d.v.shape[-1]
-        if k * rank <= _ELEMENTWISE_MAX_TERMS:
-            # A few outer products summed elementwise: XLA fuses them with the caller's
-            # ``theta - lr * g`` into one pass over the weight, where a contraction-(K r) dot
-            # writes g first and runs memory-bound (5x slower at LoZO's K r = 2 on CPU).
-            cv, u = _materialized((cv, d.u), grad.step)
-            acc = cv[0, ..., :, 0, None] * u[0, ..., None, :, 0]
-            for m in range(k):
-                for j in range(rank):
-                    if m or j:
-                        acc = acc + cv[m, ..., :, j, None] * u[m, ..., None, :, j]
-            return acc
-        # sum_k c_k V_k U_k^T as one matmul over the concatenated rank axis
-        return jnp.einsum("k...ir,k...or->...io", cv, d.u)
+        return _sum_outer(cv, d.u, grad.step)
 
     def term(m, key):
         return c[m].astype(x.dtype) * dense_direction(grad.noise, key, x.shape, x.dtype)
@@ -142,26 +148,31 @@ def dense_gradient(grad: ZOGrad, params: PyTree) -> PyTree:
     return _map_trainable(lambda path, x: _leaf_gradient(grad, path, x), params)
 
 
-def _as_schedule(learning_rate) -> Schedule:
-    return learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+def _as_schedule(learning_rate, name: str) -> Schedule:
+    if callable(learning_rate):
+        return learning_rate
+    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)):
+        raise ValueError(f"{name}: learning_rate must be a finite number or a schedule, got {learning_rate!r}")
+    return lambda count: learning_rate
 
 
-def _default_decay_mask(path: str, x) -> bool:
-    # MeZO skips weight decay for biases and norm weights (the 1-D leaves).
-    return is_matrix(path, x.shape)
+def _decays(decay_mask, noise: Noise, path: str, x) -> bool:
+    # MeZO skips weight decay for biases and norm weights: the 1-D leaves, stacks declared by the noise.
+    return decay_mask(path, x) if decay_mask is not None else noise.is_matrix(path, x.shape)
 
 
 class ScheduleState(NamedTuple):
     count: jax.Array
 
 
-def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=_default_decay_mask):
+def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=None):
     """MeZO / LoZO update ``theta <- theta - lr (mean_k c_k z_k + wd theta)``.
 
     Lean: each leaf's update is computed from regenerated directions on its own (low-rank
     directions as one rank-Kr matmul), so no whole-model dense gradient is kept.
     ``learning_rate`` is a float or an optax schedule; ``decay_mask(path, leaf)`` picks
-    the leaves that get weight decay (default: matrices, see :func:`zojax.noise.is_matrix`).
+    the leaves that get weight decay (default: matrices, as the noise's ``stacked``
+    declaration sees them; see :func:`zojax.noise.is_matrix`).
 
     >>> opt = zo_sgd(0.1)
     >>> p = {"w": jnp.zeros(3)}
@@ -170,7 +181,7 @@ def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=_default_decay_m
     >>> upd["w"].shape
     (3,)
     """
-    schedule = _as_schedule(learning_rate)
+    schedule = _as_schedule(learning_rate, "zo_sgd")
 
     def init(params):
         del params
@@ -183,7 +194,7 @@ def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=_default_decay_m
 
         def one(path, x):
             g = _leaf_gradient(grad, path, x)
-            if weight_decay and decay_mask(path, x):
+            if weight_decay and _decays(decay_mask, grad.noise, path, x):
                 g = g + weight_decay * x
             return (-lr * g).astype(x.dtype)
 
@@ -221,25 +232,27 @@ def _require_lowrank(noise, name):
 
 
 class LozoMState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # applied updates so far (skipped steps never reach the optimiser)
     last_step: jax.Array  # the step whose V the momentum factors are expressed in
     momentum: PyTree  # per leaf: (K, ..., d_out, r) factor for matrices, dense for vectors
 
 
 def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise: LowRank, members: int):
-    """LoZO-M: momentum on the fresh factor ``U``, kept as a ``(K, ..., d_out, r)`` array.
+    """LoZO-M, the official recursion, with the momentum kept as a ``(K, ..., d_out, r)`` factor.
 
-    While V is fixed the momentum of member k is ``V_k N_k^T`` with
-    ``N_k <- beta N_k + (1 - beta) c_k U_k``. When V is refreshed the factor is re-projected
-    onto the new V: ``N <- N V_old^T V_new / d_in`` (``V^T V ~ d_in I`` for Gaussian V).
-    1-D leaves keep dense momentum.
+    For member k the momentum is ``V_k N_k^T``. The first update starts it at the first
+    estimate, ``N_k = c_k U_k``; afterwards ``N_k <- beta N_k + (1 - beta) c_k U_k`` while V
+    is fixed, and when V is refreshed ``N`` is first re-projected onto the new V:
+    ``N <- N V_old^T V_new / d_in`` (``V^T V ~ d_in I`` for Gaussian V). The update is
+    ``W <- W - lr (mean_k V_k N_k^T + wd W)``; weight decay applies to matrices only, as in
+    :func:`zo_sgd`. 1-D leaves keep dense momentum with the same recursion.
     """
     _require_lowrank(noise, "lozo_m")
-    schedule = _as_schedule(learning_rate)
+    schedule = _as_schedule(learning_rate, "lozo_m")
 
     def init(params):
         def one(path, x):
-            if is_matrix(path, x.shape):
+            if noise.is_matrix(path, x.shape):
                 return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
             return jnp.zeros_like(x)
 
@@ -249,95 +262,158 @@ def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise
         if params is None:
             raise ValueError("lozo_m.update needs params")
         lr = schedule(state.count)
+        first = state.count == 0
         c = grad.coeffs.astype(jnp.float32)
         k = c.shape[0]
 
+        def accumulate(n, estimate):
+            return jnp.where(first, estimate, beta * n + (1 - beta) * estimate).astype(n.dtype)
+
         def one(path, x, n):
-            if not is_matrix(path, x.shape):
-                z = _leaf_gradient(grad, path, x)
-                n = beta * n + (1 - beta) * z
-                upd = n + (weight_decay * x if weight_decay else 0.0)
-                return (-lr * upd).astype(x.dtype), n
+            if not noise.is_matrix(path, x.shape):
+                n = accumulate(n, _leaf_gradient(grad, path, x))
+                return (-lr * n).astype(x.dtype), n
             d = _member_directions(grad, path, x)
             old = _member_directions(dataclasses.replace(grad, step=state.last_step), path, x)
             refreshed = (grad.step // noise.refresh_every) != (state.last_step // noise.refresh_every)
             reproject = jnp.einsum("k...ir,k...is->k...rs", old.v, d.v) / x.shape[-2]
             n = jnp.where(refreshed, jnp.einsum("k...or,k...rs->k...os", n, reproject), n)
-            n = beta * n + (1 - beta) * c.reshape((k,) + (1,) * (n.ndim - 1)).astype(x.dtype) * d.u
+            n = accumulate(n, c.reshape((k,) + (1,) * (n.ndim - 1)).astype(x.dtype) * d.u)
             upd = jnp.einsum("k...ir,k...or->...io", d.v, n) / k
             if weight_decay:
                 upd = upd + weight_decay * x
             return (-lr * upd).astype(x.dtype), n
 
-        pairs = _map_trainable(one, params, state.momentum)
-        is_pair = lambda t: isinstance(t, tuple)  # noqa: E731
-        updates = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
-        momentum = jax.tree.map(lambda t: t[1], pairs, is_leaf=is_pair)
+        updates, momentum = _unzip(_map_trainable(one, params, state.momentum))
         return updates, LozoMState(state.count + 1, jnp.asarray(grad.step, jnp.int32), momentum)
 
     return optax.GradientTransformation(init, update)
 
 
+def _unzip(pairs: PyTree) -> tuple[PyTree, PyTree]:
+    """A pytree of ``(a, b)`` pairs (one per trainable leaf) as two pytrees."""
+    is_pair = lambda t: isinstance(t, tuple)  # noqa: E731
+    return (
+        jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair),
+        jax.tree.map(lambda t: t[1], pairs, is_leaf=is_pair),
+    )
+
+
 class AdapterState(NamedTuple):
-    count: jax.Array
-    u_acc: PyTree  # per matrix leaf: (K, ..., d_out, r), the update accumulated on the current V
+    count: jax.Array  # applied updates so far
+    window: jax.Array  # the V window (step // refresh_every) the accumulators are expressed in
+    acc: PyTree  # per matrix leaf: (K, ..., d_out, r) factors A_k; the weights stand for W + sum_k V_k A_k^T
 
 
-def lozo_adapter(learning_rate, *, noise: LowRank, members: int):
-    """The dynamic adapter state: ``U_acc <- U_acc - lr c U`` while V is fixed; the weights
-    receive ``V U_acc^T`` only at the last step before V is refreshed.
+class ZOTransformation(NamedTuple):
+    """An optax ``GradientTransformation`` that keeps part of its update outside the weights.
 
-    The effective parameters between folds are :func:`adapter_view` ``(params, state, grad)``;
-    after a fold they equal what :func:`zo_sgd` (no weight decay) would have produced
-    step by step. 1-D leaves are updated immediately.
+    ``fold(params, state, key, step, force=False) -> (params, state)`` moves what is kept
+    outside into the weights when ``step`` needs it (or always, with ``force``);
+    ``view(params, state, key, adapter) -> params`` is what a step scores: the weights with
+    the kept update, as :class:`zojax.nn.Perturbed` leaves on the adapter path.
+    :func:`step` and :func:`zojax.replay` call both; :func:`effective_params` folds for export.
+    """
+
+    init: Callable
+    update: Callable
+    fold: Callable
+    view: Callable
+
+
+def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransformation:
+    """The dynamic adapter state (seed paper): LoZO's update kept as ``A`` while V is fixed.
+
+    Within a V window the summed update ``-lr sum_t c_t V U_t^T`` is itself rank r: it is
+    ``V A^T`` with ``A <- A - lr c U / K``. Steps score ``Perturbed(Perturbed(W, V, A), v, u,
+    ±eps)`` -- W is read by the matmuls as in inference and never written -- and update only
+    the small ``A``. When a step starts a new V window, ``V A^T`` is folded into W first (under
+    a conditional: steps inside a window write no weight). The result equals :func:`zo_sgd`
+    (no weight decay) step by step up to float rounding, skipped steps included. 1-D leaves
+    are updated immediately. Members keep their own V, so with K members the scored term
+    has rank K r.
     """
     _require_lowrank(noise, "lozo_adapter")
-    schedule = _as_schedule(learning_rate)
+    schedule = _as_schedule(learning_rate, "lozo_adapter")
 
     def init(params):
         def one(path, x):
-            if is_matrix(path, x.shape):
+            if noise.is_matrix(path, x.shape):
                 return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
             return None
 
-        return AdapterState(jnp.zeros([], jnp.int32), _map_trainable(one, params))
+        return AdapterState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), _map_trainable(one, params))
+
+    def window_factors(key, window, path, x):
+        # V of every member for the window the accumulators belong to
+        v_step = window * noise.refresh_every
+        return jax.vmap(lambda m: leaf_direction(noise, key, v_step, m, path, x.shape, x.dtype).v)(jnp.arange(members))
 
     def update(grad: ZOGrad, state: AdapterState, params=None):
         if params is None:
             raise ValueError("lozo_adapter.update needs params")
         lr = schedule(state.count)
         c = grad.coeffs.astype(jnp.float32) / grad.coeffs.shape[0]
-        fold = (grad.step + 1) % noise.refresh_every == 0
 
         def one(path, x, acc):
-            if not is_matrix(path, x.shape):
+            if acc is None:
                 return (-lr * _leaf_gradient(grad, path, x)).astype(x.dtype), None
-            d = _member_directions(grad, path, x)
-            acc = acc - (lr * c.reshape((-1,) + (1,) * (acc.ndim - 1))).astype(x.dtype) * d.u
-            delta = jnp.einsum("k...ir,k...or->...io", d.v, acc).astype(x.dtype)
-            return jnp.where(fold, delta, jnp.zeros_like(x)), jnp.where(fold, jnp.zeros_like(acc), acc)
+            u = _member_directions(grad, path, x).u
+            return None, acc - (lr * c.reshape((-1,) + (1,) * (acc.ndim - 1))).astype(x.dtype) * u
 
-        pairs = _map_trainable(one, params, state.u_acc)
-        is_pair = lambda t: isinstance(t, tuple)  # noqa: E731
-        updates = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
-        u_acc = jax.tree.map(lambda t: t[1], pairs, is_leaf=is_pair)
-        return updates, AdapterState(state.count + 1, u_acc)
+        updates, acc = _unzip(_map_trainable(one, params, state.acc))
+        return updates, AdapterState(state.count + 1, state.window, acc)
 
-    return optax.GradientTransformation(init, update)
+    def fold(params, state: AdapterState, key, step, force=False):
+        window = jnp.asarray(step, jnp.int32) // noise.refresh_every
+        due = jnp.logical_or(force, window != state.window)
+
+        def folded(operands):
+            params, acc = operands
+
+            def one(path, x, a):
+                if a is None:
+                    return x
+                v = window_factors(key, state.window, path, x)
+                return (x + _sum_outer(v, a, step)).astype(x.dtype)
+
+            return _map_trainable(one, params, acc), jax.tree.map(jnp.zeros_like, acc)
+
+        params, acc = jax.lax.cond(due, folded, lambda operands: operands, (params, state.acc))
+        return params, AdapterState(state.count, window, acc)
+
+    def view(params, state: AdapterState, key, adapter: bool = True):
+        def one(path, x, a):
+            if a is None:
+                return x
+            v = window_factors(key, state.window, path, x)
+            if not adapter:
+                return (x + _sum_outer(v, a, state.window)).astype(x.dtype)
+            # the K members' factors side by side: one rank-(K r) term
+            merge = lambda f: jnp.moveaxis(f, 0, -2).reshape(f.shape[1:-1] + (members * noise.rank,))  # noqa: E731
+            return nn.Perturbed(x, merge(v), merge(a))
+
+        return _map_trainable(one, params, state.acc)
+
+    return ZOTransformation(init, update, fold, view)
 
 
-def adapter_view(params: PyTree, state: AdapterState, *, noise: LowRank, key, step) -> PyTree:
-    """The effective weights ``W + V U_acc^T`` of a :func:`lozo_adapter` run at ``step``."""
+def effective_params(optimizer, params: PyTree, opt_state, key, step) -> PyTree:
+    """The trainable weights a run stands for: ``params`` with anything the optimiser keeps
+    outside them (the dynamic adapter state) folded in. Plain optax optimisers: ``params``."""
+    if not isinstance(optimizer, ZOTransformation):
+        return params
+    return optimizer.fold(params, opt_state, key, step, force=True)[0]
 
-    def one(path, x, acc):
-        if acc is None:
-            return x
-        v = jax.vmap(lambda m: leaf_direction(noise, key, step, m, path, x.shape, x.dtype).v)(
-            jnp.arange(acc.shape[0])
-        )
-        return x + jnp.einsum("k...ir,k...or->...io", v, acc).astype(x.dtype)
 
-    return _map_trainable(one, params, state.u_acc)
+def apply_update(optimizer, grad: ZOGrad, params: PyTree, opt_state) -> tuple[PyTree, Any]:
+    """``optimizer.update`` then the updates applied; a ``None`` update leaves its leaf as is
+    (the adapter state updates its accumulators, not the weights)."""
+    updates, opt_state = optimizer.update(grad, opt_state, params)
+    params = jax.tree.map(
+        lambda u, p: p if u is None else (p + u).astype(p.dtype), updates, params, is_leaf=lambda u: u is None
+    )
+    return params, opt_state
 
 
 # --- the fused step -----------------------------------------------------------------------
@@ -385,9 +461,9 @@ def init(params: PyTree, spec: ZOSpec, optimizer: optax.GradientTransformation, 
     return state, frozen
 
 
-def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batches: int, mesh=None):
+def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batches: int, mesh=None, base=None):
     def one(micro):
-        losses = score(loss_fn, state.params, micro, state.key, state.step, spec, frozen=frozen, mesh=mesh)
+        losses = score(loss_fn, state.params, micro, state.key, state.step, spec, frozen=frozen, mesh=mesh, base=base)
         return losses, spec.coefficients(losses)
 
     if micro_batches == 1:
@@ -404,20 +480,29 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
         # weights stay where the mesh puts them: replicated over 'pop', sharded over 'model'
         state = parallel.constrain(state, parallel.state_shardings(state, mesh))
         frozen = parallel.constrain(frozen, parallel.param_shardings(frozen, mesh))
-    losses, coeffs = _estimate(loss_fn, state, frozen, batch, spec, micro_batches, mesh)
-    finite = jnp.all(jnp.isfinite(losses))
-    coeffs = jnp.where(finite, coeffs, 0.0)
+    base = None
+    if isinstance(optimizer, ZOTransformation):
+        # a new V window folds the kept update into the weights before anything is scored
+        params, opt_state = optimizer.fold(state.params, state.opt_state, state.key, state.step)
+        state = state._replace(params=params, opt_state=opt_state)
+        base = optimizer.view(params, opt_state, state.key, spec.adapter)
+    losses, coeffs = _estimate(loss_fn, state, frozen, batch, spec, micro_batches, mesh, base)
+    finite_losses = jnp.all(jnp.isfinite(losses))
+    coeffs = jnp.where(finite_losses, coeffs, 0.0)
     grad = ZOGrad(state.key, state.step, coeffs, spec.noise)
 
-    def apply(_):
-        updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
-        return optax.apply_updates(state.params, updates), opt_state
+    def updated(_):
+        return apply_update(optimizer, grad, state.params, state.opt_state)
 
-    def skip(_):
+    def kept(_):
         return state.params, state.opt_state
 
-    # A non-finite loss never reaches the weights: the step is a counted no-op.
-    params, opt_state = jax.lax.cond(finite, apply, skip, None)
+    # Neither a non-finite loss nor an update that overflows reaches the weights: the step is
+    # a counted no-op. The update is computed twice -- first reduced to "is every new value
+    # finite?" (fused, no buffer), then applied in place -- because choosing between old and
+    # new weights afterwards would hold both: a second copy of every trainable weight.
+    finite = jax.lax.cond(finite_losses, lambda _: _all_finite(updated(None)), lambda _: jnp.array(False), None)
+    params, opt_state = jax.lax.cond(finite, updated, kept, None)
     new_state = ZOState(params, opt_state, state.key, state.step + 1, state.skipped + (~finite).astype(jnp.int32))
     info = StepInfo(state.step, losses, coeffs, finite)
     if mesh is not None:
@@ -425,6 +510,11 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
         new_state = parallel.constrain(new_state, parallel.state_shardings(new_state, mesh))
         info = parallel.constrain(info, jax.tree.map(lambda _: parallel.replicated(mesh), info))
     return new_state, info
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 _STATIC = ("loss_fn", "spec", "optimizer", "micro_batches", "mesh")
@@ -436,8 +526,9 @@ def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mic
 
     With ``micro_batches > 1`` every leaf of ``batch`` has a leading micro-batch axis; all
     micro-batches use the same directions and their coefficients are averaged. If any
-    loss is not finite the parameters and optimiser state are left unchanged,
-    ``state.skipped`` is incremented and ``info.applied`` is False.
+    loss is not finite, or the update would leave a parameter or optimiser value that is
+    not finite (an overflow, a schedule gone to inf), the parameters and optimiser state
+    are left unchanged, ``state.skipped`` is incremented and ``info.applied`` is False.
 
     With a ``mesh`` (:func:`zojax.parallel.make_mesh`) the population is scored across its
     ``pop`` axis and the weights are sharded over its ``model`` axis; place the inputs

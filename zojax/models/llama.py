@@ -1,10 +1,10 @@
 """Llama-family decoders (Llama 2/3, Qwen2/2.5, Qwen3, Mistral, SmolLM/SmolLM2) as a Flax NNX module.
 
-Every linear goes through :func:`zojax.nn.dense`, the token embedding through
-:func:`zojax.nn.embed` and a tied LM head through :func:`zojax.nn.attend`, so any weight may
-arrive as a :class:`zojax.nn.Perturbed` leaf. Decoder layers are stacked (every per-layer param
-has a leading ``num_layers`` axis) and the forward scans over them, so compile time does not
-grow with depth.
+The decoder skeleton, the pure-forward contract the engine relies on (any leaf may be a
+:class:`zojax.nn.Perturbed`, a population vmaps with unbatched bases) and the KV cache are
+:mod:`zojax.models.decoder`'s; this module holds what the Llama family does differently: RoPE
+(with its scaling variants), RMSNorm before each block, a gated MLP, grouped-query attention,
+Qwen3's q/k norms, sliding windows, and an optional untied LM head.
 
 Param paths (``nnx.split(model)[1]``)::
 
@@ -17,19 +17,6 @@ Param paths (``nnx.split(model)[1]``)::
     layers/{input,post_attention}_layernorm/scale   (L, hidden)
     norm/scale                                  (hidden,)
     lm_head/kernel                              (hidden, vocab)   untied models only
-
-Pure-forward contract (what the zojax engine uses). With ``graphdef, state = nnx.split(model)``::
-
-    def f(state, ids, mask):
-        return nnx.merge(graphdef, state)(ids, mask)
-
-``f`` jits; any array of ``state`` may be replaced (``jax.tree.map`` over the state) by a
-:class:`~zojax.nn.Perturbed` -- a stacked kernel as ``base (L, d_in, d_out)``, ``v (L, d_in, r)``,
-``u (L, d_out, r)``; a 2-D leaf (stacked bias/norm, embedding, lm_head) as one matrix -- and ``f``
-may be vmapped over a population axis carried by ``v``/``u`` and by dense leaves while every
-``base`` stays unbatched (``in_axes=None``), so the population folds into the batch of the big
-GEMM. The same computation is available without NNX as :func:`apply` over the plain nested dict
-``nnx.to_pure_dict(state)``: ``apply(config, params, ids, mask)``.
 """
 
 from __future__ import annotations
@@ -37,8 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,30 +32,16 @@ import numpy as np
 from flax import nnx
 
 from zojax import nn as znn
+from zojax.models import decoder, layers
+from zojax.models.family import ParamSpec, copied, layer_specs, transposed
 
-__all__ = [
-    "ARCHITECTURES",
-    "MODEL_TYPES",
-    "Config",
-    "Model",
-    "ParamSpec",
-    "apply",
-    "hf_param_map",
-    "rope_frequencies",
-]
+__all__ = ["ARCHITECTURES", "MODEL_TYPES", "Config", "Model", "ParamSpec", "apply", "hf_param_map"]
+__all__ += ["rope_frequencies"]
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _ARCH_OF = dict(zip(MODEL_TYPES, ARCHITECTURES))
 
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-}
 _ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 
 
@@ -134,8 +106,7 @@ class Config:
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"unsupported activation {self.hidden_act!r}; known: {sorted(_ACTIVATIONS)}")
+        layers.activation(self.hidden_act)  # raises for an unknown name
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"unsupported model_type {self.model_type!r}; known: {MODEL_TYPES}")
         rope = self.rope_params
@@ -323,52 +294,36 @@ def _rope(x, cos, sin):
     return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
 
 
+def _rope_tables(c: Config, positions, dtype):
+    """``(cos, sin)`` of shape ``(B, S, head_dim)`` at ``positions``, attention scaling folded in."""
+    inv_freq, rope_scale = rope_frequencies(c)
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return (jnp.cos(angles) * rope_scale).astype(dtype), (jnp.sin(angles) * rope_scale).astype(dtype)
+
+
 # --- parameter containers ------------------------------------------------------------------
-# These modules only hold Params (so the state has HF-like paths); the math is in pure
-# functions below that take plain arrays or Perturbed leaves.
-
-_init = nnx.initializers.normal(0.02)
-
-
-class _Linear(nnx.Module):
-    def __init__(self, d_in, d_out, *, bias, stack, param_dtype, rngs):
-        lead = () if stack is None else (stack,)
-        self.kernel = nnx.Param(_init(rngs.params(), lead + (d_in, d_out), param_dtype))
-        self.bias = nnx.Param(jnp.zeros(lead + (d_out,), param_dtype)) if bias else None
-
-
-class _RMSNorm(nnx.Module):
-    def __init__(self, d, *, stack, param_dtype):
-        lead = () if stack is None else (stack,)
-        self.scale = nnx.Param(jnp.ones(lead + (d,), param_dtype))
-
-
-class _Embed(nnx.Module):
-    def __init__(self, n, d, *, param_dtype, rngs):
-        self.embedding = nnx.Param(_init(rngs.params(), (n, d), param_dtype))
 
 
 class _Attention(nnx.Module):
     def __init__(self, c: Config, *, param_dtype, rngs):
         L, d, hd = c.num_hidden_layers, c.hidden_size, c.head_dim
         kw = {"stack": L, "param_dtype": param_dtype, "rngs": rngs}
-        self.q_proj = _Linear(d, c.num_attention_heads * hd, bias=c.qkv_bias, **kw)
-        self.k_proj = _Linear(d, c.num_key_value_heads * hd, bias=c.qkv_bias, **kw)
-        self.v_proj = _Linear(d, c.num_key_value_heads * hd, bias=c.qkv_bias, **kw)
-        self.o_proj = _Linear(c.num_attention_heads * hd, d, bias=c.o_bias, **kw)
-        if c.qk_norm:
-            self.q_norm = _RMSNorm(hd, stack=L, param_dtype=param_dtype)
-            self.k_norm = _RMSNorm(hd, stack=L, param_dtype=param_dtype)
-        else:
-            self.q_norm = self.k_norm = None
+        self.q_proj = layers.Linear(d, c.num_attention_heads * hd, bias=c.qkv_bias, **kw)
+        self.k_proj = layers.Linear(d, c.num_key_value_heads * hd, bias=c.qkv_bias, **kw)
+        self.v_proj = layers.Linear(d, c.num_key_value_heads * hd, bias=c.qkv_bias, **kw)
+        self.o_proj = layers.Linear(c.num_attention_heads * hd, d, bias=c.o_bias, **kw)
+        norm = functools.partial(layers.RMSNorm, hd, stack=L, param_dtype=param_dtype)
+        self.q_norm = norm() if c.qk_norm else None  # Qwen3
+        self.k_norm = norm() if c.qk_norm else None
 
 
 class _MLP(nnx.Module):
     def __init__(self, c: Config, *, param_dtype, rngs):
         kw = {"bias": c.mlp_bias, "stack": c.num_hidden_layers, "param_dtype": param_dtype, "rngs": rngs}
-        self.gate_proj = _Linear(c.hidden_size, c.intermediate_size, **kw)
-        self.up_proj = _Linear(c.hidden_size, c.intermediate_size, **kw)
-        self.down_proj = _Linear(c.intermediate_size, c.hidden_size, **kw)
+        self.gate_proj = layers.Linear(c.hidden_size, c.intermediate_size, **kw)
+        self.up_proj = layers.Linear(c.hidden_size, c.intermediate_size, **kw)
+        self.down_proj = layers.Linear(c.intermediate_size, c.hidden_size, **kw)
 
 
 class _Layers(nnx.Module):
@@ -378,77 +333,11 @@ class _Layers(nnx.Module):
         L = c.num_hidden_layers
         self.self_attn = _Attention(c, param_dtype=param_dtype, rngs=rngs)
         self.mlp = _MLP(c, param_dtype=param_dtype, rngs=rngs)
-        self.input_layernorm = _RMSNorm(c.hidden_size, stack=L, param_dtype=param_dtype)
-        self.post_attention_layernorm = _RMSNorm(c.hidden_size, stack=L, param_dtype=param_dtype)
+        self.input_layernorm = layers.RMSNorm(c.hidden_size, stack=L, param_dtype=param_dtype)
+        self.post_attention_layernorm = layers.RMSNorm(c.hidden_size, stack=L, param_dtype=param_dtype)
 
 
 # --- pure math ----------------------------------------------------------------------------
-
-
-def _rms_norm(x, scale, eps):
-    # Statistics in float32 as HF does; scale applied after casting back (HF: weight * x.to(dtype)).
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
-    return znn.materialize(scale).astype(x.dtype) * y.astype(x.dtype)
-
-
-def _attention(q, k, v, valid, scale):
-    """GQA softmax attention. q: (B,S,H,D); k, v: (B,T,Hkv,D); valid: (B,S,T) or (B,1,T)."""
-    B, S, H, D = q.shape
-    n_kv = k.shape[2]
-    q = q.reshape(B, S, n_kv, H // n_kv, D)
-    scores = jnp.einsum("bsngd,btnd->bngst", q, k, preferred_element_type=jnp.float32) * scale
-    # A finite fill keeps fully masked rows (padding queries) NaN-free: they become uniform.
-    scores = jnp.where(valid[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bngst,btnd->bsngd", probs, v).reshape(B, S, H * D)
-
-
-def _linear(x, p):
-    return znn.dense(x, p["kernel"], p.get("bias"))
-
-
-def _decoder_layer(c: Config, p, h, cos, sin, valid, kv_cache, index):
-    """One pre-norm block. ``kv_cache``: None or this layer's ``(k, v)`` (B, T, Hkv, D)."""
-    B, S, _ = h.shape
-    H, n_kv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    a = p["self_attn"]
-
-    x = _rms_norm(h, p["input_layernorm"]["scale"], c.rms_norm_eps)
-    q = _linear(x, a["q_proj"]).reshape(B, S, H, D)
-    k = _linear(x, a["k_proj"]).reshape(B, S, n_kv, D)
-    v = _linear(x, a["v_proj"]).reshape(B, S, n_kv, D)
-    if c.qk_norm:
-        q = _rms_norm(q, a["q_norm"]["scale"], c.rms_norm_eps)
-        k = _rms_norm(k, a["k_norm"]["scale"], c.rms_norm_eps)
-    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-    new_kv = None
-    if kv_cache is not None:
-        ck, cv = kv_cache
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-        new_kv = (ck, cv)
-        k, v = ck.astype(h.dtype), cv.astype(h.dtype)
-    o = _attention(q, k, v, valid, D**-0.5)
-    h = h + _linear(o, a["o_proj"])
-
-    m = p["mlp"]
-    x = _rms_norm(h, p["post_attention_layernorm"]["scale"], c.rms_norm_eps)
-    x = _ACTIVATIONS[c.hidden_act](_linear(x, m["gate_proj"])) * _linear(x, m["up_proj"])
-    h = h + _linear(x, m["down_proj"])
-    return h, new_kv
-
-
-def _sliceable(x):
-    """Make a stacked leaf safe to ``lax.scan`` over.
-
-    A stacked 3-D kernel's Perturbed factors carry the layer axis and slice with it. A 2-D
-    stacked leaf (bias, norm scale: ``(L, d)``) perturbed as one ``L x d`` matrix does not (its
-    ``u`` is ``(d, r)``); it is small, so form it densely.
-    """
-    if isinstance(x, znn.Perturbed) and x.base.ndim < 3:
-        return znn.materialize(x)
-    return x
 
 
 def _positions_from_mask(mask):
@@ -456,101 +345,48 @@ def _positions_from_mask(mask):
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def apply(
-    config: Config,
-    params: dict,
-    input_ids: jax.Array,
-    attention_mask: jax.Array | None = None,
-    *,
-    positions: jax.Array | None = None,
-    logits_positions: jax.Array | None = None,
-    logits_tokens: jax.Array | None = None,
-    cache: dict[str, jax.Array] | None = None,
-    dtype=jnp.float32,
-):
-    """The forward as a pure function of a nested param dict (``nnx.to_pure_dict(state)``).
+def _embed(c: Config, params, input_ids, positions, dtype):
+    """Token embedding; the RoPE tables are the context every layer reads."""
+    h = znn.embed(input_ids, params["embed_tokens"]["embedding"]).astype(dtype)
+    return h, _rope_tables(c, positions, dtype)
 
-    Same arguments and results as :meth:`Model.__call__`; leaves may be arrays or
-    :class:`~zojax.nn.Perturbed`.
-    """
-    c = config
-    B, S = input_ids.shape
-    if attention_mask is None:
-        attention_mask = jnp.ones((B, S), jnp.int32)
-    attention_mask = attention_mask.astype(jnp.int32)
 
-    if cache is None:
-        key_mask, index = attention_mask, None
-        q_slot = k_slot = jnp.arange(S)
-        if positions is None:
-            positions = _positions_from_mask(attention_mask)
-    else:
-        index = cache["index"]
-        key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
-        q_slot = index + jnp.arange(S)
-        k_slot = jnp.arange(key_mask.shape[1])
-        if positions is None:
-            positions = jax.lax.dynamic_slice(_positions_from_mask(key_mask), (0, index), (B, S))
-    # valid[b, s, t]: query slot s may see key slot t (causal, and t holds a real token).
-    # Masks are over slots, not positions, as in HF (matters for sliding windows with padding).
-    valid = (k_slot[None, None, :] <= q_slot[None, :, None]) & (key_mask[:, None, :] > 0)
+def _decoder_layer(c: Config, rope, p, h, attend):
+    """One pre-norm block."""
+    B, S, _ = h.shape
+    H, n_kv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    a = p["self_attn"]
 
-    inv_freq, rope_scale = rope_frequencies(c)
-    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
-    angles = jnp.concatenate([angles, angles], axis=-1)
-    cos = (jnp.cos(angles) * rope_scale).astype(dtype)
-    sin = (jnp.sin(angles) * rope_scale).astype(dtype)
+    x = layers.rms_norm(h, p["input_layernorm"]["scale"], c.rms_norm_eps)
+    q = layers.linear(x, a["q_proj"]).reshape(B, S, H, D)
+    k = layers.linear(x, a["k_proj"]).reshape(B, S, n_kv, D)
+    v = layers.linear(x, a["v_proj"]).reshape(B, S, n_kv, D)
+    if c.qk_norm:
+        q = layers.rms_norm(q, a["q_norm"]["scale"], c.rms_norm_eps)
+        k = layers.rms_norm(k, a["k_norm"]["scale"], c.rms_norm_eps)
+    q, k = _rope(q, *rope), _rope(k, *rope)
+    o, new_kv = attend(q, k, v, D**-0.5)
+    h = h + layers.linear(o, a["o_proj"])
 
-    table = params["embed_tokens"]["embedding"]
-    h = znn.embed(input_ids, table).astype(dtype)
+    m = p["mlp"]
+    x = layers.rms_norm(h, p["post_attention_layernorm"]["scale"], c.rms_norm_eps)
+    x = layers.activation(c.hidden_act)(layers.linear(x, m["gate_proj"])) * layers.linear(x, m["up_proj"])
+    h = h + layers.linear(x, m["down_proj"])
+    return h, new_kv
 
-    layer_params = jax.tree.map(_sliceable, params["layers"], is_leaf=znn.is_perturbed)
-    windows = c.windows
-    window_xs = None
-    if any(w is not None for w in windows):
-        big = np.iinfo(np.int32).max // 2
-        window_xs = jnp.asarray([big if w is None else w for w in windows], jnp.int32)
 
-    def body(h, xs):
-        p, kv, window = xs
-        ok = valid
-        if window is not None:  # HF: key slot t visible iff t > s - window
-            ok = valid & (k_slot[None, None, :] > q_slot[None, :, None] - window)
-        return _decoder_layer(c, p, h, cos, sin, ok, kv, index)
-
-    kv_xs = None if cache is None else (cache["k"], cache["v"])
-    h, new_kv = jax.lax.scan(body, h, (layer_params, kv_xs, window_xs))
-
-    if logits_positions is not None:
-        # Per-token ops from here on: gather first so the head runs only where needed.
-        h = jnp.take_along_axis(h, logits_positions[..., None].astype(jnp.int32), axis=1)
-    h = _rms_norm(h, params["norm"]["scale"], c.rms_norm_eps)
-    if logits_tokens is not None:
-        head = {"table": table} if c.tie_word_embeddings else {"kernel": params["lm_head"]["kernel"]}
-        logits = znn.token_logits(h, logits_tokens, **head)
-    elif c.tie_word_embeddings:
-        logits = znn.attend(h, table)
-    else:
-        logits = znn.dense(h, params["lm_head"]["kernel"])
-    logits = logits.astype(jnp.float32)
-    if cache is None:
-        return logits
-    new_cache = {"k": new_kv[0], "v": new_kv[1], "mask": key_mask, "index": index + S}
-    return logits, new_cache
+def _final(c: Config, params, h, dtype):
+    return layers.rms_norm(h, params["norm"]["scale"], c.rms_norm_eps)
 
 
 # --- model --------------------------------------------------------------------------------
 
 
-class Model(nnx.Module):
+class Model(decoder.CausalLM):
     """Llama-family causal LM (``LlamaForCausalLM`` and friends).
 
-    Args:
-      config: the model's :class:`Config`.
-      dtype: compute dtype (activations, matmuls). Softmax and RMSNorm statistics run in
-        float32 regardless.
-      param_dtype: storage dtype of the params.
-      rngs: random init (weights are normally overwritten by a loader).
+    Built and called as :class:`~zojax.models.decoder.CausalLM` describes; ``positions=`` are
+    RoPE positions.
 
     >>> c = Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
     ...            num_attention_heads=4, num_key_value_heads=2)
@@ -559,106 +395,30 @@ class Model(nnx.Module):
     (2, 16, 8)
     """
 
+    parts = decoder.Parts(
+        positions=_positions_from_mask,
+        embed=_embed,
+        layer=_decoder_layer,
+        final=_final,
+        windows=lambda c: c.windows,
+    )
+
     def __init__(self, config: Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.config = config
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+        super().__init__(config, dtype=dtype, param_dtype=param_dtype)
         c = config
-        self.embed_tokens = _Embed(c.vocab_size, c.hidden_size, param_dtype=param_dtype, rngs=rngs)
+        self.embed_tokens = layers.Embed(c.vocab_size, c.hidden_size, param_dtype=param_dtype, rngs=rngs)
         self.layers = _Layers(c, param_dtype=param_dtype, rngs=rngs)
-        self.norm = _RMSNorm(c.hidden_size, stack=None, param_dtype=param_dtype)
-        if c.tie_word_embeddings:
-            self.lm_head = None
-        else:
-            self.lm_head = _Linear(
-                c.hidden_size, c.vocab_size, bias=False, stack=None, param_dtype=param_dtype, rngs=rngs
-            )
+        self.norm = layers.RMSNorm(c.hidden_size, stack=None, param_dtype=param_dtype)
+        untied = not c.tie_word_embeddings
+        lin = {"bias": False, "stack": None, "param_dtype": param_dtype, "rngs": rngs}
+        self.lm_head = layers.Linear(c.hidden_size, c.vocab_size, **lin) if untied else None
 
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> dict[str, jax.Array]:
-        """An empty KV cache for :meth:`__call__`.
 
-        A dict pytree: ``k``, ``v`` of shape ``(num_layers, batch, max_len, kv_heads, head_dim)``,
-        ``mask`` ``(batch, max_len)`` (int32, 1 where a slot holds a real token: it remembers the
-        padding of earlier calls) and ``index`` (int32 scalar, the next free slot).
-        """
-        c = self.config
-        dtype = self.dtype if dtype is None else dtype
-        shape = (c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim)
-        return {
-            "k": jnp.zeros(shape, dtype),
-            "v": jnp.zeros(shape, dtype),
-            "mask": jnp.zeros((batch, max_len), jnp.int32),
-            "index": jnp.zeros((), jnp.int32),
-        }
-
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        *,
-        positions: jax.Array | None = None,
-        logits_positions: jax.Array | None = None,
-        logits_tokens: jax.Array | None = None,
-        cache: dict[str, jax.Array] | None = None,
-    ):
-        """Next-token logits.
-
-        Args:
-          input_ids: int ``(batch, seq)``.
-          attention_mask: ``(batch, seq)``, 1 for real tokens, 0 for padding (left or right).
-            With ``cache`` it covers only the new tokens; earlier ones are remembered by the cache.
-          positions: int ``(batch, seq)`` RoPE positions. Default: ``cumsum(mask) - 1`` (over
-            cached + new tokens when a cache is given), so left padding starts real tokens at 0.
-          logits_positions: int ``(batch, P)`` indices into ``seq``; if given, the final norm and
-            LM head run only there and logits are ``(batch, P, vocab)``.
-          logits_tokens: int ``(batch, seq or P, K)`` vocabulary ids; if given, only their logits
-            are computed (the head's rows for those tokens) and logits are ``(batch, seq or P, K)``.
-          cache: from :meth:`init_cache`; the new tokens are written at ``cache["index"]``.
-
-        Returns:
-          float32 logits ``(batch, seq or P, vocab)``; with ``cache``, ``(logits, new_cache)``.
-        """
-        # Variable values may be Perturbed pytrees, so read them through the pure-dict view.
-        params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
-        return apply(
-            self.config,
-            params,
-            input_ids,
-            attention_mask,
-            positions=positions,
-            logits_positions=logits_positions,
-            logits_tokens=logits_tokens,
-            cache=cache,
-            dtype=self.dtype,
-        )
+# The forward as a pure function of the param dict (see CausalLM.apply).
+apply = Model.apply
 
 
 # --- HF checkpoint mapping ----------------------------------------------------------------
-
-
-class ParamSpec(NamedTuple):
-    """Where one HF tensor lives in zojax's state.
-
-    Attributes:
-      path: key path into ``nnx.split(model)[1]``, e.g. ``("layers", "mlp", "up_proj", "kernel")``.
-      layer: index into the leading stacked axis, or None for unstacked params.
-      to_zojax: HF array (numpy) -> zojax layout (one layer's slice).
-      to_hf: inverse.
-    """
-
-    path: tuple[str, ...]
-    layer: int | None
-    to_zojax: Callable[[np.ndarray], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
-
-
-def _identity(x):
-    return x
-
-
-def _transpose(x):
-    # torch Linear stores (d_out, d_in); zojax kernels are (d_in, d_out).
-    return x.T
 
 
 def hf_param_map(config: Config) -> dict[str, ParamSpec]:
@@ -673,34 +433,21 @@ def hf_param_map(config: Config) -> dict[str, ParamSpec]:
     ('layers', 'mlp', 'up_proj', 'kernel')
     """
     c = config
-    out: dict[str, ParamSpec] = {
-        "model.embed_tokens.weight": ParamSpec(("embed_tokens", "embedding"), None, _identity, _identity),
-        "model.norm.weight": ParamSpec(("norm", "scale"), None, _identity, _identity),
+    out = {
+        "model.embed_tokens.weight": copied(("embed_tokens", "embedding")),
+        "model.norm.weight": copied(("norm", "scale")),
     }
     if not c.tie_word_embeddings:
-        out["lm_head.weight"] = ParamSpec(("lm_head", "kernel"), None, _transpose, _transpose)
-    linears = [
-        ("self_attn", n, b)
-        for n, b in (
-            ("q_proj", c.qkv_bias),
-            ("k_proj", c.qkv_bias),
-            ("v_proj", c.qkv_bias),
-            ("o_proj", c.o_bias),
-        )
-    ]
-    linears += [("mlp", n, c.mlp_bias) for n in ("gate_proj", "up_proj", "down_proj")]
+        out["lm_head.weight"] = transposed(("lm_head", "kernel"))
+    attn_bias = {"q_proj": c.qkv_bias, "k_proj": c.qkv_bias, "v_proj": c.qkv_bias, "o_proj": c.o_bias}
     norms = [("input_layernorm",), ("post_attention_layernorm",)]
     if c.qk_norm:
         norms += [("self_attn", "q_norm"), ("self_attn", "k_norm")]
-    for i in range(c.num_hidden_layers):
-        pre = f"model.layers.{i}."
-        for group, name, bias in linears:
-            hf = f"{pre}{group}.{name}"
-            out[hf + ".weight"] = ParamSpec(("layers", group, name, "kernel"), i, _transpose, _transpose)
-            if bias:
-                out[hf + ".bias"] = ParamSpec(("layers", group, name, "bias"), i, _identity, _identity)
-        for parts in norms:
-            out[pre + ".".join(parts) + ".weight"] = ParamSpec(
-                ("layers", *parts, "scale"), i, _identity, _identity
-            )
+    out |= layer_specs(
+        "model.layers.{}",
+        c.num_hidden_layers,
+        linears=[(("self_attn", n), b) for n, b in attn_bias.items()]
+        + [(("mlp", n), c.mlp_bias) for n in ("gate_proj", "up_proj", "down_proj")],
+        norms=[(parts, False) for parts in norms],
+    )
     return out

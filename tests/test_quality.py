@@ -1,0 +1,95 @@
+"""The first-order baseline (zo.method=fo) and in-context-learning evaluation on a tiny random Llama."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from test_train import _checkpoint_params, _config, assets  # noqa: F401 -- the tiny model + data fixture
+
+from zojax.cli import main
+from zojax.config import load_config
+from zojax.tasks.batching import _ToyTokenizer, encode_task
+
+
+def _fo_config(assets, out, **over):  # noqa: F811
+    over = {"zo__method": "fo", "zo__scope": "^norm/", "optim__name": None, "optim__lr": 3e-2, "train__eval_every": 0, **over}
+    return _config(assets, out, **over)
+
+
+@pytest.fixture(scope="module")
+def fo_run(assets, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("fo") / "full"
+    assert main(["train", "--config", str(_fo_config(assets, out))]) == 0
+    return out
+
+
+def test_fo_descends_writes_the_run_and_respects_the_scope(assets, fo_run):  # noqa: F811
+    from zojax.train import build_run, trained_params
+
+    summary = json.loads((fo_run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 12 and summary["skipped_steps"] == 0
+    train = [r["loss"] for r in map(json.loads, (fo_run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert train[-1] < train[0]
+    assert not (fo_run / "seeds.jsonl").exists()  # nothing to replay: the checkpoints are the record
+    run = build_run(load_config(fo_run / "config.yaml"))
+    trained, step = trained_params(run, fo_run)
+    assert step == 12
+    paths = lambda tree: {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    before, after = paths(run.params), paths(trained)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed and all("norm" in k and "layers" not in k for k in changed), changed
+
+
+def test_fo_resume_is_bitwise(assets, fo_run, tmp_path):  # noqa: F811
+    out = tmp_path / "stopped"
+    assert main(["train", "--config", str(_fo_config(assets, out, train__stop_after=6))]) == 0
+    assert main(["train", "--config", str(_fo_config(assets, out)), "--resume"]) == 0
+    resumed, step = _checkpoint_params(out)
+    expected, _ = _checkpoint_params(fo_run)
+    assert step == 12
+    for a, b in zip(resumed, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fo_config_errors(assets, fo_run, tmp_path, capsys):  # noqa: F811
+    from zojax.train import make_optimizer, make_spec
+
+    cfg = load_config(_fo_config(assets, tmp_path / "x"), ["optim.name=zo_sgd"])
+    with pytest.raises(ValueError, match="optim.name=zo_sgd is a ZO update; zo.method=fo takes"):
+        make_optimizer(cfg, make_spec(cfg))
+    assert main(["replay", "--run", str(fo_run)]) == 2
+    assert "first-order run" in capsys.readouterr().err
+
+
+def test_demonstrations_precede_the_prompt_and_drop_whole_from_the_far_end():
+    tok = _ToyTokenizer()
+    demos = [{"sentence": "good fun", "label": 1}, {"sentence": "bad", "label": 0}]
+    query = [{"sentence": "so so", "label": 0}]
+    enc = encode_task(query, "sst2", tok, demonstrations=demos, pad_multiple=1)
+    vocab = {v: k for k, v in tok.vocab.items()}
+    words = [vocab[i] for i in enc.examples[0].seqs[0]]
+    assert words == "good fun It was great bad It was terrible so so It was".split()
+    assert (enc.num_demonstrations, enc.demonstrations_dropped) == (2, 0)
+    # room for the prompt (4 tokens) + the option + the last demonstration (4): the first one goes, whole
+    enc = encode_task(query, "sst2", tok, demonstrations=demos, max_length=9, pad_multiple=1)
+    assert [vocab[i] for i in enc.examples[0].seqs[0]] == "bad It was terrible so so It was".split()
+    assert enc.demonstrations_dropped == 1 and enc.num_truncated == 0
+    full = encode_task(query, "sst2", tok, demonstrations=demos, layout="full", pad_multiple=1)
+    assert [vocab[i] for i in full.examples[0].seqs[1]][-4:] == "so It was great".split()
+
+
+def test_eval_with_icl_examples(assets, tmp_path, capsys):  # noqa: F811
+    cfg = _config(assets, tmp_path / "icl")
+    assert main(["eval", "--config", str(cfg), "task.icl_examples=3", "task.max_length=40"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["icl"] == {"icl_examples": 3, "icl_demonstrations_dropped": 0}
+    assert 0.0 <= report["test"]["accuracy"] <= 1.0
+    # a length that leaves no room: every dev/test prompt loses all three, and says so
+    assert main(["eval", "--config", str(cfg), "task.icl_examples=3", "task.max_length=12"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["icl"]["icl_demonstrations_dropped"] == 3 * (40 + 60)
+    with pytest.raises(ValueError, match="icl_examples=500 but the train split holds only 120"):
+        from zojax.train import build_run
+
+        build_run(load_config(cfg, ["task.icl_examples=500"]))

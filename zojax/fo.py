@@ -1,0 +1,104 @@
+"""The first-order baseline: the same scopes, data and run state as a ZO run, trained with ``jax.grad``.
+
+It is what a ZO run is compared against (``zo.method: fo`` in the trainer). A step takes the
+exact gradient of the loss with respect to the trainable leaves (the scope's partition, frozen
+leaves never differentiated) and applies any optax optimiser to it. The state is a
+:class:`zojax.optim.ZOState` and the per-step report a :class:`zojax.optim.StepInfo`, so the
+trainer's checkpoints, resume, metrics and non-finite-step handling are shared unchanged:
+
+* ``losses`` is ``(1, 2)``: the batch loss twice (there is no ``±eps`` pair), so the mean is the loss;
+* ``coeffs`` is ``(1,)``: the gradient's global norm (a diagnostic; there is nothing to replay:
+  a first-order run has no seed log, its checkpoints are the record);
+* a step whose loss or gradient is not finite changes nothing and is counted in ``skipped``.
+
+Cost: one forward and one backward pass (about three forwards) per step, and the activations
+of the whole batch kept for the backward pass -- more memory than ZO's inference-only steps.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from zojax.noise import combine
+from zojax.optim import StepInfo, ZOState
+
+__all__ = ["fo_step", "fo_run_steps"]
+
+PyTree = Any
+
+
+def _loss_and_grad(loss_fn, params, frozen, batch, micro_batches: int):
+    """Batch loss and gradient over the trainable leaves; micro-batches are averaged (accumulation)."""
+
+    def one(micro):
+        return jax.value_and_grad(lambda p: loss_fn(combine(p, frozen), micro))(params)
+
+    if micro_batches == 1:
+        return one(batch)
+    # lax.map: one micro-batch's activations live at a time, which is the point of splitting
+    losses, grads = jax.lax.map(one, batch)
+    return losses.mean(0), jax.tree.map(lambda g: g.mean(0), grads)
+
+
+def _fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, micro_batches: int = 1):
+    loss, grads = _loss_and_grad(loss_fn, state.params, frozen, batch, micro_batches)
+    norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(norm)
+
+    def apply(_):
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
+
+    def skip(_):
+        return state.params, state.opt_state
+
+    # as in a ZO step: a non-finite loss or gradient never reaches the weights
+    params, opt_state = jax.lax.cond(finite, apply, skip, None)
+    new_state = ZOState(params, opt_state, state.key, state.step + 1, state.skipped + (~finite).astype(jnp.int32))
+    info = StepInfo(state.step, jnp.full((1, 2), loss, jnp.float32), norm.astype(jnp.float32)[None], finite)
+    return new_state, info
+
+
+def _no_mesh(mesh):
+    if mesh is not None:
+        raise NotImplementedError("zo.method=fo runs on one device: set mesh.pop=1 and mesh.model=1")
+
+
+_STATIC = ("loss_fn", "spec", "optimizer", "micro_batches", "mesh")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+def fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, spec=None, micro_batches: int = 1, mesh=None):
+    """One first-order step (gradient + optax update), jitted; ``state`` is donated.
+
+    ``spec`` is accepted (and ignored) so the call matches :func:`zojax.optim.step`: the scope
+    was applied when the state was built by :func:`zojax.optim.init`.
+
+    >>> import optax; from zojax.optim import init; from zojax.scoring import ZOSpec
+    >>> loss = lambda p, b: jnp.sum((p["w"] - b) ** 2)
+    >>> opt = optax.sgd(0.1)
+    >>> state, frozen = init({"w": jnp.zeros(3)}, ZOSpec(), opt, jax.random.PRNGKey(0))
+    >>> for _ in range(30):
+    ...     state, info = fo_step(state, frozen, jnp.ones(3), loss_fn=loss, optimizer=opt)
+    >>> bool(info.loss < 1e-3)
+    True
+    """
+    _no_mesh(mesh)
+    return _fo_step(state, frozen, batch, loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+def fo_run_steps(state: ZOState, frozen, batches, *, loss_fn, optimizer, spec=None, micro_batches: int = 1, mesh=None):
+    """S first-order steps in one compiled call (``lax.scan`` over ``batches`` stacked on a leading
+    axis); the drop-in counterpart of :func:`zojax.optim.run_steps`."""
+    _no_mesh(mesh)
+
+    def body(s, batch):
+        return _fo_step(s, frozen, batch, loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches)
+
+    return jax.lax.scan(body, state, batches)
