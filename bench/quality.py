@@ -210,13 +210,17 @@ def chosen_lr(name: str, swept: dict) -> float:
     return swept.get("chosen", {}).get(source, ROWS[source][1][0])
 
 
-def table(rows: list[str], budget: float, out: Path, sweep_path: Path, dev_limit: int | None) -> dict:
+def table(rows: list[str], budget: float, out: Path, sweep_path: Path, dev_limit: int | None, resume: bool = False) -> dict:
     swept = json.loads(sweep_path.read_text()) if sweep_path.exists() else {}
     model = _load_model(_config([]))
-    data = {"budget_cpu_seconds_per_row": budget, "dev_examples": dev_limit or 500, "machine": _machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "lr_source": str(sweep_path.name) if swept else "priors", "rows": {}}
-    t0 = time.time()
-    for name in rows:
+    data = {"budget_cpu_seconds_per_row": budget, "dev_examples": dev_limit or 500, "machine": _machine(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "lr_source": str(sweep_path.name) if swept else "priors",
+            "rows": {}}
+    if resume and out.exists():  # keep the rows a killed or earlier run measured; add the missing ones
+        data = json.loads(out.read_text())
+        data.setdefault("resumed", []).append(time.strftime("%Y-%m-%d %H:%M:%S"))
+    t0 = time.time() - data.get("wall_seconds", 0.0)
+    for name in (r for r in rows if r not in data["rows"]):
         print(f"{name} ({time.time() - t0:.0f} s)", flush=True)
         if name == "zero_shot":
             rec = eval_row(model, 0, 48, dev_limit)
@@ -257,6 +261,30 @@ def plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+LABELS = {
+    "zero_shot": "zero-shot", "icl_k4": "ICL, k = 4 demonstrations", "icl_k16": "ICL, k = 16 demonstrations",
+    "mezo_norm": "MeZO, final norm (today's default)", "lozo_lora_k1": "LoZO, lora scope, K = 1",
+    "lozo_lora_k4": "LoZO, lora scope, K = 4", "mezo_all_lazy": "MeZO, all parameters (lazy_dense)",
+    "fo_adamw_all": "first-order AdamW, all parameters", "fo_adamw_lora": "first-order AdamW, lora scope",
+}
+
+
+def markdown(data: dict) -> str:
+    """The README table of a results file (every number in it comes from the file)."""
+    pct = lambda x: "–" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    lines = ["| row | lr | test acc. (1000) | dev acc. | steps | forward passes | train CPU s | train wall s | "
+             "eval wall s | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in data["rows"].items():
+        lr = f"{r['lr']:g}" if "lr" in r else "–"
+        lines.append(
+            f"| {LABELS.get(name, name)} | {lr} | {pct(r.get('test_accuracy'))} | {pct(r.get('dev_accuracy'))} | "
+            f"{r['steps']} | {r['forward_passes']} | {r.get('train_cpu_seconds', 0):.0f} | "
+            f"{r.get('train_wall_seconds', 0):.0f} | {r['eval_wall_seconds']:.0f} | "
+            f"{'–'.join(f'{x:.1f}' for x in r['load_avg'])} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", action="store_true", help="choose learning rates on dev (writes --sweep-json)")
@@ -267,7 +295,22 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=RESULTS / "quality.json")
     p.add_argument("--sweep-json", type=Path, default=RESULTS / "quality_sweep.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "quality.png")
+    p.add_argument("--report", action="store_true", help="print the README table of --json and redraw --plot")
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --json, measure the others")
+    p.add_argument("--merge", type=Path, action="append", default=[],
+                   help="with --report: add the rows of this results file (e.g. measured by a parallel process) to --json")
     args = p.parse_args(argv)
+    if args.report:
+        data = json.loads(args.json.read_text())
+        for extra in args.merge:
+            other = json.loads(extra.read_text())
+            data["rows"].update({k: {**v, "measured_in": extra.name} for k, v in other["rows"].items()})
+            data.setdefault("merged", []).append(extra.name)
+        if args.merge:
+            _write(args.json, data)
+        plot(data, args.plot)
+        print(markdown(data))
+        return 0
     if args.sweep:
         rows = args.rows.split(",") if args.rows else [n for n, (_, lrs) in ROWS.items() if len(lrs) > 1]
         sweep(rows, args.budget, args.dev_limit or None, args.sweep_json)
@@ -278,7 +321,7 @@ def main(argv=None) -> int:
     unknown = [r for r in rows if r not in ROWS and r not in ICL and r != "zero_shot"]
     if unknown:
         p.error(f"unknown rows {unknown}; known: {order}")
-    data = table(rows, args.budget, args.json, args.sweep_json, args.dev_limit or None)
+    data = table(rows, args.budget, args.json, args.sweep_json, args.dev_limit or None, args.resume)
     plot(data, args.plot)
     return 0
 

@@ -104,14 +104,6 @@ def test_dense_rows_are_the_full_draws_rows(noise, dtype):
     np.testing.assert_array_equal(np.asarray(one, np.float32), np.asarray(full[3], np.float32))
 
 
-def test_mul_wide_is_exact():
-    x = np.array([0, 1, 40, 2**31 - 1, 4294967295], np.uint32)
-    for c in (1, 576, 65536, 104857600, 2**32 - 1):
-        hi, lo = nn._mul_wide(jnp.asarray(x), c)
-        got = (np.asarray(hi).astype(np.uint64) << np.uint64(32)) | np.asarray(lo).astype(np.uint64)
-        np.testing.assert_array_equal(got, x.astype(np.uint64) * np.uint64(c))
-
-
 @pytest.mark.parametrize("head", ["option_tokens", "full_vocab"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
 def test_lazy_dense_scores_like_the_generic_path(name, head, monkeypatch):

@@ -23,9 +23,16 @@ def _tiny(assets, out, **over):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def done_run(assets, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("safety") / "done"
-    assert main(["train", "--config", str(_tiny(assets, out))]) == 0
+def done_run(assets, tmp_path_factory, worker_id):  # noqa: F811
+    """A finished 4-step run, trained once even under pytest-xdist (workers share it; tests copy it)."""
+    from filelock import FileLock  # a dependency of huggingface_hub
+
+    root = tmp_path_factory.getbasetemp()
+    out = (root if worker_id == "master" else root.parent) / "cli_safety_done"
+    with FileLock(str(out) + ".lock"):
+        if not (out / "summary.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            assert main(["train", "--config", str(_tiny(assets, out))]) == 0
     return out
 
 
@@ -97,6 +104,16 @@ def test_2_a_config_mismatch_is_an_error_and_sets_nothing_aside(run, capsys):
     _refused(capsys, main(["eval", "--run", str(run_dir)]), "checkpoints/4 does not fit this run", "nothing was changed")
     assert _files(run_dir) == before
     assert not list((run_dir / "checkpoints").glob("*.unreadable"))
+    # really damaged checkpoints are set aside; with none left, --resume would overwrite the seed log: refused
+    (run_dir / "config.yaml").write_text(text)
+    for f in (run_dir / "checkpoints").rglob("*"):
+        if f.is_file() and "state" in str(f):
+            f.write_bytes(b"garbage")
+    seeds = (run_dir / "seeds.jsonl").read_bytes()
+    _refused(capsys, main(["train", "--config", str(cfg), "--resume", f"train.output_dir={run_dir}"]),
+             "no checkpoint in", "could be read", "zojax replay --run")
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2.unreadable", "4.unreadable"]
+    assert (run_dir / "seeds.jsonl").read_bytes() == seeds
 
 
 def test_3_train_into_a_used_directory_is_refused_before_writing(run, tmp_path, capsys):

@@ -56,7 +56,8 @@ def all_finite(tree) -> bool:
 
 
 def _signature(flat: dict) -> list[tuple[tuple[int, ...], str]]:
-    return [(tuple(int(d) for d in x.shape), str(np.dtype(x.dtype))) for _, x in sorted(flat.items(), key=lambda kv: int(kv[0]))]
+    arrays = [x for _, x in sorted(flat.items(), key=lambda kv: int(kv[0]))]
+    return [(tuple(int(d) for d in x.shape), str(np.dtype(x.dtype))) for x in arrays]
 
 
 def _first_difference(stored: list, expected: list) -> str:
@@ -180,8 +181,9 @@ class Checkpointer:
             have, want = _signature(stored.get(part) or {}), _signature(_flat(getattr(template, part)))
             if have != want:
                 raise CheckpointMismatchError(
-                    f"checkpoint {self.directory / str(step)} does not fit this run ({part}: {_first_difference(have, want)}): "
-                    "it was written under another model, zo or optim config; nothing was changed"
+                    f"checkpoint {self.directory / str(step)} does not fit this run ({part}: "
+                    f"{_first_difference(have, want)}): it was written under another model, zo or optim config; "
+                    "nothing was changed"
                 )
 
     def _restore(self, step: int, template: ZOState) -> tuple[ZOState, dict]:

@@ -116,7 +116,8 @@ def _parse(argv: list[str] | None):
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
-        parser.exit(2, f"zojax {args.command}: error: unrecognized arguments: {' '.join(unknown)} (see zojax {args.command} --help)\n")
+        command = f"zojax {args.command}"
+        parser.exit(2, f"{command}: error: unrecognized arguments: {' '.join(unknown)} (see {command} --help)\n")
     args.overrides = list(args.overrides) + extra
     return args
 

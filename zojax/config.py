@@ -119,7 +119,8 @@ class ZOConfig(_Strict):
         try:
             re.compile(scope)
         except re.error as e:
-            raise ValueError(f"{scope!r} is neither a preset (all, lora, weights, norms_biases) nor a valid regex: {e}") from None
+            presets = "all, lora, weights, norms_biases"
+            raise ValueError(f"{scope!r} is neither a preset ({presets}) nor a valid regex: {e}") from None
         return scope
 
 

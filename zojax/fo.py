@@ -18,7 +18,6 @@ of the whole batch kept for the backward pass -- more memory than ZO's inference
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +27,6 @@ from zojax.noise import combine
 from zojax.optim import StepInfo, ZOState
 
 __all__ = ["fo_step", "fo_run_steps"]
-
-PyTree = Any
 
 
 def _loss_and_grad(loss_fn, params, frozen, batch, micro_batches: int):
@@ -59,7 +56,8 @@ def _fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, micro_batches
 
     # as in a ZO step: a non-finite loss or gradient never reaches the weights
     params, opt_state = jax.lax.cond(finite, apply, skip, None)
-    new_state = ZOState(params, opt_state, state.key, state.step + 1, state.skipped + (~finite).astype(jnp.int32))
+    skipped = state.skipped + (~finite).astype(jnp.int32)
+    new_state = ZOState(params, opt_state, state.key, state.step + 1, skipped)
     info = StepInfo(state.step, jnp.full((1, 2), loss, jnp.float32), norm.astype(jnp.float32)[None], finite)
     return new_state, info
 
@@ -73,7 +71,8 @@ _STATIC = ("loss_fn", "spec", "optimizer", "micro_batches", "mesh")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
-def fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, spec=None, micro_batches: int = 1, mesh=None):
+def fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, spec=None, micro_batches: int = 1,
+            mesh=None):
     """One first-order step (gradient + optax update), jitted; ``state`` is donated.
 
     ``spec`` is accepted (and ignored) so the call matches :func:`zojax.optim.step`: the scope
@@ -93,7 +92,8 @@ def fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, spec=None, mic
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
-def fo_run_steps(state: ZOState, frozen, batches, *, loss_fn, optimizer, spec=None, micro_batches: int = 1, mesh=None):
+def fo_run_steps(state: ZOState, frozen, batches, *, loss_fn, optimizer, spec=None, micro_batches: int = 1,
+                 mesh=None):
     """S first-order steps in one compiled call (``lax.scan`` over ``batches`` stacked on a leading
     axis); the drop-in counterpart of :func:`zojax.optim.run_steps`."""
     _no_mesh(mesh)

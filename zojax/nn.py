@@ -20,9 +20,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.extend.random import threefry2x32_p
 
+from zojax import _rng
 from zojax.noise import Rademacher, dense_direction
 
 __all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits"]
@@ -103,7 +102,7 @@ class Noisy(_WeightLike):
 
     >>> from zojax.noise import Gaussian
     >>> w = Noisy.create(jnp.zeros((3, 2)), jax.random.PRNGKey(0), 1.0, Gaussian())
-    >>> bool(jnp.all(materialize(w) == jax.random.normal(jax.random.PRNGKey(0), (3, 2))))
+    >>> bool(jnp.all(materialize(w) == dense_direction(Gaussian(), jax.random.PRNGKey(0), (3, 2), jnp.float32)))
     True
     """
 
@@ -144,38 +143,12 @@ class Noisy(_WeightLike):
         return s.astype(self.base.dtype)
 
 
-def _mul_wide(x: jax.Array, c: int) -> tuple[jax.Array, jax.Array]:
-    """``x * c`` as (high, low) uint32 words, for uint32 ``x`` and a Python int ``0 <= c < 2**32``."""
-    u32 = jnp.uint32
-    xl, xh = x & u32(0xFFFF), x >> u32(16)
-    cl, ch = u32(c & 0xFFFF), u32(c >> 16)
-    p0, p1, p2, p3 = xl * cl, xl * ch, xh * cl, xh * ch
-    mid = p1 + p2
-    carry_mid = (mid < p1).astype(u32)
-    lo = p0 + (mid << u32(16))
-    carry_lo = (lo < p0).astype(u32)
-    hi = p3 + (mid >> u32(16)) + (carry_mid << u32(16)) + carry_lo
-    return hi, lo
-
-
-def _threefry_words(key):
-    """The two uint32 words of a threefry key (raw ``uint32[2]`` or typed), or None."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if "threefry" not in str(jax.random.key_impl(key)):
-            return None
-        key = jax.random.key_data(key)
-    elif key.dtype != jnp.uint32 or key.shape[-1:] != (2,) or jax.config.jax_default_prng_impl != "threefry2x32":
-        return None
-    return key[..., 0], key[..., 1]
-
-
 def dense_rows(noise, key, shape, dtype, rows) -> jax.Array:
     """``zojax.noise.dense_direction(noise, key, shape, dtype)[rows]``, drawing only those rows.
 
     ``rows`` is an integer array (any shape) of indices into the leading axis. The value is
-    bit for bit the full draw's (jax's partitionable threefry: element ``i`` of the flattened
-    draw hashes the 64-bit counter ``i``, so a row's counters are ``row * row_size + j``), at
-    the cost of the rows alone. Keys that are not threefry fall back to the full draw.
+    bit for bit the full draw's (element ``i`` of the flattened draw is a pure function of
+    ``(key, i)``, see :mod:`zojax._rng`), at the cost of the rows alone.
 
     >>> from zojax.noise import Gaussian, dense_direction
     >>> k = jax.random.PRNGKey(3)
@@ -184,46 +157,8 @@ def dense_rows(noise, key, shape, dtype, rows) -> jax.Array:
     >>> bool(jnp.all(dense_rows(Gaussian(), k, (5, 4, 3), jnp.float32, rows) == full[rows]))
     True
     """
-    rows = jnp.asarray(rows)
-    shape = tuple(shape)
-    row_shape = shape[1:]
-    row_size = math.prod(row_shape)
-    words = _threefry_words(key)
-    partitionable = getattr(jax.config, "jax_threefry_partitionable", True)
-    if words is None or not partitionable or row_size >= 2**32 or not row_shape:
-        return dense_direction(noise, key, shape, dtype)[rows]
-    hi, lo = _mul_wide(rows.astype(jnp.uint32), row_size)
-    expand = (...,) + (None,) * len(row_shape)
-    j = jax.lax.iota(jnp.uint32, row_size).reshape(row_shape)
-    lo = lo[expand] + j
-    hi = hi[expand] + (lo < j).astype(jnp.uint32)
-    k1, k2 = words
-    b1, b2 = threefry2x32_p.bind(k1, k2, hi, lo)
-    bits = b1 ^ b2
-    # jax.random.uniform's bits -> float transform, then normal / rademacher as jax.random does
-    if isinstance(noise, Rademacher):
-        udtype = jnp.dtype(jnp.float32)  # bernoulli(p=0.5) draws float32 uniforms
-    else:
-        udtype = jnp.dtype(dtype)
-    finfo = jnp.finfo(udtype)
-    nbits, nmant = finfo.bits, finfo.nmant
-    rng_bits = 8 if nmant < 8 else nbits
-    uint = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}
-    if rng_bits != 32:
-        bits = jax.lax.convert_element_type(bits, uint[rng_bits])
-    if rng_bits != nbits:
-        bits = jax.lax.convert_element_type(bits, uint[nbits])
-    float_bits = jax.lax.shift_right_logical(bits, jnp.array(rng_bits - nmant, uint[nbits]))
-    float_bits = jax.lax.bitwise_or(float_bits, jnp.asarray(np.array(1.0, udtype).view(uint[nbits]), uint[nbits]))
-    floats = jax.lax.bitcast_convert_type(float_bits, udtype) - jnp.array(1.0, udtype)
-    if isinstance(noise, Rademacher):
-        b = (floats < jnp.array(0.5, udtype)).astype(dtype)
-        return (2 * b - 1).astype(dtype)
-    lo_v = np.nextafter(np.array(-1.0, udtype), np.array(0.0, udtype), dtype=udtype)
-    hi_v = np.array(1.0, udtype)
-    minval, maxval = jnp.asarray(lo_v, udtype), jnp.asarray(hi_v, udtype)
-    u = jax.lax.max(minval, floats * (maxval - minval) + minval)
-    return jax.lax.mul(jnp.asarray(np.sqrt(2), udtype), jax.lax.erf_inv(u))
+    draw = _rng.rademacher_rows if isinstance(noise, Rademacher) else _rng.normal_rows
+    return draw(key, jnp.asarray(rows), tuple(shape)[1:], dtype)
 
 
 def is_perturbed(x) -> bool:

@@ -19,6 +19,8 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 
+from zojax import _rng
+
 __all__ = [
     "Gaussian",
     "Rademacher",
@@ -303,7 +305,7 @@ def combine(trainable: PyTree, frozen: PyTree) -> PyTree:
 
 # Bump when the derivation of directions from (key, step, member, path) changes: seed logs
 # record it, and replay refuses a log written under another one.
-KEY_DERIVATION = "fold_in(step, member, blake2b64(path)) v2"
+KEY_DERIVATION = "fold_in(step, member, blake2b64(path)); dense values from zojax._rng v1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -324,9 +326,12 @@ def leaf_key(key: jax.Array, step, member, path: str) -> jax.Array:
 
 
 def dense_direction(noise: Noise, key, shape, dtype) -> jax.Array:
+    """A dense direction: N(0, 1) or ±1 values from :mod:`zojax._rng`, which makes several
+    values per threefry hash (jax.random spends a whole hash on each), element ``i`` of the
+    flattened array a pure function of ``(key, i)``."""
     if isinstance(noise, Rademacher):
-        return jax.random.rademacher(key, shape, dtype=dtype)
-    return jax.random.normal(key, shape, dtype=dtype)
+        return _rng.rademacher(key, shape, dtype)
+    return _rng.normal(key, shape, dtype)
 
 
 def leaf_direction(noise: Noise, key, step, member, path: str, shape, dtype):

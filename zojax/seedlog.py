@@ -53,7 +53,7 @@ def read_jsonl(path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
             if i + 1 < len(numbered):
-                raise SeedLogError(f"{path}: line {n} is not JSON ({e}); only a torn last line can be dropped") from None
+                raise SeedLogError(f"{path}: line {n} is not JSON ({e}); only a torn last line is dropped") from None
             warnings.warn(f"{path}: dropped line {n}, cut short by an interrupted write: {line[:60]!r}", stacklevel=2)
     return records
 
@@ -137,7 +137,7 @@ class SeedLog:
         recorded = (self.header.get("prng_impl"), self.header.get("key_derivation"))
         current = (_prng_impl(), noise_lib.KEY_DERIVATION)
         if recorded != current:
-            raise ValueError(
+            raise SeedLogError(
                 f"seed log was written with PRNG {recorded[0]!r} and key derivation {recorded[1]!r}; this "
                 f"process uses {current[0]!r} and {current[1]!r}, so its directions would differ (set "
                 "jax_default_prng_impl to match, or use the zojax version that wrote the log)"
@@ -170,8 +170,9 @@ class SeedLog:
         steps = [e.get("step") if isinstance(e, dict) else None for e in self.entries]
         if steps[:num_steps] == list(range(num_steps)) and not (exact and len(steps) != num_steps):
             return
+        recorded = _ranges([s for s in steps if isinstance(s, int)])
         raise SeedLogError(
-            f"{where} records steps {_ranges([s for s in steps if isinstance(s, int)])}, but the checkpoint is at step {num_steps}, so it must record "
+            f"{where} records steps {recorded}, but the checkpoint is at step {num_steps}, so it must record "
             f"steps {_ranges(list(range(num_steps)))}: the weights could not be rebuilt from it"
         )
 

@@ -392,7 +392,14 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     steps_fn = fo_run_steps if fo else run_steps  # same state, batches and StepInfo
     meta: dict = {}
     if resume:
+        had_checkpoints = bool(ckpt.steps())
         restored = ckpt.restore_latest(state)
+        if restored is None and had_checkpoints:  # all damaged: starting over would overwrite the seed log
+            raise rundir.RunDirError(
+                f"no checkpoint in {ckpt.directory} could be read (each was moved aside as N.unreadable); the seed "
+                f"log can still rebuild the weights (zojax replay --run {run_dir} --output DIR). To start over, "
+                "choose another train.output_dir"
+            )
         if restored is None:
             echo(f"no checkpoint to resume in {run_dir / 'checkpoints'}; starting from step 0")
         else:

@@ -175,7 +175,8 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{p}: line {line} is not UTF-8 (byte {raw[e.start:e.start + 1]!r}); save the file as UTF-8") from None
+        bad = raw[e.start : e.start + 1]
+        raise DataError(f"{p}: line {line} is not UTF-8 (byte {bad!r}); save the file as UTF-8") from None
     if fmt in (".csv", ".tsv"):
         return list(csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == ".tsv" else ","))
     if fmt in (".jsonl", ".ndjson"):
