@@ -6,6 +6,7 @@ device suite (``run.py --device-suite``, called by ``gpu.sh``) and the tests sha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -257,9 +258,14 @@ def spec_for(method: str, members: int, *, bundle: Bundle | None = None, chunk_s
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 
-@functools.lru_cache(maxsize=None)
-def optimizer(lr: float):
-    """``zojax.zo_sgd(lr)``, one object per learning rate (a static argument of ``zojax.step``)."""
+@functools.cache
+def optimizer(lr: float, spec: zojax.ZOSpec):
+    """The trainer's update for ``spec``: LoZO on the adapter path keeps its update as the dynamic
+    adapter state (``lozo_adapter``), everything else ``zo_sgd``; one object per (lr, spec), as
+    it is a static argument of ``zojax.step``."""
+    noise = spec.noise
+    if spec.adapter and isinstance(noise, zojax.LowRank) and noise.refresh_every > 1:
+        return zojax.lozo_adapter(lr, noise=noise, members=spec.members)
     return zojax.zo_sgd(lr)
 
 
@@ -269,7 +275,7 @@ class StepRunner:
     def __init__(self, bundle: Bundle, method: str, members: int, batch: Batch, *, lr: float = 1e-7,
                  spec: zojax.ZOSpec | None = None):
         self.spec = spec or spec_for(method, members, bundle=bundle)
-        self.optimizer = optimizer(lr)
+        self.optimizer = optimizer(lr, self.spec)
         self.loss = loss_fn(bundle)
         params = jax.tree.map(jnp.copy, bundle.params)  # the step donates its trainable leaves
         self.state, self.frozen = zojax.init(params, self.spec, self.optimizer, jax.random.PRNGKey(0))
@@ -372,8 +378,6 @@ def machine() -> dict:
                 info["cpu"] = line.split(":", 1)[1].strip()
     except Exception:  # noqa: BLE001 - informational only
         pass
-    try:
+    with contextlib.suppress(OSError):  # no /proc on this OS
         info["loadavg_start"] = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        pass
     return info

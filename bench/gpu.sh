@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# The device suite on one accelerator: OPT-1.3B- and OPT-13B-shaped models (random weights), bf16.
+# The device suite on one accelerator (issue 11): the OPT-13B shape (random weights), bf16,
+# 16 prompts x 48 tokens, zojax against the official-style PyTorch loop on the same device.
 #
-#   bench/gpu.sh                      # every device measure -> bench/results/gpu.json
-#   bench/gpu.sh --only efficiency    # a subset (efficiency, memory, scaling)
-#   bench/gpu.sh --tiny               # the same code path at a tiny shape (runs on CPU too)
+#   bench/gpu.sh                          # every unit -> bench/results/gpu.json
+#   bench/gpu.sh --budget 420 --json F    # start no unit that would end past 420 s; write F
+#   bench/gpu.sh --only torch,lozo_k1     # a subset of the units (names: bench/run.py --help)
+#   bench/gpu.sh --peak-tflops 989        # the MFU denominator (default: H200 bf16 dense)
+#   bench/gpu.sh --tiny                   # the same code path at a tiny shape, on CPU too
+#                                         # (writes $TMPDIR/zojax-gpu-tiny.json, never gpu.json)
 #
-# Measures, as on CPU (README, Benchmarks): one ZO step / one plain forward over the same 2*K*B
-# sequences (LoZO r=2, factorized r=128, dense MeZO; K = 1 and 8, batch 16 prompts of 48 tokens),
-# XLA's peak-memory analysis of a dense MeZO step with K=16, and scaling in K and batch size.
-# Targets: LoZO batch-16 step on the OPT-13B shape <= 0.088 s (key device_lozo_step_s_opt13b_b16)
-# and inference efficiency <= 1.10 (device_inference_efficiency_lozo). The torch baseline is the
-# CPU comparison and is not run here. Compiled programs are cached in ~/.cache/zojax-bench/xla
-# (ZOJAX_BENCH_CACHE=off disables), so a second run spends its time measuring.
+# Units, most needed first (bench/run.py, run_device): torch (its own process, first: both
+# frameworks reserve the device's memory) -> HF eager forward, official-style MeZO / LoZO
+# steps, torch.normal; then zojax: LoZO / MeZO K=1 against the forward of the same 32
+# sequences, LoZO at batch 64 (and forward MFU at 128 x 48 tokens), bf16 normals fused in a
+# weight update, factorized K=1, LoZO at batch 128 / 32, LoZO / factorized / MeZO at K=8.
+# The JSON (GPU name, driver, versions, headline keys, details) is rewritten after every
+# unit, so a run cut short keeps what it measured; a table with the targets closes the run.
+# Compiled programs are cached in ~/.cache/zojax-bench/xla (ZOJAX_BENCH_CACHE=off disables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,21 +31,13 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ $TINY == 1 && "$OUT" == "bench/results/gpu.json" ]]; then
-  OUT="${TMPDIR:-/tmp}/zojax-gpu-tiny.json"
+  OUT="${TMPDIR:-/tmp}/zojax-gpu-tiny.json"  # tiny numbers never land in the device results
 fi
 
-# one process owns the accelerator: let XLA take most of its memory up front
+# jax runs after the torch process has exited, then takes most of the device up front
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
-if [[ $TINY == 0 ]]; then
-  backend=$(python -c "import jax; print(jax.default_backend())")
-  if [[ "$backend" == "cpu" ]]; then
-    echo "gpu.sh: jax sees no accelerator (backend: cpu); use --tiny to check the code path on CPU" >&2
-    exit 2
-  fi
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-fi
-
+# run.py refuses (exit 2) when jax sees no accelerator and --tiny is not given
 python bench/run.py --device-suite --json "$OUT" "${ARGS[@]}"
-echo "results: $OUT"
+if [[ -f "$OUT" ]]; then echo "results: $OUT"; fi

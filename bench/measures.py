@@ -1,4 +1,5 @@
-"""The measures: inference efficiency, speedup over the torch training loop, memory, scaling.
+"""The measures: inference efficiency, speedup over the torch training loop, memory, scaling,
+and the device suite's pieces (one step against one forward, forward FLOPs, dense draws).
 
 Each returns a JSON-ready dict. All comparisons are ratios of medians measured side by side
 (interleaved round-robin, see :func:`common.side_by_side`) in the same process.
@@ -6,6 +7,7 @@ Each returns a JSON-ready dict. All comparisons are ratios of medians measured s
 
 from __future__ import annotations
 
+import gc
 import math
 
 import jax
@@ -122,7 +124,7 @@ def memory(name: str, layers: int | None = None, batch_size=16, seq_len=48, memb
     specs = {"mezo": common.spec_for("mezo", members, chunk_size=chunk_size), "lozo": common.spec_for("lozo", members)}
     for method in methods:
         spec = specs[method]
-        opt = common.optimizer(1e-7)
+        opt = common.optimizer(1e-7, spec)
         state, frozen = jax.eval_shape(lambda p, s=spec, o=opt: zojax.init(p, s, o, jax.random.PRNGKey(0)),
                                        bundle.params)
         compiled = zojax.step.lower(state, frozen, batch, loss_fn=loss, spec=spec, optimizer=opt).compile()
@@ -176,6 +178,64 @@ def scaling(bundle, members=(1, 2, 4, 8, 16), batch_sizes=(4, 8, 16, 32), fixed_
             "growth_ratio": [a / b for a, b in zip(sg, ig)],
         }
         log(f"    {axis}: step/inference " + " ".join(f"{r:.3f}" for r in out[axis]["step_over_inference"]))
+    return out
+
+
+# --- 5. the device suite's units ------------------------------------------------------------
+
+
+def step_vs_forward(bundle, method: str, members: int = 1, batch_size: int = 16, seq_len: int = 48,
+                    reps: int = 3, warmup: int = 1, log=print) -> dict:
+    """One ZO step against one plain forward of the same 2·K·B sequences, side by side.
+
+    One method at a time, so at most two copies of the weights are resident (the model and the
+    step's donated copy): an OPT-13B shape in bf16 is 24 GiB a copy.
+    """
+    batch = common.make_batch(bundle, batch_size, seq_len)
+    log(f"  [{method}] {bundle.name} K={members} B={batch_size}: step vs forward of "
+        f"{2 * members * batch_size} sequences")
+    fns = {"forward": common.InferenceRunner(bundle, batch, 2 * members),
+           "step": common.StepRunner(bundle, method, members, batch)}
+    t = common.side_by_side(fns, reps=reps, warmup=warmup, log=log)
+    out = {"method": method, "members": members, "batch_size": batch_size, "seq_len": seq_len,
+           "sequences": 2 * members * batch_size, "forward_s": t["forward"].median,
+           "step_s": t["step"].median, "ratio": t["step"].median / t["forward"].median,
+           "timings": {n: v.as_dict() for n, v in t.items()}}
+    if method == "mezo":
+        out["chunk_size"] = fns["step"].spec.chunk_size
+    log(f"    step {out['step_s'] * 1e3:.1f} ms, forward {out['forward_s'] * 1e3:.1f} ms "
+        f"-> {out['ratio']:.3f}")
+    del fns
+    gc.collect()  # frees the step's weights; compiled programs stay cached for the next unit
+    return out
+
+
+def forward_flops(bundle, sequences: int, seq_len: int, options: int = 2) -> float:
+    """FLOPs of the plain forward, as MFU counts them: 2 per multiply-add of every stacked decoder
+    kernel per token, attention's QK^T and AV (4·T·d per token and layer, the causal mask not
+    discounted, PaLM's convention; 0.2% of the total at T = 48) and the LM head at the option
+    tokens of the last position only (all the loss reads). Norms, softmax and lookups: not counted."""
+    c = bundle.config
+    kernels = sum(math.prod(x.shape) for x in jax.tree.leaves(bundle.params["layers"]) if x.ndim == 3)
+    per_token = 2 * kernels + 4 * seq_len * c.hidden_size * c.num_hidden_layers
+    return float(sequences * seq_len * per_token + sequences * 2 * c.hidden_size * options)
+
+
+def dense_draws(size: int, reps: int = 3, dtype: str = "bfloat16", log=print) -> dict:
+    """Dense Gaussian draws per second (bench/rng.py's programs): ``zojax._rng`` in each strategy
+    and ``jax.random``, alone and fused into ``w - lr·c·z``. ``values_per_s`` is the draw that
+    dense MeZO runs (``zojax._rng.normal``, default strategy) fused into that update."""
+    from zojax import _rng
+
+    from . import rng
+
+    r = rng.run(size, reps, [dtype], strategies=_rng.STRATEGIES)  # "auto" is what zojax runs
+    fused = {row["generator"]: row["values_per_s"] for row in r["rows"]
+             if row["kind"] == "normal" and row["mode"] == "fused"}
+    out = {"elements": r["elements"], "shape": r["shape"], "dtype": dtype,
+           "values_per_s": fused["zojax auto"], "fused_values_per_s": fused, "rows": r["rows"]}
+    rates = ", ".join(f"{g} {v / 1e9:.1f}G/s" for g, v in fused.items())
+    log(f"  [rng] {dtype} normals in an update: {rates}")
     return out
 
 

@@ -3,7 +3,8 @@
 What the official code does (princeton-nlp/MeZO ``trainer.py``: ``zo_perturb_parameters``,
 ``zo_step``, ``zo_update``; optml-group/LoZO: ``lowrank_zo_perturb_parameters``,
 ``lowrank_zo_step``, ``lowrank_zo_update``), reproduced here on a Hugging Face
-``*ForCausalLM`` (eval mode, ``torch.no_grad``, sdpa attention, every CPU thread):
+``*ForCausalLM`` (eval mode, ``torch.no_grad``, sdpa attention, every CPU thread, or on the GPU with
+directions drawn there, as the official code draws them; ``main`` is the device suite's torch process):
 
 * one seed per direction (``np.random.randint``); ``torch.manual_seed(seed)`` before every pass
   over the parameters, so a direction is regenerated, never stored;
@@ -24,11 +25,20 @@ half of its forward work on SST-2 -- it is the favourable reading for the baseli
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
+import sys
+import time
+from pathlib import Path
 
-import numpy as np
-import torch
+if __package__ in (None, ""):  # run as a script (the device suite's torch process): make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "bench"  # noqa: A001
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 #: the seed paper's "lora-only" scope, on torch parameter names
 LORA_NAMES = re.compile(r"(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)\.weight$")
@@ -36,9 +46,8 @@ LORA_NAMES = re.compile(r"(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_pro
 
 def to_torch(bundle, attn_implementation: str = "sdpa"):
     """The Hugging Face torch model with exactly ``bundle``'s weights (float32, eval mode)."""
-    from transformers import AutoModelForCausalLM
-
     import jax
+    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(os.cpu_count() or 1)
     hf_config = bundle.config.to_hf()
@@ -81,7 +90,8 @@ class TorchZO:
             raise ValueError(f"unknown method {method!r}")
         self.model, self.method, self.members = model, method, members
         self.eps, self.lr, self.wd, self.rank, self.nu = eps, lr, weight_decay, rank, lazy_interval
-        self.ids, self.mask, self.options, self.labels = torch_batch(batch)
+        device = next(model.parameters()).device
+        self.ids, self.mask, self.options, self.labels = (t.to(device) for t in torch_batch(batch))
         self.rng = np.random.default_rng(seed)
         self.step_count = 0
         named = [(n, p) for n, p in model.named_parameters()]
@@ -100,15 +110,19 @@ class TorchZO:
         option_lp = last.gather(1, self.options)  # (B, O)
         return torch.nn.functional.cross_entropy(option_lp, self.labels).item()
 
+    def _normal(self, size, like: torch.Tensor) -> torch.Tensor:
+        # on the parameter's device and dtype, as the official code draws it
+        return torch.normal(mean=0, std=1, size=size, device=like.device, dtype=like.dtype)
+
     @torch.no_grad()
     def perturb(self, seed: int, member: int, scaling_factor: float):
         torch.manual_seed(seed)
         for name, param in self.named_parameters_to_optim:
             if self.method == "lozo" and param.data.ndim >= 2:
-                u = torch.normal(mean=0, std=1, size=(param.data.size(0), self.rank), dtype=param.data.dtype)
+                u = self._normal((param.data.size(0), self.rank), param.data)
                 param.data.add_(u @ self.v[member][name].t(), alpha=scaling_factor * self.eps)
             else:
-                z = torch.normal(mean=0, std=1, size=param.data.size(), dtype=param.data.dtype)
+                z = self._normal(param.data.size(), param.data)
                 param.data.add_(z, alpha=scaling_factor * self.eps)
 
     @torch.no_grad()
@@ -117,10 +131,10 @@ class TorchZO:
         lr = self.lr / self.members
         for name, param in self.named_parameters_to_optim:
             if self.method == "lozo" and param.data.ndim >= 2:
-                u = torch.normal(mean=0, std=1, size=(param.data.size(0), self.rank), dtype=param.data.dtype)
+                u = self._normal((param.data.size(0), self.rank), param.data)
                 z = u @ self.v[member][name].t()
             else:
-                z = torch.normal(mean=0, std=1, size=param.data.size(), dtype=param.data.dtype)
+                z = self._normal(param.data.size(), param.data)
             if self.wd and "bias" not in name and "norm" not in name:
                 param.data.mul_(1 - self.lr * self.wd / self.members)
             param.data.add_(z, alpha=-lr * projected_grad)
@@ -130,7 +144,7 @@ class TorchZO:
         if self.method == "lozo" and self.step_count % self.nu == 0:  # lazy V, as LoZO's step_interval
             for member in range(self.members):
                 self.v[member] = {
-                    n: torch.normal(mean=0, std=1, size=(p.data.size(1), self.rank), dtype=p.data.dtype)
+                    n: self._normal((p.data.size(1), self.rank), p.data)
                     for n, p in self.named_parameters_to_optim if p.data.ndim >= 2
                 }
         seeds = [int(self.rng.integers(1_000_000_000)) for _ in range(self.members)]
@@ -149,3 +163,175 @@ class TorchZO:
         return losses
 
     __call__ = step
+
+
+# --- the device suite's torch side (bench/gpu.sh runs this in a process of its own) ----------
+#
+# Both frameworks reserve the accelerator's memory, so bench/run.py --device-suite runs this
+# first, in a subprocess, before jax touches the device, and reads back the JSON it writes.
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_model(name: str, dtype: torch.dtype, device: str, attn_implementation: str = "sdpa"):
+    """The Hugging Face model of a benchmark shape (``common.SHAPES``), random weights made on
+    ``device``: timings do not depend on the values, and copying 26 GB of zojax weights through
+    the host would cost minutes of device time."""
+    from transformers import AutoModelForCausalLM
+
+    from bench import common
+
+    _, config = common.SHAPES[name]
+    hf_config = config.to_hf()
+    hf_config._attn_implementation = attn_implementation
+    with torch.device(device):
+        try:
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        except TypeError:  # transformers < 4.56 calls it torch_dtype
+            model = AutoModelForCausalLM.from_config(hf_config, torch_dtype=dtype)
+    return model.eval()
+
+
+def forward_fn(model, batch, *, last_only: bool):
+    """One eager forward of ``batch`` (all logits, or the last position's only), synchronised."""
+    import inspect
+
+    device = next(model.parameters()).device
+    ids, mask, _, _ = (t.to(device) for t in torch_batch(batch))
+    kw = {"use_cache": False}  # no KV cache to build: the favourable reading for torch
+    if last_only:
+        if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+            return None
+        kw["logits_to_keep"] = 1
+
+    @torch.no_grad()
+    def run():
+        model(input_ids=ids, attention_mask=mask, **kw)
+        _sync(device)
+
+    return run
+
+
+def step_fn(zo: TorchZO):
+    device = next(zo.model.parameters()).device
+
+    def run():
+        zo.step()
+        _sync(device)  # the update's last kernels
+
+    return run
+
+
+def normal_fns(size: int, dtype: torch.dtype, device: str) -> dict:
+    """``torch.normal`` alone, and as the official update uses it (seeded, then ``w.add_(z)``), on
+    the same (rows, cols) matrix as bench/rng.py draws."""
+    from bench.rng import _shape
+
+    shape = _shape(size)
+    dev = torch.device(device)
+    w = torch.randn(shape, device=dev, dtype=dtype)
+
+    def standalone():
+        torch.normal(mean=0, std=1, size=shape, device=dev, dtype=dtype)
+        _sync(dev)
+
+    def update():
+        torch.manual_seed(0)
+        w.add_(torch.normal(mean=0, std=1, size=shape, device=dev, dtype=dtype), alpha=-1e-3 * 0.37)
+        _sync(dev)
+
+    return {"elements": shape[0] * shape[1], "shape": list(shape),
+            "fns": {"normal": standalone, "update": update}}
+
+
+def device_suite(name: str, *, batch_size: int, seq_len: int, members=(1,), reps: int = 3, warmup: int = 1,
+                 rng_size: int = 1 << 27, dtype: str = "bfloat16", device: str | None = None,
+                 log=print) -> dict:
+    """The PyTorch numbers of bench/gpu.sh: eager HF forward of the 2·B sequences a K = 1 step
+    scores (all logits / last logit), the official-style MeZO and LoZO steps, and ``torch.normal``."""
+    from bench import common
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tdtype = getattr(torch, dtype)
+    t0 = time.time()
+    model = random_model(name, tdtype, device)
+    out = {"model": name, "params": sum(p.numel() for p in model.parameters()), "dtype": dtype,
+           "device": device, "batch_size": batch_size, "seq_len": seq_len, "versions": _versions(),
+           "threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        out["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    log(f"  [torch] {name} ({out['params'] / 1e9:.2f}B params, {dtype}, {device}) "
+        f"built in {time.time() - t0:.1f}s")
+    batch = common.make_batch(_Shape(common.SHAPES[name][1]), batch_size, seq_len)  # the batch zojax scores
+    fns = {"forward_full": forward_fn(model, common.tile(batch, 2), last_only=False),
+           "forward_last": forward_fn(model, common.tile(batch, 2), last_only=True)}
+    fns = {k: f for k, f in fns.items() if f is not None}
+    for k in members:
+        for m in ("lozo", "mezo"):
+            fns[f"{m}_k{k}"] = step_fn(TorchZO(model, batch, m, k))
+    t = common.side_by_side(fns, reps=reps, warmup=warmup, log=log)
+    out["forward"] = {"sequences": 2 * batch_size, **{k: t[k].median for k in t if k.startswith("forward")}}
+    out["steps"] = {k: t[k].median for k in t if not k.startswith("forward")}
+    out["timings"] = {k: v.as_dict() for k, v in t.items()}
+    log("    " + "  ".join(f"{k} {v.median * 1e3:.1f} ms" for k, v in t.items()))
+    del model, fns
+    out["rng"] = _normal_throughput(rng_size, tdtype, device, reps, warmup, log)
+    return out
+
+
+class _Shape:
+    """What :func:`common.make_batch` reads of a bundle (its config), without jax weights."""
+
+    def __init__(self, config):
+        self.config = config
+
+
+def _normal_throughput(size, dtype, device, reps, warmup, log) -> dict:
+    from bench import common
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    r = normal_fns(size, dtype, device)
+    t = common.side_by_side(r["fns"], reps=reps, warmup=warmup)
+    out = {"elements": r["elements"], "shape": r["shape"]}
+    for k, v in t.items():
+        out[f"{k}_s"] = v.median
+        out[f"{k}_values_per_s"] = r["elements"] / v.median
+    log(f"    torch.normal {out['normal_values_per_s'] / 1e9:.1f} G values/s alone, "
+        f"{out['update_values_per_s'] / 1e9:.1f} G in an update")
+    return out
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description="the PyTorch side of bench/gpu.sh (one process of its own)")
+    ap.add_argument("--model", default="opt-13b")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=48)
+    ap.add_argument("--members", default="1", help="comma-separated K values of the MeZO / LoZO steps")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rng-size", type=int, default=1 << 27)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args(argv)
+    log = lambda *a: print(*a, flush=True)  # noqa: E731 - the parent shows this process's log live
+    res = device_suite(args.model, batch_size=args.batch, seq_len=args.seq,
+                       members=tuple(int(k) for k in args.members.split(",")), reps=args.reps,
+                       warmup=args.warmup, rng_size=args.rng_size, dtype=args.dtype, device=args.device,
+                       log=log)
+    Path(args.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

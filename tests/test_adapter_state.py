@@ -8,6 +8,7 @@ import pytest
 import zojax
 from zojax import nn
 from zojax.noise import LowRank
+from zojax.optim.fused import _step
 
 KEY = jax.random.PRNGKey(5)
 SHAPE = (64, 48)  # (d_in, d_out): no activation or factor in the tests has this shape
@@ -109,7 +110,7 @@ def test_only_the_fold_writes_the_weights():
 
     def weight_writes(optimizer):
         state, frozen = zojax.init(_params(), spec, optimizer, KEY)
-        step = lambda s: zojax.optim._step(s, frozen, batch, loss_fn=linear_loss, spec=spec, optimizer=optimizer)  # noqa: E731
+        step = lambda s: _step(s, frozen, batch, loss_fn=linear_loss, spec=spec, optimizer=optimizer)  # noqa: E731
         return _weight_writing_conds(jax.make_jaxpr(step)(state).jaxpr, SHAPE)
 
     # the adapter state: nothing outside conditionals, and one conditional (the fold) writes w

@@ -302,7 +302,8 @@ def test_micro_batches_average_coefficients():
     loss, params, batch = _least_squares()
     spec = zojax.ZOSpec(members=3)
     halves = jax.tree.map(lambda x: x.reshape((2, 32) + x.shape[1:]), batch)
-    c = [spec.coefficients(zojax.score(loss, params, jax.tree.map(lambda x: x[i], halves), KEY, 0, spec)) for i in range(2)]
+    c = [spec.coefficients(zojax.score(loss, params, jax.tree.map(lambda x, i=i: x[i], halves), KEY, 0, spec))
+         for i in range(2)]
     opt = zojax.zo_sgd(0.0)
     state, frozen = zojax.init(params, spec, opt, KEY)
     _, info = zojax.step(state, frozen, halves, loss_fn=loss, spec=spec, optimizer=opt, micro_batches=2)

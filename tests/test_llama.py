@@ -121,7 +121,9 @@ def test_adapter_path_equals_materialized(loaded, name, monkeypatch):
     graphdef, state = nnx.split(model)
     loss = jax.jit(_loss_fn(graphdef))
     ids, mask = padded_batch(config.vocab_size)
-    dense = lambda s: jax.tree.map(znn.materialize, s, is_leaf=znn.is_perturbed)
+    def dense(s):
+        return jax.tree.map(znn.materialize, s, is_leaf=znn.is_perturbed)
+
     with jax.default_matmul_precision("highest"):
         base_loss = loss(state, ids, mask)
         for eps in (1e-2, -1e-2):

@@ -35,7 +35,9 @@ def test_fo_descends_writes_the_run_and_respects_the_scope(assets, fo_run):  # n
     run = build_run(load_config(fo_run / "config.yaml"))
     trained, step = trained_params(run, fo_run)
     assert step == 12
-    paths = lambda tree: {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    def paths(tree):
+        return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
     before, after = paths(run.params), paths(trained)
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert changed and all("norm" in k and "layers" not in k for k in changed), changed
@@ -69,14 +71,14 @@ def test_demonstrations_precede_the_prompt_and_drop_whole_from_the_far_end():
     enc = encode_task(query, "sst2", tok, demonstrations=demos, pad_multiple=1)
     vocab = {v: k for k, v in tok.vocab.items()}
     words = [vocab[i] for i in enc.examples[0].seqs[0]]
-    assert words == "good fun It was great bad It was terrible so so It was".split()
+    assert words == ["good", "fun", "It", "was", "great", "bad", "It", "was", "terrible", "so", "so", "It", "was"]
     assert (enc.num_demonstrations, enc.demonstrations_dropped) == (2, 0)
     # room for the prompt (4 tokens) + the option + the last demonstration (4): the first one goes, whole
     enc = encode_task(query, "sst2", tok, demonstrations=demos, max_length=9, pad_multiple=1)
-    assert [vocab[i] for i in enc.examples[0].seqs[0]] == "bad It was terrible so so It was".split()
+    assert [vocab[i] for i in enc.examples[0].seqs[0]] == ["bad", "It", "was", "terrible", "so", "so", "It", "was"]
     assert enc.demonstrations_dropped == 1 and enc.num_truncated == 0
     full = encode_task(query, "sst2", tok, demonstrations=demos, layout="full", pad_multiple=1)
-    assert [vocab[i] for i in full.examples[0].seqs[1]][-4:] == "so It was great".split()
+    assert [vocab[i] for i in full.examples[0].seqs[1]][-4:] == ["so", "It", "was", "great"]
 
 
 def test_eval_with_icl_examples(assets, tmp_path, capsys):  # noqa: F811

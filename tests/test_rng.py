@@ -237,10 +237,10 @@ def _rows_variants(shape, kind):
         for g in _rng.STRATEGIES:
             out[f"ids {g}"] = (rows_fn(k, ids, g), ids)
             out[f"layer {g}"] = (rows_fn(k, layer, g), layer)  # a traced scalar, as in the layer scan
-            layers = jax.lax.scan(lambda c, i: (c, rows_fn(k, i, g)), 0, jnp.arange(n))[1]
+            layers = jax.lax.scan(lambda c, i, g=g: (c, rows_fn(k, i, g)), 0, jnp.arange(n))[1]
             out[f"scan {g}"] = (layers, jnp.arange(n))
             starts = jnp.minimum(jnp.arange(0, n, 2), n - 2)  # head blocks, the last overlapping
-            blocks = jax.lax.map(lambda s: rows_fn(k, s + jnp.arange(2), g), starts)
+            blocks = jax.lax.map(lambda s, g=g: rows_fn(k, s + jnp.arange(2), g), starts)
             rows = (starts[:, None] + jnp.arange(2)).reshape(-1)
             out[f"blocks {g}"] = (blocks.reshape((-1,) + shape[1:]), rows)
         return out

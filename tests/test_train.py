@@ -18,9 +18,9 @@ from flax import nnx
 from zojax.cli import main
 from zojax.config import ConfigError, load_config
 
-POSITIVE = "wonderful delightful great fun moving charming superb brilliant".split()
-NEGATIVE = "boring awful dull mess tedious clumsy bland terrible".split()
-FILLER = "the film was a plot and story with actors it".split()
+POSITIVE = ["wonderful", "delightful", "great", "fun", "moving", "charming", "superb", "brilliant"]
+NEGATIVE = ["boring", "awful", "dull", "mess", "tedious", "clumsy", "bland", "terrible"]
+FILLER = ["the", "film", "was", "a", "plot", "and", "story", "with", "actors", "it"]
 
 
 def _sentences(n, seed):
@@ -220,7 +220,6 @@ def test_truncation_is_counted_and_non_finite_losses_stop_the_run(assets, tmp_pa
     assert "truncated from the left" in caplog.text
     # an objective that turns non-finite after a good checkpoint: the steps are skipped, then the run stops
     from zojax import tasks
-
     from zojax.train import _task_functions
 
     # a resumed run may not change train.objective: the same name turns non-finite after a good checkpoint

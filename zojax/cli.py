@@ -1,4 +1,4 @@
-"""``zojax train | eval | replay | export``.
+"""``zojax train | eval | replay | export | generate``.
 
 Every command reads a YAML config (default: the offline default run) and accepts
 ``key=value`` overrides, e.g. ``zojax train zo.members=4 optim.lr=1e-5``.
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="zojax",
         description="Zeroth-order (MeZO / LoZO) fine-tuning of language models, scored as one compiled program.",
     )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{train,eval,replay,export}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{train,eval,replay,export,generate}")
     epilog = "configuration keys (override any as key=value):\n" + describe()
 
     def add(name, help_text, description):
@@ -95,6 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory (holds config.yaml and checkpoints/)")
     p.add_argument("--output", required=True, help="output directory for the HF model (outside the run)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output model directory")
+    p = add(
+        "generate",
+        "continue a prompt with a run's latest checkpoint (or the base model)",
+        "Print the continuation of PROMPT (one positional argument; key=value arguments are config overrides) "
+        "by the latest checkpoint of --run, or without --run by the config's base model. Greedy with "
+        "--temperature 0 (the default), sampled otherwise.",
+    )
+    p.add_argument("--run", default=None, help="run directory whose latest checkpoint to use (its config.yaml is used)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the K likeliest tokens (default 0: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     return top
 
 
@@ -114,7 +126,8 @@ def _parse(argv: list[str] | None):
     """Arguments, with overrides allowed anywhere (also after --resume or --config)."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    # generate's prompt is the one positional that is not key=value (it may follow any option)
+    unknown = [a for a in extra if a.startswith("-") or ("=" not in a and args.command != "generate")]
     if unknown:
         command = f"zojax {args.command}"
         parser.exit(2, f"{command}: error: unrecognized arguments: {' '.join(unknown)} (see {command} --help)\n")
@@ -251,6 +264,41 @@ def _cmd_export(args) -> int:
     return 0
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def _cmd_generate(args) -> int:
+    from flax import nnx
+
+    from zojax.models import generate
+    from zojax.train import build_run, trained_params
+
+    prompts = [a for a in args.overrides if not _OVERRIDE.match(a)]
+    args.overrides = [a for a in args.overrides if _OVERRIDE.match(a)]
+    if len(prompts) != 1:
+        raise ConfigError(f"generate takes one prompt (quote it), got {len(prompts)}: {prompts}")
+    if args.max_new_tokens < 1 or args.temperature < 0 or args.top_k < 0:
+        raise ConfigError(
+            f"--max-new-tokens {args.max_new_tokens} / --temperature {args.temperature} / --top-k {args.top_k}: "
+            "allowed: --max-new-tokens >= 1, --temperature >= 0, --top-k >= 0"
+        )
+    if args.run is None:
+        cfg = load_config(args.config, args.overrides)
+        _check_buildable(cfg)
+    else:
+        cfg = _run_config(args)
+        _require_checkpoint(args.run)
+    run = build_run(cfg)
+    params, _ = (run.params, 0) if args.run is None else trained_params(run, args.run)
+    model = nnx.merge(run.graphdef, params)
+    text = generate(
+        model, run.tokenizer, prompts[0], max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+    )
+    print(text)
+    return 0
+
+
 def _one_line(e: BaseException) -> str:
     # multi-line messages (e.g. every bad tensor of a checkpoint) become one line
     return re.sub(r"\s*\n\s*", " ", str(e)).strip() or type(e).__name__
@@ -266,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = functools.partial(_show_warning, args.command)
         try:
             _maybe_distributed(args)
-            handler = {"train": _cmd_train, "eval": _cmd_eval, "replay": _cmd_replay, "export": _cmd_export}[args.command]
+            handler = {"train": _cmd_train, "eval": _cmd_eval, "replay": _cmd_replay, "export": _cmd_export,
+                       "generate": _cmd_generate}[args.command]
             return handler(args)
         except (*_USER_ERRORS, TrainingError) as e:
             if debug:

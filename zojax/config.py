@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "RunConfig",
@@ -160,6 +168,7 @@ class TrainConfig(_Strict):
     stop_after: int | None = Field(None, ge=1, description="stop (with a checkpoint) after this step, to resume later")
     output_dir: _Name = Field("runs/default", description="run directory: metrics, checkpoints, seed log, plot, summary")
     progress: bool = Field(True, description="show a progress bar")
+    tensorboard: bool = Field(True, description="also write every metrics.jsonl record as TensorBoard scalars under <output_dir>/tensorboard")
 
     @model_validator(mode="after")
     def _micro_batches_divide_the_batch(self):
@@ -303,6 +312,7 @@ RESUMABLE_KEYS = frozenset({
     "train.max_consecutive_skips",
     "train.output_dir",
     "train.progress",
+    "train.tensorboard",
     "mesh.pop",
     "mesh.model",
 })

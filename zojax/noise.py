@@ -14,12 +14,13 @@ import functools
 import hashlib
 import re
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from zojax import _rng
+from zojax.types import PyTree
 
 __all__ = [
     "Gaussian",
@@ -44,7 +45,6 @@ __all__ = [
     "KEY_DERIVATION",
 ]
 
-PyTree = Any
 
 
 class _Layout:
@@ -136,7 +136,7 @@ class Factorized(LowRank):
         return float(self.rank) ** -0.5
 
 
-Noise = Union[Gaussian, Rademacher, LowRank]
+Noise = Gaussian | Rademacher | LowRank
 
 
 @jax.tree_util.register_dataclass
@@ -308,7 +308,7 @@ def combine(trainable: PyTree, frozen: PyTree) -> PyTree:
 KEY_DERIVATION = "fold_in(step, member, blake2b64(path)); dense values from zojax._rng v1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def path_hash(path: str) -> tuple[int, int]:
     """A stable 64-bit hash of a leaf path as two 32-bit words (stable across processes,
     unlike ``hash()``; 64 bits so that realistic pytrees never see a collision, which

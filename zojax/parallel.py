@@ -36,13 +36,13 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from zojax.noise import path_str
+from zojax.types import PyTree
 
 __all__ = [
     "DEFAULT_RULES",
@@ -68,7 +68,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PyTree = Any
 POP = "pop"
 MODEL = "model"
 

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import jax
 
-from zojax.config import RESUMABLE_KEYS, WEIGHT_KEYS, ConfigError, RunConfig, UserError, load_config, refused_changes
+from zojax.config import (
+    RESUMABLE_KEYS,
+    WEIGHT_KEYS,
+    ConfigError,
+    RunConfig,
+    UserError,
+    load_config,
+    refused_changes,
+)
 
 __all__ = ["RunDirError", "check_train_dir", "check_output", "checkpoint_steps", "run_config"]
 

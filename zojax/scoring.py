@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from zojax import nn
+from zojax._rng import fusion_barrier
 from zojax.estimators import check_sided, get_estimator
 from zojax.noise import (
     Gaussian,
@@ -40,42 +41,10 @@ from zojax.noise import (
     partition,
     path_str,
 )
+from zojax.types import PyTree
 
 __all__ = ["ZOSpec", "score", "perturb", "population"]
 
-PyTree = Any
-
-
-def _fuse_threefry_on_cpu() -> None:
-    """Lower large threefry2x32 calls on CPU as straight-line code (what GPU/TPU get).
-
-    jax lowers threefry on CPU as a 5-iteration ``while`` loop to save compile time; each
-    iteration is then a separate pass over the whole counter array, which makes dense
-    Gaussian directions (MeZO: one normal per parameter, drawn for scoring and again for
-    the update) 3-5x slower than the straight-line form, which XLA fuses into a single
-    elementwise loop with the uniform/normal transform. Same bits, same values: only the
-    lowering changes. Small calls (the scalar ``fold_in`` key derivations, dozens per
-    step) keep the compact loop, so compile time does not grow. Skipped quietly if jax's
-    internals move.
-    """
-    try:
-        import math
-
-        from jax._src.interpreters import mlir
-        from jax._src.random import threefry2x32 as _tf
-
-        rolled, unrolled = _tf._threefry2x32_cpu_lowering_rule, _tf._threefry2x32_lowering_rule
-
-        def rule(ctx, *args):
-            size = max(math.prod(a.shape) for a in ctx.avals_in)
-            return (unrolled if size >= 4096 else rolled)(ctx, *args)
-
-        mlir.register_lowering(_tf.threefry2x32_p, rule, platform="cpu")
-    except (ImportError, AttributeError):  # pragma: no cover - depends on the jax version
-        pass
-
-
-_fuse_threefry_on_cpu()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +72,10 @@ class ZOSpec:
         :mod:`zojax.nn`: ``dense``/``embed``/``attend``/``materialize``). Under a layer scan a
         dense step then holds one layer's perturbed weights at a time instead of perturbed
         copies of the whole model: full-parameter MeZO at about inference memory.
+      check_update: also skip a step whose update would leave a non-finite parameter or
+        optimiser value (an overflow, a schedule gone to inf). Exact and memory-free, it costs
+        one more pass of the update (a second draw of dense directions); ``False`` checks the
+        losses only.
 
     >>> ZOSpec(eps=0.0)
     Traceback (most recent call last):
@@ -119,6 +92,7 @@ class ZOSpec:
     chunk_size: int | None = None
     adapter: bool = False
     lazy_dense: bool = False
+    check_update: bool = True
 
     def __post_init__(self):
         if not isinstance(self.noise, (Gaussian, Rademacher, LowRank)):
@@ -130,7 +104,7 @@ class ZOSpec:
         if self.sided not in ("two", "one"):
             raise ValueError(f"ZOSpec: sided must be 'two' or 'one', got {self.sided!r}")
         if self.chunk_size is not None and (
-            not isinstance(self.chunk_size, int) or not 1 <= self.chunk_size
+            not isinstance(self.chunk_size, int) or not self.chunk_size >= 1
         ):
             raise ValueError(f"ZOSpec: chunk_size must be None or an integer >= 1, got {self.chunk_size!r}")
         get_estimator(self.coefficient_fn_name)
@@ -179,26 +153,12 @@ def _perturb_lazy(trainable, dirs, scale, spec, key, step, member):
     return jax.tree_util.tree_map_with_path(one, dirs, trainable, is_leaf=is_lr)
 
 
-def _materialized(tree, step):
-    """``tree`` as buffers that XLA cannot fuse into their consumers.
-
-    Low-rank factors are read once per element of a much larger array (an outer product
-    in the update, a broadcast in :func:`zojax.nn.dense`); fused there, XLA would redraw
-    their random numbers for every element. A conditional on a runtime predicate
-    (``step >= 0``: always true, unknown to the compiler) is a fusion boundary that
-    survives optimisation (``lax.optimization_barrier`` does not, on CPU).
-    """
-    return jax.lax.cond(
-        jnp.asarray(step) >= 0, lambda t: t, lambda t: jax.tree.map(jnp.zeros_like, t), tree
-    )
-
-
 def _materialize_factors(dirs, step):
     is_lr = lambda d: isinstance(d, LowRankDirection)  # noqa: E731
     factors = [d for d in jax.tree.leaves(dirs, is_leaf=is_lr) if is_lr(d)]
     if not factors:
         return dirs
-    done = iter(_materialized(factors, step))
+    done = iter(fusion_barrier(factors, step))
     return jax.tree.map(lambda d: next(done) if is_lr(d) else d, dirs, is_leaf=is_lr)
 
 

@@ -39,9 +39,9 @@ from flax import nnx
 from zojax import parallel, rundir, tasks
 from zojax.checkpoint import Checkpointer, TrainingError
 from zojax.config import RunConfig
-from zojax.noise import Factorized, Gaussian, LowRank, combine
 from zojax.fo import fo_run_steps
 from zojax.models import stacked_paths
+from zojax.noise import Factorized, Gaussian, LowRank, combine
 from zojax.optim import ZOState, densify, effective_params, init, lozo_adapter, lozo_m, run_steps, zo_sgd
 from zojax.scoring import ZOSpec
 from zojax.seedlog import SeedLog, read_jsonl
@@ -148,7 +148,7 @@ class Run:
     mesh: Any = None  # jax.sharding.Mesh of cfg.mesh, or None for a single device
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _task_functions(graphdef, objective_name: str, takes_tokens: bool):
     """Loss and metric functions of a model structure, cached so that jit's cache (keyed on these
     static functions) is reused by every run of the same model in a process."""
@@ -162,14 +162,6 @@ def _task_functions(graphdef, objective_name: str, takes_tokens: bool):
         return metric_sums(_apply_fn(graphdef, p, takes_tokens), batch)
 
     return loss_fn, jax.jit(metrics_fn)
-
-
-@functools.lru_cache(maxsize=None)
-def _cached_optimizer(optim_json: str, steps: int, spec: ZOSpec) -> optax.GradientTransformation:
-    from zojax.config import OptimConfig
-
-    cfg = RunConfig(optim=OptimConfig.model_validate_json(optim_json), train={"steps": steps})
-    return make_optimizer(cfg, spec)
 
 
 def _apply_fn(graphdef, params, takes_tokens: bool):
@@ -304,11 +296,12 @@ def _peak_memory_mb() -> float:
 
 
 class _Writer:
-    """Metrics JSONL (+ TensorBoard when installed); only process 0 writes."""
+    """Metrics JSONL (+ TensorBoard scalars under ``tensorboard/``); only process 0 writes."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool = True):
         self.path = run_dir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
+        self.tb = None
         if not self.enabled:
             return
         records = []
@@ -317,13 +310,11 @@ class _Writer:
             records = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # optional
+        if tensorboard:
+            from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except Exception:  # noqa: BLE001 -- TensorBoard is optional
-            self.tb = None
+            # a resume appends a new event file; TensorBoard shows the later value of a repeated step
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), flush_secs=10)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -331,9 +322,16 @@ class _Writer:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
+            # eval records are tagged by split (eval/test/loss, eval/dev/accuracy), train ones train/<key>
+            prefix = record.get("kind", "train") + (f"/{record['split']}" if "split" in record else "")
             for k, v in record.items():
-                if k not in ("step", "kind") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
     def records(self) -> list[dict]:
         return read_jsonl(self.path) if self.path.exists() else []
@@ -411,7 +409,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     start_step = int(state.step)
-    writer = _Writer(run_dir, start_step if resume else None)
+    writer = _Writer(run_dir, start_step if resume else None, t.tensorboard)
 
     if "zero_shot_accuracy" not in meta:
         zero = evaluate(run, run.params, "test", t.eval_examples)
@@ -519,6 +517,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     if is_main:
         _plot(writer.records(), run_dir / "curves.png")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    writer.close()
     ckpt.close()
     return summary
 

@@ -1,4 +1,17 @@
-# Source of notebooks/custom_model.ipynb (regenerate with: python tools/make_notebooks.py).
+# ---
+# jupyter:
+#   # Source of notebooks/custom_model.ipynb (jupytext percent format; see tools/README.md). Rebuild it with
+#   # jupytext --update --to ipynb -o notebooks/custom_model.ipynb tools/notebook_sources/custom_model.py
+#   accelerator: GPU
+#   colab:
+#     provenance: []
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
 
 # %% [markdown]
 # # ZO-train your own model or any loss function with the zojax engine
@@ -297,6 +310,7 @@ print(
 )
 
 rebuilt = zojax.replay(base_params, zojax.SeedLog.load(log_path), optimizer)
-same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(trained_params)))
+pairs = zip(jax.tree.leaves(rebuilt), jax.tree.leaves(trained_params), strict=True)
+same = all(np.array_equal(a, b) for a, b in pairs)
 print("replayed weights are bitwise equal to the trained ones:", same)
 assert same

@@ -1,4 +1,17 @@
-# Source of notebooks/paper_reproduction.ipynb (regenerate with: python tools/make_notebooks.py).
+# ---
+# jupyter:
+#   # Source of notebooks/paper_reproduction.ipynb (jupytext percent format; see tools/README.md). Rebuild it with
+#   # jupytext --update --to ipynb -o notebooks/paper_reproduction.ipynb tools/notebook_sources/paper_reproduction.py
+#   accelerator: GPU
+#   colab:
+#     provenance: []
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
 
 # %% [markdown]
 # # Reproducing the paper setups: OPT on SST-2 with LoZO and MeZO

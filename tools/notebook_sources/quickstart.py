@@ -1,4 +1,17 @@
-# Source of notebooks/quickstart.ipynb (regenerate with: python tools/make_notebooks.py).
+# ---
+# jupyter:
+#   # Source of notebooks/quickstart.ipynb (jupytext percent format; see tools/README.md). Rebuild it with
+#   # jupytext --update --to ipynb -o notebooks/quickstart.ipynb tools/notebook_sources/quickstart.py
+#   accelerator: GPU
+#   colab:
+#     provenance: []
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
 
 # %% [markdown]
 # # zojax quickstart: zeroth-order fine-tuning of SmolLM2-135M on Rotten Tomatoes
@@ -207,7 +220,7 @@ def p_great(params, sentences):
 
 before, after = p_great(run.params, SENTENCES), p_great(trained, SENTENCES)
 print(f"{'sentence':<55} {'label':>5} {'P(great) zero-shot':>19} {'fine-tuned':>11}")
-for (sentence, label), b, a in zip(SENTENCES, before, after):
+for (sentence, label), b, a in zip(SENTENCES, before, after, strict=True):
     print(f"{sentence:<55} {'pos' if label else 'neg':>5} {b:>19.3f} {a:>11.3f}")
 
 # %% [markdown]

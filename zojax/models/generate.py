@@ -1,4 +1,5 @@
-"""Greedy generation with a KV cache: one jitted program (prefill + ``lax.scan`` of decode steps).
+"""Generation with a KV cache, greedy or sampled: one jitted program (prefill + ``lax.scan`` of
+decode steps).
 
 Works with any family model that follows the family interface (``init_cache`` and a
 ``cache=`` argument to ``__call__``). Prompts are left-padded into one batch.
@@ -17,24 +18,34 @@ from flax import nnx
 __all__ = ["generate"]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos", "pad"))
-def _greedy(graphdef, state, ids, mask, cache, *, max_new_tokens, eos, pad):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos", "pad", "top_k", "greedy"))
+def _decode(graphdef, state, ids, mask, cache, key, temperature, *, max_new_tokens, eos, pad, top_k, greedy):
     model = nnx.merge(graphdef, state)
     B, T = ids.shape
     eos_ids = jnp.asarray(eos if eos else (-1,), jnp.int32)
+    keys = jax.random.split(key, max_new_tokens)  # one key per new token (unused when greedy)
+
+    def pick(logits, key):
+        if greedy:
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logits = logits.astype(jnp.float32) / temperature
+        if top_k:
+            kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+            logits = jnp.where(logits < kth, -jnp.inf, logits)
+        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
     last = jnp.full((B, 1), T - 1, jnp.int32)  # left padding: every prompt ends at T - 1
     logits, cache = model(ids, mask, logits_positions=last, cache=cache)
-    tok = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+    tok = pick(logits[:, 0], keys[0])
     done = jnp.isin(tok, eos_ids)
 
-    def step(carry, _):
+    def step(carry, key):
         tok, done, cache = carry
         logits, cache = model(tok[:, None], jnp.ones((B, 1), jnp.int32), cache=cache)
-        nxt = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
-        nxt = jnp.where(done, pad, nxt)
+        nxt = jnp.where(done, pad, pick(logits[:, 0], key))
         return (nxt, done | jnp.isin(nxt, eos_ids), cache), nxt
 
-    _, rest = jax.lax.scan(step, (tok, done, cache), None, length=max_new_tokens - 1)
+    _, rest = jax.lax.scan(step, (tok, done, cache), keys[1:])
     return jnp.concatenate([tok[:, None], rest.T], axis=1)
 
 
@@ -52,8 +63,11 @@ def generate(
     pad_token_id: int | None = None,
     bucket: int = 16,
     skip_special_tokens: bool = True,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
 ):
-    """Greedy continuation of one prompt or a batch of prompts.
+    """Continuation of one prompt or a batch of prompts: greedy, or sampled with ``temperature > 0``.
 
     Args:
       model: a zojax family model (e.g. from :func:`zojax.models.from_pretrained`).
@@ -64,6 +78,9 @@ def generate(
       eos_token_id: stop token(s); default from the tokenizer, then the model config. After a
         row emits one, it emits ``pad_token_id``.
       bucket: prompt length is left-padded up to a multiple of this, to limit recompiles.
+      temperature: 0 picks the likeliest token; above 0 samples from the softmax of
+        ``logits / temperature`` (one key per new token, from ``seed``).
+      top_k: when sampling, only among the ``top_k`` likeliest tokens (0: all).
 
     Returns:
       For string prompts with a tokenizer: the decoded continuation(s) (str or list of str,
@@ -75,6 +92,8 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
+    if not temperature >= 0 or top_k < 0:
+        raise ValueError(f"need temperature >= 0 and top_k >= 0; got temperature={temperature}, top_k={top_k}")
     single = isinstance(prompts, str)
     texts = single or (
         isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], str)
@@ -115,15 +134,19 @@ def generate(
 
     graphdef, state = nnx.split(model)
     cache = model.init_cache(B, T + max_new_tokens)
-    out = _greedy(
+    out = _decode(
         graphdef,
         state,
         jnp.asarray(ids),
         jnp.asarray(mask),
         cache,
+        jax.random.PRNGKey(seed),
+        jnp.float32(max(temperature, 1e-6)),
         max_new_tokens=max_new_tokens,
         eos=eos,
         pad=int(pad_token_id),
+        top_k=int(top_k),
+        greedy=temperature == 0,
     )
     out = np.asarray(out)
     if not texts:

@@ -1,0 +1,47 @@
+"""ZO gradients as a few bytes, optax-style transforms over them, and the fused step.
+
+A :class:`ZOGrad` is ``(key, step, coeffs)`` plus the static noise kind: it stands for
+``g = mean_k coeffs[k] * z_k`` without storing any ``z_k``. The package is layered as optax
+is: :mod:`~zojax.optim.gradient` (the estimate), :mod:`~zojax.optim.transforms` (optimisers
+over it), :mod:`~zojax.optim.fused` (the fused, jitted step) and
+:mod:`~zojax.optim.diagnostics` (baselines).
+"""
+
+from zojax.optim.diagnostics import compare_with_grad, forward_gradient
+from zojax.optim.fused import StepInfo, ZOState, init, make_step, run_steps, step
+from zojax.optim.gradient import ZOGrad, dense_gradient
+from zojax.optim.transforms import (
+    AdapterState,
+    LozoMState,
+    ScheduleState,
+    ZOTransformation,
+    apply_update,
+    densify,
+    effective_params,
+    lozo_adapter,
+    lozo_m,
+    zo_sgd,
+)
+
+__all__ = [
+    "ZOGrad",
+    "dense_gradient",
+    "zo_sgd",
+    "densify",
+    "lozo_m",
+    "lozo_adapter",
+    "ZOTransformation",
+    "effective_params",
+    "apply_update",
+    "AdapterState",
+    "LozoMState",
+    "ScheduleState",
+    "ZOState",
+    "StepInfo",
+    "init",
+    "step",
+    "run_steps",
+    "make_step",
+    "forward_gradient",
+    "compare_with_grad",
+]

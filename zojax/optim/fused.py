@@ -1,0 +1,202 @@
+"""The fused step: score, estimate and update in one jitted, donated program.
+
+:func:`make_step` builds it once per run (``loss_fn``, ``spec``, optimiser and mesh closed
+over); :func:`step` and :func:`run_steps` are the same program with those as static
+arguments, for one-off calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from zojax.noise import partition
+from zojax.optim.gradient import PyTree, ZOGrad
+from zojax.optim.transforms import ZOTransformation, apply_update
+from zojax.scoring import ZOSpec, score
+
+__all__ = ["ZOState", "StepInfo", "init", "step", "run_steps", "make_step"]
+
+class ZOState(NamedTuple):
+    """Everything a run carries between steps (frozen weights live outside, never donated)."""
+
+    params: PyTree  # trainable leaves, None at frozen ones
+    opt_state: PyTree
+    key: jax.Array  # the run key; directions come from (key, step, member, path)
+    step: jax.Array
+    skipped: jax.Array  # steps skipped because a loss was not finite
+
+
+class StepInfo(NamedTuple):
+    step: jax.Array  # the step these losses and coefficients belong to
+    losses: jax.Array  # (K, 2)
+    coeffs: jax.Array  # (K,)
+    applied: jax.Array  # bool: False when a non-finite loss made the step a no-op
+
+    @property
+    def loss(self):
+        return self.losses.mean(axis=(-1, -2))
+
+
+def init(params: PyTree, spec: ZOSpec, optimizer: optax.GradientTransformation, key) -> tuple[ZOState, PyTree]:
+    """Partition ``params`` by ``spec.scope`` and set up a run: ``(state, frozen)``.
+
+    The state holds the caller's trainable arrays; :func:`step` donates them, so keep a
+    copy of ``params`` if you need the originals afterwards.
+
+    >>> from zojax.optim import zo_sgd
+    >>> state, frozen = init({"w": jnp.zeros(2)}, ZOSpec(), zo_sgd(0.1), jax.random.PRNGKey(0))
+    >>> int(state.step), frozen
+    (0, {'w': None})
+    """
+    trainable, frozen = partition(params, spec.scope, spec.noise)
+    state = ZOState(
+        params=trainable,
+        opt_state=optimizer.init(trainable),
+        key=jnp.copy(key),  # the state is donated; the caller keeps their key
+        step=jnp.zeros([], jnp.int32),
+        skipped=jnp.zeros([], jnp.int32),
+    )
+    return state, frozen
+
+
+def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batches: int, mesh=None, base=None):
+    def one(micro):
+        losses = score(loss_fn, state.params, micro, state.key, state.step, spec, frozen=frozen, mesh=mesh, base=base)
+        return losses, spec.coefficients(losses)
+
+    if micro_batches == 1:
+        return one(batch)
+    # same directions for every micro-batch (same key and step); coefficients averaged
+    losses, coeffs = jax.lax.map(one, batch)
+    return losses.mean(0), coeffs.mean(0)
+
+
+def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None):
+    if mesh is not None:
+        from zojax import parallel
+
+        # weights stay where the mesh puts them: replicated over 'pop', sharded over 'model'
+        state = parallel.constrain(state, parallel.state_shardings(state, mesh))
+        frozen = parallel.constrain(frozen, parallel.param_shardings(frozen, mesh))
+    base = None
+    if isinstance(optimizer, ZOTransformation):
+        # a new V window folds the kept update into the weights before anything is scored
+        params, opt_state = optimizer.fold(state.params, state.opt_state, state.key, state.step)
+        state = state._replace(params=params, opt_state=opt_state)
+        base = optimizer.view(params, opt_state, state.key, spec.adapter)
+    losses, coeffs = _estimate(loss_fn, state, frozen, batch, spec, micro_batches, mesh, base)
+    finite_losses = jnp.all(jnp.isfinite(losses))
+    coeffs = jnp.where(finite_losses, coeffs, 0.0)
+    grad = ZOGrad(state.key, state.step, coeffs, spec.noise)
+
+    def updated(_):
+        return apply_update(optimizer, grad, state.params, state.opt_state)
+
+    def kept(_):
+        return state.params, state.opt_state
+
+    # Neither a non-finite loss nor an update that overflows reaches the weights: the step is
+    # a counted no-op. The update is computed twice -- first reduced to "is every new value
+    # finite?" (fused, no buffer), then applied in place -- because choosing between old and
+    # new weights afterwards would hold both: a second copy of every trainable weight.
+    if spec.check_update:
+        finite = jax.lax.cond(finite_losses, lambda _: _all_finite(updated(None)), lambda _: jnp.array(False), None)
+    else:
+        finite = finite_losses
+    params, opt_state = jax.lax.cond(finite, updated, kept, None)
+    new_state = ZOState(params, opt_state, state.key, state.step + 1, state.skipped + (~finite).astype(jnp.int32))
+    info = StepInfo(state.step, losses, coeffs, finite)
+    if mesh is not None:
+        # every device applied the same update from the same keys and K coefficients
+        new_state = parallel.constrain(new_state, parallel.state_shardings(new_state, mesh))
+        info = parallel.constrain(info, jax.tree.map(lambda _: parallel.replicated(mesh), info))
+    return new_state, info
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+_STATIC = ("loss_fn", "spec", "optimizer", "micro_batches", "mesh")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None):
+    """Score + estimate + update, one jitted program; ``state`` is donated.
+
+    With ``micro_batches > 1`` every leaf of ``batch`` has a leading micro-batch axis; all
+    micro-batches use the same directions and their coefficients are averaged. If any
+    loss is not finite, or the update would leave a parameter or optimiser value that is
+    not finite (an overflow, a schedule gone to inf), the parameters and optimiser state
+    are left unchanged, ``state.skipped`` is incremented and ``info.applied`` is False.
+
+    With a ``mesh`` (:func:`zojax.parallel.make_mesh`) the population is scored across its
+    ``pop`` axis and the weights are sharded over its ``model`` axis; place the inputs
+    first with :func:`zojax.parallel.shard_run` and :func:`zojax.parallel.replicate`.
+    The result does not depend on the mesh (up to float rounding).
+
+    >>> from zojax.optim import zo_sgd
+    >>> loss = lambda p, b: jnp.sum((p["w"] - b) ** 2)
+    >>> opt = zo_sgd(0.05)
+    >>> spec = ZOSpec(members=4)
+    >>> state, frozen = init({"w": jnp.zeros(3)}, spec, opt, jax.random.PRNGKey(0))
+    >>> for _ in range(60):
+    ...     state, info = step(state, frozen, jnp.ones(3), loss_fn=loss, spec=spec, optimizer=opt)
+    >>> bool(info.loss < 0.2)
+    True
+    """
+    return _step(
+        state, frozen, batch, loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh
+    )
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+def run_steps(state: ZOState, frozen, batches, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None):
+    """S steps in one compiled call: ``lax.scan`` over ``batches`` stacked on a leading axis.
+
+    Returns the final state and the stacked :class:`StepInfo` (losses (S, K, 2), ...).
+    """
+
+    def body(s, batch):
+        return _step(
+            s, frozen, batch, loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh
+        )
+
+    return jax.lax.scan(body, state, batches)
+
+
+class CompiledStep(NamedTuple):
+    """A run's step, built once by :func:`make_step`; both donate ``state``."""
+
+    step: Any  # (state, frozen, batch) -> (state, info)
+    run_steps: Any  # (state, frozen, batches stacked on a leading axis) -> (state, stacked infos)
+
+
+def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=None) -> CompiledStep:
+    """:func:`step` and :func:`run_steps` for one run, with ``loss_fn``, ``spec``, the optimiser
+    and the mesh closed over: built once, so nothing needs to be hashable or cached by
+    identity (a fresh closure per call to :func:`step` would recompile).
+
+    >>> from zojax.optim import zo_sgd
+    >>> spec, opt = ZOSpec(members=2), zo_sgd(0.05)
+    >>> compiled = make_step(lambda p, b: jnp.sum((p["w"] - b) ** 2), spec, opt)
+    >>> state, frozen = init({"w": jnp.zeros(3)}, spec, opt, jax.random.PRNGKey(0))
+    >>> state, infos = compiled.run_steps(state, frozen, jnp.ones((5, 3)))
+    >>> infos.losses.shape, int(state.step)
+    ((5, 2, 2), 5)
+    """
+    options = dict(loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh)
+
+    def one(state, frozen, batch):
+        return _step(state, frozen, batch, **options)
+
+    def many(state, frozen, batches):
+        return jax.lax.scan(lambda s, batch: _step(s, frozen, batch, **options), state, batches)
+
+    return CompiledStep(jax.jit(one, donate_argnums=0), jax.jit(many, donate_argnums=0))

@@ -1,0 +1,295 @@
+"""optax-style transforms over a :class:`~zojax.optim.gradient.ZOGrad`.
+
+* :func:`zo_sgd` -- MeZO/LoZO's update ``theta <- theta - lr (g + wd theta)``;
+* :func:`densify` -- turns a ZOGrad into a dense gradient so any optax chain follows;
+* :func:`lozo_m` -- LoZO-M momentum kept in factored ``(d_out x r)`` form;
+* :func:`lozo_adapter` -- the seed paper's dynamic adapter state: the low-rank update is
+  accumulated while V is fixed and folded into the weights when V is refreshed.
+
+Optimisers work on the *trainable* pytree (``None`` at frozen leaves), so optimiser state is
+never allocated for frozen weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from zojax import nn
+from zojax.noise import LowRank, Noise, leaf_direction
+from zojax.optim.gradient import (
+    PyTree,
+    ZOGrad,
+    _leaf_gradient,
+    _map_trainable,
+    _member_directions,
+    _sum_outer,
+    _unzip,
+    dense_gradient,
+)
+
+__all__ = ["zo_sgd", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "effective_params", "apply_update"]
+
+def _as_schedule(learning_rate: optax.ScalarOrSchedule, name: str) -> optax.Schedule:
+    if callable(learning_rate):
+        return learning_rate
+    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)):
+        raise ValueError(f"{name}: learning_rate must be a finite number or a schedule, got {learning_rate!r}")
+    return lambda count: learning_rate
+
+
+def _decays(decay_mask, noise: Noise, path: str, x) -> bool:
+    # MeZO skips weight decay for biases and norm weights: the 1-D leaves, stacks declared by the noise.
+    return decay_mask(path, x) if decay_mask is not None else noise.is_matrix(path, x.shape)
+
+
+class ScheduleState(NamedTuple):
+    count: jax.Array
+
+
+def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=None):
+    """MeZO / LoZO update ``theta <- theta - lr (mean_k c_k z_k + wd theta)``.
+
+    Lean: each leaf's update is computed from regenerated directions on its own (low-rank
+    directions as one rank-Kr matmul), so no whole-model dense gradient is kept.
+    ``learning_rate`` is a float or an optax schedule; ``decay_mask(path, leaf)`` picks
+    the leaves that get weight decay (default: matrices, as the noise's ``stacked``
+    declaration sees them; see :func:`zojax.noise.is_matrix`).
+
+    >>> opt = zo_sgd(0.1)
+    >>> p = {"w": jnp.zeros(3)}
+    >>> g = ZOGrad(jax.random.PRNGKey(0), jnp.int32(0), jnp.zeros(1), LowRank())
+    >>> upd, _ = opt.update(g, opt.init(p), p)
+    >>> upd["w"].shape
+    (3,)
+    """
+    schedule = _as_schedule(learning_rate, "zo_sgd")
+
+    def init(params):
+        del params
+        return ScheduleState(jnp.zeros([], jnp.int32))
+
+    def update(grad: ZOGrad, state: ScheduleState, params=None):
+        if params is None:
+            raise ValueError("zo_sgd.update needs params (directions are regenerated per leaf)")
+        lr = schedule(state.count)
+
+        def one(path, x):
+            g = _leaf_gradient(grad, path, x)
+            if weight_decay and _decays(decay_mask, grad.noise, path, x):
+                g = g + weight_decay * x
+            return (-lr * g).astype(x.dtype)
+
+        return _map_trainable(one, params), ScheduleState(state.count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def densify():
+    """A transform from ZOGrad to its dense gradient, to chain with any optax transform.
+
+    >>> opt = optax.chain(densify(), optax.adam(1e-3))
+    >>> p = {"w": jnp.zeros(2)}
+    >>> g = ZOGrad(jax.random.PRNGKey(0), jnp.int32(0), jnp.ones(1), LowRank())
+    >>> upd, _ = opt.update(g, opt.init(p), p)
+    >>> upd["w"].shape
+    (2,)
+    """
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(grad: ZOGrad, state, params=None):
+        if params is None:
+            raise ValueError("densify.update needs params (directions are regenerated per leaf)")
+        return dense_gradient(grad, params), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _require_lowrank(noise, name):
+    if not isinstance(noise, LowRank):
+        raise ValueError(f"{name} needs LowRank/Factorized noise, got {noise!r}")
+
+
+class LozoMState(NamedTuple):
+    count: jax.Array  # applied updates so far (skipped steps never reach the optimiser)
+    last_step: jax.Array  # the step whose V the momentum factors are expressed in
+    momentum: PyTree  # per leaf: (K, ..., d_out, r) factor for matrices, dense for vectors
+
+
+def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise: LowRank, members: int):
+    """LoZO-M, the official recursion, with the momentum kept as a ``(K, ..., d_out, r)`` factor.
+
+    For member k the momentum is ``V_k N_k^T``. The first update starts it at the first
+    estimate, ``N_k = c_k U_k``; afterwards ``N_k <- beta N_k + (1 - beta) c_k U_k`` while V
+    is fixed, and when V is refreshed ``N`` is first re-projected onto the new V:
+    ``N <- N V_old^T V_new / d_in`` (``V^T V ~ d_in I`` for Gaussian V). The update is
+    ``W <- W - lr (mean_k V_k N_k^T + wd W)``; weight decay applies to matrices only, as in
+    :func:`zo_sgd`. 1-D leaves keep dense momentum with the same recursion.
+    """
+    _require_lowrank(noise, "lozo_m")
+    schedule = _as_schedule(learning_rate, "lozo_m")
+
+    def init(params):
+        def one(path, x):
+            if noise.is_matrix(path, x.shape):
+                return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
+            return jnp.zeros_like(x)
+
+        return LozoMState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), _map_trainable(one, params))
+
+    def update(grad: ZOGrad, state: LozoMState, params=None):
+        if params is None:
+            raise ValueError("lozo_m.update needs params")
+        lr = schedule(state.count)
+        first = state.count == 0
+        c = grad.coeffs.astype(jnp.float32)
+        k = c.shape[0]
+
+        def accumulate(n, estimate):
+            return jnp.where(first, estimate, beta * n + (1 - beta) * estimate).astype(n.dtype)
+
+        def one(path, x, n):
+            if not noise.is_matrix(path, x.shape):
+                n = accumulate(n, _leaf_gradient(grad, path, x))
+                return (-lr * n).astype(x.dtype), n
+            d = _member_directions(grad, path, x)
+            old = _member_directions(dataclasses.replace(grad, step=state.last_step), path, x)
+            refreshed = (grad.step // noise.refresh_every) != (state.last_step // noise.refresh_every)
+            reproject = jnp.einsum("k...ir,k...is->k...rs", old.v, d.v) / x.shape[-2]
+            n = jnp.where(refreshed, jnp.einsum("k...or,k...rs->k...os", n, reproject), n)
+            n = accumulate(n, c.reshape((k,) + (1,) * (n.ndim - 1)).astype(x.dtype) * d.u)
+            upd = jnp.einsum("k...ir,k...or->...io", d.v, n) / k
+            if weight_decay:
+                upd = upd + weight_decay * x
+            return (-lr * upd).astype(x.dtype), n
+
+        updates, momentum = _unzip(_map_trainable(one, params, state.momentum))
+        return updates, LozoMState(state.count + 1, jnp.asarray(grad.step, jnp.int32), momentum)
+
+    return optax.GradientTransformation(init, update)
+
+
+class AdapterState(NamedTuple):
+    count: jax.Array  # applied updates so far
+    window: jax.Array  # the V window (step // refresh_every) the accumulators are expressed in
+    acc: PyTree  # per matrix leaf: (K, ..., d_out, r) factors A_k; the weights stand for W + sum_k V_k A_k^T
+
+
+class ZOTransformation(NamedTuple):
+    """An optax ``GradientTransformation`` that keeps part of its update outside the weights.
+
+    ``fold(params, state, key, step, force=False) -> (params, state)`` moves what is kept
+    outside into the weights when ``step`` needs it (or always, with ``force``);
+    ``view(params, state, key, adapter) -> params`` is what a step scores: the weights with
+    the kept update, as :class:`zojax.nn.Perturbed` leaves on the adapter path.
+    :func:`step` and :func:`zojax.replay` call both; :func:`effective_params` folds for export.
+    """
+
+    init: Callable
+    update: Callable
+    fold: Callable
+    view: Callable
+
+
+def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransformation:
+    """The dynamic adapter state (seed paper): LoZO's update kept as ``A`` while V is fixed.
+
+    Within a V window the summed update ``-lr sum_t c_t V U_t^T`` is itself rank r: it is
+    ``V A^T`` with ``A <- A - lr c U / K``. Steps score ``Perturbed(Perturbed(W, V, A), v, u,
+    ±eps)`` -- W is read by the matmuls as in inference and never written -- and update only
+    the small ``A``. When a step starts a new V window, ``V A^T`` is folded into W first (under
+    a conditional: steps inside a window write no weight). The result equals :func:`zo_sgd`
+    (no weight decay) step by step up to float rounding, skipped steps included. 1-D leaves
+    are updated immediately. Members keep their own V, so with K members the scored term
+    has rank K r.
+    """
+    _require_lowrank(noise, "lozo_adapter")
+    schedule = _as_schedule(learning_rate, "lozo_adapter")
+
+    def init(params):
+        def one(path, x):
+            if noise.is_matrix(path, x.shape):
+                return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
+            return None
+
+        return AdapterState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), _map_trainable(one, params))
+
+    def window_factors(key, window, path, x):
+        # V of every member for the window the accumulators belong to
+        v_step = window * noise.refresh_every
+        return jax.vmap(lambda m: leaf_direction(noise, key, v_step, m, path, x.shape, x.dtype).v)(jnp.arange(members))
+
+    def update(grad: ZOGrad, state: AdapterState, params=None):
+        if params is None:
+            raise ValueError("lozo_adapter.update needs params")
+        lr = schedule(state.count)
+        c = grad.coeffs.astype(jnp.float32) / grad.coeffs.shape[0]
+
+        def one(path, x, acc):
+            if acc is None:
+                return (-lr * _leaf_gradient(grad, path, x)).astype(x.dtype), None
+            u = _member_directions(grad, path, x).u
+            return None, acc - (lr * c.reshape((-1,) + (1,) * (acc.ndim - 1))).astype(x.dtype) * u
+
+        updates, acc = _unzip(_map_trainable(one, params, state.acc))
+        return updates, AdapterState(state.count + 1, state.window, acc)
+
+    def fold(params, state: AdapterState, key, step, force=False):
+        window = jnp.asarray(step, jnp.int32) // noise.refresh_every
+        due = jnp.logical_or(force, window != state.window)
+
+        def folded(operands):
+            params, acc = operands
+
+            def one(path, x, a):
+                if a is None:
+                    return x
+                v = window_factors(key, state.window, path, x)
+                return (x + _sum_outer(v, a, step)).astype(x.dtype)
+
+            return _map_trainable(one, params, acc), jax.tree.map(jnp.zeros_like, acc)
+
+        params, acc = jax.lax.cond(due, folded, lambda operands: operands, (params, state.acc))
+        return params, AdapterState(state.count, window, acc)
+
+    def view(params, state: AdapterState, key, adapter: bool = True):
+        def one(path, x, a):
+            if a is None:
+                return x
+            v = window_factors(key, state.window, path, x)
+            if not adapter:
+                return (x + _sum_outer(v, a, state.window)).astype(x.dtype)
+            # the K members' factors side by side: one rank-(K r) term
+            merge = lambda f: jnp.moveaxis(f, 0, -2).reshape(f.shape[1:-1] + (members * noise.rank,))  # noqa: E731
+            return nn.Perturbed(x, merge(v), merge(a))
+
+        return _map_trainable(one, params, state.acc)
+
+    return ZOTransformation(init, update, fold, view)
+
+
+def effective_params(optimizer, params: PyTree, opt_state, key, step) -> PyTree:
+    """The trainable weights a run stands for: ``params`` with anything the optimiser keeps
+    outside them (the dynamic adapter state) folded in. Plain optax optimisers: ``params``."""
+    if not isinstance(optimizer, ZOTransformation):
+        return params
+    return optimizer.fold(params, opt_state, key, step, force=True)[0]
+
+
+def apply_update(optimizer, grad: ZOGrad, params: PyTree, opt_state) -> tuple[PyTree, Any]:
+    """``optimizer.update`` then the updates applied; a ``None`` update leaves its leaf as is
+    (the adapter state updates its accumulators, not the weights)."""
+    updates, opt_state = optimizer.update(grad, opt_state, params)
+    params = jax.tree.map(
+        lambda u, p: p if u is None else (p + u).astype(p.dtype), updates, params, is_leaf=lambda u: u is None
+    )
+    return params, opt_state
