@@ -256,7 +256,7 @@ def plot(data: dict, path: Path) -> None:
     axes[0].set(xlabel="training CPU seconds (process time, 2 shared cores)", ylabel=dev)
     axes[1].set_xscale("symlog", linthresh=10)  # ZO rows take ~5x more (cheaper) passes than first-order ones
     axes[1].set(xlabel="forward passes of a 16-review batch (fo: 3 per step)", ylabel=dev, xlim=(0, None))
-    axes[0].legend(fontsize=7, loc="center right")
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("SmolLM2-135M-Instruct, Rotten Tomatoes: equal CPU-time budget per row (measured under load)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

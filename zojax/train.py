@@ -375,8 +375,9 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     t = cfg.train
     run_dir = Path(t.output_dir)
     is_main = jax.process_index() == 0
-    if not is_main:
-        echo = lambda *args, **kwargs: None  # only process 0 reports
+    if not is_main:  # only process 0 reports
+        def echo(*args, **kwargs):
+            return None
     rundir.check_train_dir(cfg, resume)  # before anything is written: a refused run changes nothing
     started = time.time()
     run = build_run(cfg, model=model)

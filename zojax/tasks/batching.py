@@ -300,10 +300,7 @@ def encode_task(
     for i, (p_ids, f_ids, n_opt) in enumerate(toks):
         # every option of an example sees the same prompt: cut it to fit the longest option
         budget = max_length - len(bos) - (1 if use_last else max(n_opt))
-        if use_last:
-            prefixes = [p_ids]
-        else:
-            prefixes = [f[: len(f) - n] for f, n in zip(f_ids, n_opt)]
+        prefixes = [p_ids] if use_last else [f[: len(f) - n] for f, n in zip(f_ids, n_opt)]
         if budget < 1 or (not bos and min(len(q) for q in prefixes) == 0):
             raise ValueError(
                 f"example {i}: no prompt token is left to predict the options from "
