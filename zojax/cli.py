@@ -191,8 +191,9 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_eval(args) -> int:
-    from zojax.train import build_run, evaluate, trained_params
+def _run_and_weights(args):
+    """The run of ``--run`` with its latest checkpoint's weights, or the config's base model."""
+    from zojax.train import build_run, trained_params
 
     if args.run is None:
         cfg = load_config(args.config, args.overrides)
@@ -202,6 +203,13 @@ def _cmd_eval(args) -> int:
         _require_checkpoint(args.run)
     run = build_run(cfg)
     params, step = (run.params, 0) if args.run is None else trained_params(run, args.run)
+    return cfg, run, params, step
+
+
+def _cmd_eval(args) -> int:
+    from zojax.train import evaluate
+
+    cfg, run, params, step = _run_and_weights(args)
     report = {"step": step}
     if cfg.task.icl_examples:
         report["icl"] = {k: run.data_info[k] for k in ("icl_examples", "icl_demonstrations_dropped")}
@@ -271,7 +279,6 @@ def _cmd_generate(args) -> int:
     from flax import nnx
 
     from zojax.models import generate
-    from zojax.train import build_run, trained_params
 
     prompts = [a for a in args.overrides if not _OVERRIDE.match(a)]
     args.overrides = [a for a in args.overrides if _OVERRIDE.match(a)]
@@ -282,14 +289,7 @@ def _cmd_generate(args) -> int:
             f"--max-new-tokens {args.max_new_tokens} / --temperature {args.temperature} / --top-k {args.top_k}: "
             "allowed: --max-new-tokens >= 1, --temperature >= 0, --top-k >= 0"
         )
-    if args.run is None:
-        cfg = load_config(args.config, args.overrides)
-        _check_buildable(cfg)
-    else:
-        cfg = _run_config(args)
-        _require_checkpoint(args.run)
-    run = build_run(cfg)
-    params, _ = (run.params, 0) if args.run is None else trained_params(run, args.run)
+    _, run, params, _ = _run_and_weights(args)
     model = nnx.merge(run.graphdef, params)
     text = generate(
         model, run.tokenizer, prompts[0], max_new_tokens=args.max_new_tokens,
