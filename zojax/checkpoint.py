@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from zojax.config import UserError
 from zojax.optim import ZOState
+from zojax.optim.fused import all_finite as tree_all_finite
 
 __all__ = ["Checkpointer", "CheckpointMismatchError", "NonFiniteError", "TrainingError", "all_finite"]
 
@@ -41,9 +42,7 @@ class CheckpointMismatchError(UserError, ValueError):
     """A readable checkpoint whose arrays differ from the run's: it was written under another config."""
 
 
-@jax.jit
-def _finite(leaves) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+_finite = jax.jit(tree_all_finite)  # the step's own check, on the host's side of a checkpoint
 
 
 def all_finite(tree) -> bool:

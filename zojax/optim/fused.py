@@ -105,7 +105,7 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
     # finite?" (fused, no buffer), then applied in place -- because choosing between old and
     # new weights afterwards would hold both: a second copy of every trainable weight.
     if spec.check_update:
-        finite = jax.lax.cond(finite_losses, lambda _: _all_finite(updated(None)), lambda _: jnp.array(False), None)
+        finite = jax.lax.cond(finite_losses, lambda _: all_finite(updated(None)), lambda _: jnp.array(False), None)
     else:
         finite = finite_losses
     params, opt_state = jax.lax.cond(finite, updated, kept, None)
@@ -118,7 +118,8 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
     return new_state, info
 
 
-def _all_finite(tree: PyTree) -> jax.Array:
+def all_finite(tree: PyTree) -> jax.Array:
+    """Whether every floating leaf of ``tree`` is free of NaN and inf, as a traced bool."""
     checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 

@@ -119,6 +119,18 @@ def _require_lowrank(noise, name):
         raise ValueError(f"{name} needs LowRank/Factorized noise, got {noise!r}")
 
 
+def _factor_state(params, noise: LowRank, members: int, vector_state):
+    """Per trainable leaf: zeros of the members' fresh factors ``(K, ..., d_out, r)`` for a matrix,
+    ``vector_state(leaf)`` for a vector (LoZO-M's dense momentum, the adapter state's nothing)."""
+
+    def one(path, x):
+        if noise.is_matrix(path, x.shape):
+            return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
+        return vector_state(x)
+
+    return _map_trainable(one, params)
+
+
 class LozoMState(NamedTuple):
     count: jax.Array  # applied updates so far (skipped steps never reach the optimiser)
     last_step: jax.Array  # the step whose V the momentum factors are expressed in
@@ -139,12 +151,8 @@ def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise
     schedule = _as_schedule(learning_rate, "lozo_m")
 
     def init(params):
-        def one(path, x):
-            if noise.is_matrix(path, x.shape):
-                return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
-            return jnp.zeros_like(x)
-
-        return LozoMState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), _map_trainable(one, params))
+        momentum = _factor_state(params, noise, members, jnp.zeros_like)
+        return LozoMState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), momentum)
 
     def update(grad: ZOGrad, state: LozoMState, params=None):
         if params is None:
@@ -216,12 +224,8 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
     schedule = _as_schedule(learning_rate, "lozo_adapter")
 
     def init(params):
-        def one(path, x):
-            if noise.is_matrix(path, x.shape):
-                return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
-            return None
-
-        return AdapterState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), _map_trainable(one, params))
+        acc = _factor_state(params, noise, members, lambda x: None)
+        return AdapterState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), acc)
 
     def window_factors(key, window, path, x):
         # V of every member for the window the accumulators belong to
