@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import gc
 import os
 import statistics
@@ -163,14 +162,7 @@ def tile(batch: Batch, n: int) -> Batch:
 
 def loss_fn(bundle: Bundle) -> Callable:
     """``loss(params, batch)``: MeZO's classification loss, LM head only at the last position and
-    only for the two option tokens (what the loss reads; the inference baseline computes the same).
-
-    One function object per bundle: ``zojax.step`` takes it as a static argument, so every
-    measure that runs the same (method, K, batch shape) reuses one compiled program.
-    """
-    cached = getattr(bundle, "_loss", None)
-    if cached is not None:
-        return cached
+    only for the two option tokens (what the loss reads; the inference baseline computes the same)."""
     family, config, dtype = bundle.family, bundle.config, bundle.dtype
 
     def loss(params, batch):
@@ -180,7 +172,6 @@ def loss_fn(bundle: Bundle) -> Callable:
 
         return classification_loss(apply, batch)
 
-    bundle._loss = loss
     return loss
 
 
@@ -258,11 +249,9 @@ def spec_for(method: str, members: int, *, bundle: Bundle | None = None, chunk_s
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 
-@functools.cache
 def optimizer(lr: float, spec: zojax.ZOSpec):
     """The trainer's update for ``spec``: LoZO on the adapter path keeps its update as the dynamic
-    adapter state (``lozo_adapter``), everything else ``zo_sgd``; one object per (lr, spec), as
-    it is a static argument of ``zojax.step``."""
+    adapter state (``lozo_adapter``), everything else ``zo_sgd``."""
     noise = spec.noise
     if spec.adapter and isinstance(noise, zojax.LowRank) and noise.refresh_every > 1:
         return zojax.lozo_adapter(lr, noise=noise, members=spec.members)
@@ -270,25 +259,24 @@ def optimizer(lr: float, spec: zojax.ZOSpec):
 
 
 class StepRunner:
-    """One jitted ZO step (``zojax.step``, state donated) that can be called repeatedly."""
+    """One compiled ZO step (``zojax.make_step``, state donated) that can be called repeatedly.
+    Runners of the same shapes share compiled programs through the persistent compilation cache."""
 
     def __init__(self, bundle: Bundle, method: str, members: int, batch: Batch, *, lr: float = 1e-7,
                  spec: zojax.ZOSpec | None = None):
         self.spec = spec or spec_for(method, members, bundle=bundle)
         self.optimizer = optimizer(lr, self.spec)
-        self.loss = loss_fn(bundle)
+        self.step = zojax.make_step(loss_fn(bundle), self.spec, self.optimizer).step
         params = jax.tree.map(jnp.copy, bundle.params)  # the step donates its trainable leaves
         self.state, self.frozen = zojax.init(params, self.spec, self.optimizer, jax.random.PRNGKey(0))
         self.batch = batch
 
     def __call__(self):
-        self.state, info = zojax.step(self.state, self.frozen, self.batch, loss_fn=self.loss, spec=self.spec,
-                                      optimizer=self.optimizer)
+        self.state, info = self.step(self.state, self.frozen, self.batch)
         return info.losses
 
     def lower(self):
-        return zojax.step.lower(self.state, self.frozen, self.batch, loss_fn=self.loss, spec=self.spec,
-                                optimizer=self.optimizer)
+        return self.step.lower(self.state, self.frozen, self.batch)
 
 
 class InferenceRunner:

@@ -127,7 +127,7 @@ def memory(name: str, layers: int | None = None, batch_size=16, seq_len=48, memb
         opt = common.optimizer(1e-7, spec)
         state, frozen = jax.eval_shape(lambda p, s=spec, o=opt: zojax.init(p, s, o, jax.random.PRNGKey(0)),
                                        bundle.params)
-        compiled = zojax.step.lower(state, frozen, batch, loss_fn=loss, spec=spec, optimizer=opt).compile()
+        compiled = zojax.make_step(loss, spec, opt).step.lower(state, frozen, batch).compile()
         st = _memory_stats(compiled)
         st["ratio"] = st["peak_bytes"] / inf["peak_bytes"]
         st["chunk_size"] = spec.chunk_size

@@ -118,24 +118,20 @@ def train_row(model, overrides: list[str], lr: float, budget: float, *, dev_poin
     import jax.numpy as jnp
 
     from zojax import tasks
-    from zojax.fo import fo_run_steps
-    from zojax.noise import combine
-    from zojax.optim import init, run_steps
-    from zojax.train import build_run
+    from zojax.optim import init
+    from zojax.train import build_run, weights
 
     # train.steps sets the schedule's horizon only (constant lr here): the budget decides when to stop
     cfg = _config(overrides + [f"optim.lr={lr}", "train.steps=100000", f"train.steps_per_call={steps_per_call}"])
     run = build_run(cfg, model=model)
     state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, jax.random.PRNGKey(cfg.train.seed))
-    steps_fn = fo_run_steps if cfg.zo.method == "fo" else run_steps
-    static = dict(loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer)
 
     def batches(step):
         return tasks.train_batches(run.train_set, cfg.task.data_seed, step, steps_per_call, cfg.train.batch_size,
                                    seq_len=run.train_set.seq_len)
 
     c0, w0 = _cpu_wall()
-    compiled = steps_fn.lower(state, frozen, batches(0), **static).compile()
+    compiled = run.compiled.run_steps.lower(state, frozen, batches(0)).compile()
     c1, w1 = _cpu_wall()
     record = {"kind": "train", "overrides": overrides, "lr": lr, "budget_cpu_seconds": budget,
               "compile_cpu_seconds": c1 - c0, "compile_wall_seconds": w1 - w0, "load_avg": [_load()]}
@@ -157,7 +153,7 @@ def train_row(model, overrides: list[str], lr: float, budget: float, *, dev_poin
             break
         if cpu >= marks[0]:
             marks.pop(0)
-            dev = _evaluate(run, combine(state.params, frozen), "dev", dev_limit)
+            dev = _evaluate(run, weights(run, state, frozen), "dev", dev_limit)
             eval_cpu, eval_wall = eval_cpu + dev["cpu_seconds"], eval_wall + dev["wall_seconds"]
             curve.append({"step": step, "train_cpu_seconds": cpu, "train_wall_seconds": wall,
                           "forward_passes": step * fwd, "dev_accuracy": dev["accuracy"], "dev_loss": dev["loss"]})
@@ -167,7 +163,7 @@ def train_row(model, overrides: list[str], lr: float, budget: float, *, dev_poin
                   train_wall_seconds=wall, skipped_steps=skipped, curve=curve, train_loss=losses,
                   dev_accuracy=curve[-1]["dev_accuracy"] if curve else None)
     if test:  # the sweep never looks at the test split
-        final = _evaluate(run, combine(state.params, frozen), "test")
+        final = _evaluate(run, weights(run, state, frozen), "test")
         eval_cpu, eval_wall = eval_cpu + final["cpu_seconds"], eval_wall + final["wall_seconds"]
         record["test_accuracy"] = final["accuracy"]
     record.update(eval_cpu_seconds=eval_cpu, eval_wall_seconds=eval_wall)

@@ -383,26 +383,6 @@ def _collectives(hlo: str, mesh_shape) -> list[dict]:
     return out
 
 
-def _share_optimizers() -> None:
-    """One optimizer object per optimizer config, so the API calls below reuse the trainer's
-    compiled programs (jit keys on the static optimizer) instead of compiling them again."""
-    import functools
-
-    import zojax.train as zt
-
-    make = zt.make_optimizer
-
-    @functools.cache
-    def cached(optim_json, steps, spec):
-        return make(zt.RunConfig.model_validate_json(optim_json), spec)
-
-    zt.make_optimizer = lambda cfg, spec: cached(
-        zt.RunConfig(optim=cfg.optim, train={"steps": cfg.train.steps}).model_dump_json(),
-        cfg.train.steps,
-        spec,
-    )
-
-
 def _toy_optax(jax, jnp, zojax, parallel) -> dict:
     """A plain loss_fn with densify + adam, one-sided differences and 2 micro-batches: the
     optimiser state is sharded like the weights and the result does not depend on the mesh."""
@@ -453,7 +433,6 @@ def _worker_eight(root: Path) -> None:
     from zojax.train import build_run, trained_params, weights
 
     assert jax.device_count() == 8
-    _share_optimizers()
     timings = {}
     tic = time.time()
     _make_assets(root)
@@ -487,14 +466,7 @@ def _worker_eight(root: Path) -> None:
             jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, jax.random.PRNGKey(0)
         )
         state, frozen = parallel.shard_run(state, frozen, mesh)
-        # the same static arguments as the trainer passes (an omitted default is a new jit key)
-        kwargs = {
-            "loss_fn": run.loss_fn,
-            "spec": run.spec,
-            "optimizer": run.optimizer,
-            "micro_batches": 1,
-            "mesh": mesh,
-        }
+        assert (run.mesh is None) == (mesh is None)  # run.compiled is the trainer's step, on the config's mesh
         losses = []
         for start in (0, 2):
             batches = tasks.train_batches(
@@ -502,10 +474,10 @@ def _worker_eight(root: Path) -> None:
             )
             if mesh is not None:
                 batches = parallel.replicate(batches, mesh)
-                if start == 0:  # the trainer's compiled program, from the jit cache
-                    hlo = zojax.run_steps.lower(state, frozen, batches, **kwargs).compile().as_text()
+                if start == 0:  # the trainer's compiled program
+                    hlo = run.compiled.run_steps.lower(state, frozen, batches).compile().as_text()
                     result["hlo"][name] = _collectives(hlo, shape)
-            state, info = zojax.run_steps(state, frozen, batches, **kwargs)
+            state, info = run.compiled.run_steps(state, frozen, batches)
             losses.append(np.asarray(info.losses).tolist())
         final = weights(run, state, frozen)  # as the trainer exports it; frozen leaves are sharded too
         api_leaves = _gather_params(final)

@@ -15,7 +15,7 @@ The engine works with any pure ``loss_fn(params, batch) -> scalar`` over a pytre
 
 from zojax import _rng, estimators, nn, noise
 from zojax.estimators import centered_rank, one_sided, shaped, sign, two_sided, zscore
-from zojax.fo import fo_run_steps, fo_step
+from zojax.fo import fo_step, make_fo_step
 from zojax.noise import (
     Factorized,
     Gaussian,
@@ -90,7 +90,7 @@ __all__ = [
     "forward_gradient",
     "compare_with_grad",
     "fo_step",
-    "fo_run_steps",
+    "make_fo_step",
     "SeedLog",
     "replay",
 ]

@@ -25,8 +25,9 @@ import optax
 
 from zojax.noise import combine
 from zojax.optim import StepInfo, ZOState
+from zojax.optim.fused import CompiledStep
 
-__all__ = ["fo_step", "fo_run_steps"]
+__all__ = ["fo_step", "make_fo_step"]
 
 
 def _loss_and_grad(loss_fn, params, frozen, batch, micro_batches: int):
@@ -67,16 +68,10 @@ def _no_mesh(mesh):
         raise NotImplementedError("zo.method=fo runs on one device: set mesh.pop=1 and mesh.model=1")
 
 
-_STATIC = ("loss_fn", "spec", "optimizer", "micro_batches", "mesh")
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
-def fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, spec=None, micro_batches: int = 1,
-            mesh=None):
-    """One first-order step (gradient + optax update), jitted; ``state`` is donated.
-
-    ``spec`` is accepted (and ignored) so the call matches :func:`zojax.optim.step`: the scope
-    was applied when the state was built by :func:`zojax.optim.init`.
+@functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer", "micro_batches"), donate_argnames=("state",))
+def fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, micro_batches: int = 1):
+    """One first-order step (gradient + optax update), jitted; ``state`` is donated. For a run,
+    :func:`make_fo_step` builds it once.
 
     >>> import optax; from zojax.optim import init; from zojax.scoring import ZOSpec
     >>> loss = lambda p, b: jnp.sum((p["w"] - b) ** 2)
@@ -87,18 +82,19 @@ def fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, spec=None, mic
     >>> bool(info.loss < 1e-3)
     True
     """
-    _no_mesh(mesh)
     return _fo_step(state, frozen, batch, loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
-def fo_run_steps(state: ZOState, frozen, batches, *, loss_fn, optimizer, spec=None, micro_batches: int = 1,
-                 mesh=None):
-    """S first-order steps in one compiled call (``lax.scan`` over ``batches`` stacked on a leading
-    axis); the drop-in counterpart of :func:`zojax.optim.run_steps`."""
+def make_fo_step(loss_fn, optimizer, *, micro_batches: int = 1, mesh=None) -> CompiledStep:
+    """The first-order counterpart of :func:`zojax.optim.make_step`: one step and S steps in one
+    compiled call (``lax.scan`` over batches stacked on a leading axis), ``state`` donated."""
     _no_mesh(mesh)
+    options = dict(loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches)
 
-    def body(s, batch):
-        return _fo_step(s, frozen, batch, loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches)
+    def one(state, frozen, batch):
+        return _fo_step(state, frozen, batch, **options)
 
-    return jax.lax.scan(body, state, batches)
+    def many(state, frozen, batches):
+        return jax.lax.scan(lambda s, batch: _fo_step(s, frozen, batch, **options), state, batches)
+
+    return CompiledStep(jax.jit(one, donate_argnums=0), jax.jit(many, donate_argnums=0))

@@ -18,7 +18,6 @@ Run directory layout::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import json
 import logging
@@ -39,10 +38,20 @@ from flax import nnx
 from zojax import parallel, rundir, tasks
 from zojax.checkpoint import Checkpointer, TrainingError
 from zojax.config import RunConfig
-from zojax.fo import fo_run_steps
+from zojax.fo import make_fo_step
 from zojax.models import stacked_paths
 from zojax.noise import Factorized, Gaussian, LowRank, combine
-from zojax.optim import ZOState, densify, effective_params, init, lozo_adapter, lozo_m, run_steps, zo_sgd
+from zojax.optim import (
+    CompiledStep,
+    ZOState,
+    densify,
+    effective_params,
+    init,
+    lozo_adapter,
+    lozo_m,
+    make_step,
+    zo_sgd,
+)
 from zojax.scoring import ZOSpec
 from zojax.seedlog import SeedLog, read_jsonl
 
@@ -144,14 +153,13 @@ class Run:
     optimizer: optax.GradientTransformation
     loss_fn: Any
     metrics_fn: Any
+    compiled: CompiledStep  # the run's step (ZO or first-order), compiled once on first use
     data_info: dict
     mesh: Any = None  # jax.sharding.Mesh of cfg.mesh, or None for a single device
 
 
-@functools.cache
 def _task_functions(graphdef, objective_name: str, takes_tokens: bool):
-    """Loss and metric functions of a model structure, cached so that jit's cache (keyed on these
-    static functions) is reused by every run of the same model in a process."""
+    """The loss and (unjitted) metric-sum functions of a model structure and objective."""
     objective = tasks.get_objective(objective_name)
     metric_sums = tasks.lm_metric_sums if objective_name == "lm" else tasks.metric_sums
 
@@ -161,7 +169,7 @@ def _task_functions(graphdef, objective_name: str, takes_tokens: bool):
     def metrics_fn(p, batch):
         return metric_sums(_apply_fn(graphdef, p, takes_tokens), batch)
 
-    return loss_fn, jax.jit(metrics_fn)
+    return loss_fn, metrics_fn
 
 
 def _apply_fn(graphdef, params, takes_tokens: bool):
@@ -240,6 +248,11 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
     loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective, takes_tokens)
     spec = make_spec(cfg, stacked=stacked_paths(module))
     mesh = parallel.mesh_from_config(cfg.mesh, spec.members)
+    optimizer = make_optimizer(cfg, spec)
+    if cfg.zo.method == "fo":
+        compiled = make_fo_step(loss_fn, optimizer, micro_batches=cfg.train.micro_batches, mesh=mesh)
+    else:
+        compiled = make_step(loss_fn, spec, optimizer, micro_batches=cfg.train.micro_batches, mesh=mesh)
     return Run(
         cfg=cfg,
         graphdef=graphdef,
@@ -250,10 +263,11 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         dev_set=dev_set,
         test_set=test_set,
         spec=spec,
-        optimizer=make_optimizer(cfg, spec),
+        optimizer=optimizer,
         loss_fn=loss_fn,
         # on a mesh: replicated scalars, readable by every process
-        metrics_fn=metrics_fn if mesh is None else jax.jit(metrics_fn, out_shardings=parallel.replicated(mesh)),
+        metrics_fn=jax.jit(metrics_fn) if mesh is None else jax.jit(metrics_fn, out_shardings=parallel.replicated(mesh)),
+        compiled=compiled,
         data_info={
             "train_examples": len(train_set),
             "dev_examples": len(dev_set),
@@ -370,68 +384,121 @@ def _boundaries(cfg: RunConfig) -> list[int]:
     return sorted(marks)
 
 
+@dataclasses.dataclass
+class _Job:
+    """A job in progress: the run, its state and where it reports (the pieces ``train`` passes along)."""
+
+    run: Run
+    state: ZOState
+    frozen: Any
+    ckpt: Checkpointer
+    seed_log: SeedLog
+    run_dir: Path
+    echo: Any
+    meta: dict = dataclasses.field(default_factory=dict)  # zero-shot results etc., saved with each checkpoint
+    writer: _Writer | None = None
+    train_seconds: float = 0.0
+    steps_done: int = 0  # in this process (a resumed run counts from its checkpoint)
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+    @property
+    def first_order(self) -> bool:
+        return self.run.cfg.zo.method == "fo"
+
+    def save(self) -> None:
+        t = self.run.cfg.train
+        self.meta.update(data_position=int(self.state.step), seed=t.seed, data_seed=self.run.cfg.task.data_seed)
+        if self.is_main and not self.first_order:  # a first-order step is no seed: its checkpoints are the record
+            self.seed_log.save(self.run_dir / "seeds.jsonl")
+        self.ckpt.save(self.state, self.meta)
+
+
 def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> dict:
     """Fine-tune as ``cfg`` says; returns the summary (also written to summary.json)."""
-    t = cfg.train
-    run_dir = Path(t.output_dir)
-    is_main = jax.process_index() == 0
-    if not is_main:  # only process 0 reports
+    if jax.process_index() != 0:  # only process 0 reports
         def echo(*args, **kwargs):
             return None
     rundir.check_train_dir(cfg, resume)  # before anything is written: a refused run changes nothing
     started = time.time()
-    run = build_run(cfg, model=model)
-    key = jax.random.PRNGKey(t.seed)
-    # a fresh state is also the template a checkpoint restores into
-    state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
-    state, frozen = parallel.shard_run(state, frozen, run.mesh)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
-    seed_log = SeedLog.new(key, run.spec, config=cfg.model_dump())
-    fo = cfg.zo.method == "fo"
-    steps_fn = fo_run_steps if fo else run_steps  # same state, batches and StepInfo
-    meta: dict = {}
+    job = _setup(cfg, model, echo)
     if resume:
-        had_checkpoints = bool(ckpt.steps())
-        restored = ckpt.restore_latest(state)
-        if restored is None and had_checkpoints:  # all damaged: starting over would overwrite the seed log
-            raise rundir.RunDirError(
-                f"no checkpoint in {ckpt.directory} could be read (each was moved aside as N.unreadable); the seed "
-                f"log can still rebuild the weights (zojax replay --run {run_dir} --output DIR). To start over, "
-                "choose another train.output_dir"
-            )
-        if restored is None:
-            echo(f"no checkpoint to resume in {run_dir / 'checkpoints'}; starting from step 0")
-        else:
-            state, meta = restored
-            if not fo:  # a first-order run keeps no seed log
-                seed_log = SeedLog.for_resume(run_dir / "seeds.jsonl", int(state.step))
-            echo(f"resumed from step {int(state.step)}")
-    if is_main:  # only now: the config may have changed only in what a resume allows
+        _resume(job)
+    run_dir = job.run_dir
+    if job.is_main:  # only now: the config may have changed only in what a resume allows
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    start_step = int(state.step)
-    writer = _Writer(run_dir, start_step if resume else None, t.tensorboard)
+    job.writer = _Writer(run_dir, int(job.state.step) if resume else None, cfg.train.tensorboard)
+    try:
+        _zero_shot(job)
+        _loop(job)
+        return _finish(job, started)
+    finally:
+        job.writer.close()
+        job.ckpt.close()
 
-    if "zero_shot_accuracy" not in meta:
-        zero = evaluate(run, run.params, "test", t.eval_examples)
-        meta["zero_shot_accuracy"] = zero.get("accuracy")
-        meta["zero_shot_loss"] = zero["loss"]
-        writer.write({"kind": "eval", "split": "test", "step": 0, **zero})
-        echo(f"zero-shot test accuracy: {_fmt(zero.get('accuracy'))} (loss {zero['loss']:.4f}, {zero['examples']} examples)")
 
-    def save():
-        meta.update(data_position=int(state.step), seed=t.seed, data_seed=cfg.task.data_seed)
-        if is_main and not fo:  # a first-order step is no seed: its checkpoints are the record
-            seed_log.save(run_dir / "seeds.jsonl")
-        ckpt.save(state, meta)
+def _setup(cfg: RunConfig, model, echo) -> _Job:
+    """Model, data, compiled step and a fresh state (also the template a checkpoint restores into)."""
+    run = build_run(cfg, model=model)
+    key = jax.random.PRNGKey(cfg.train.seed)
+    state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
+    state, frozen = parallel.shard_run(state, frozen, run.mesh)
+    run_dir = Path(cfg.train.output_dir)
+    return _Job(
+        run=run,
+        state=state,
+        frozen=frozen,
+        ckpt=Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints),
+        seed_log=SeedLog.new(key, run.spec, config=cfg.model_dump()),
+        run_dir=run_dir,
+        echo=echo,
+    )
 
+
+def _resume(job: _Job) -> None:
+    """Continue from the latest readable checkpoint (and its seed log), if there is one."""
+    had_checkpoints = bool(job.ckpt.steps())
+    restored = job.ckpt.restore_latest(job.state)
+    if restored is None and had_checkpoints:  # all damaged: starting over would overwrite the seed log
+        raise rundir.RunDirError(
+            f"no checkpoint in {job.ckpt.directory} could be read (each was moved aside as N.unreadable); the seed "
+            f"log can still rebuild the weights (zojax replay --run {job.run_dir} --output DIR). To start over, "
+            "choose another train.output_dir"
+        )
+    if restored is None:
+        job.echo(f"no checkpoint to resume in {job.run_dir / 'checkpoints'}; starting from step 0")
+        return
+    job.state, job.meta = restored
+    if not job.first_order:  # a first-order run keeps no seed log
+        job.seed_log = SeedLog.for_resume(job.run_dir / "seeds.jsonl", int(job.state.step))
+    job.echo(f"resumed from step {int(job.state.step)}")
+
+
+def _zero_shot(job: _Job) -> None:
+    """The base model's test metrics, once per run (a resumed run has them in its checkpoint)."""
+    if "zero_shot_accuracy" in job.meta:
+        return
+    zero = evaluate(job.run, job.run.params, "test", job.run.cfg.train.eval_examples)
+    job.meta["zero_shot_accuracy"] = zero.get("accuracy")
+    job.meta["zero_shot_loss"] = zero["loss"]
+    job.writer.write({"kind": "eval", "split": "test", "step": 0, **zero})
+    job.echo(f"zero-shot test accuracy: {_fmt(zero.get('accuracy'))} (loss {zero['loss']:.4f}, {zero['examples']} examples)")
+
+
+def _loop(job: _Job) -> None:
+    """Fused calls from the state's step to ``train.steps`` (or ``stop_after``): log, evaluate, checkpoint."""
+    run, cfg = job.run, job.run.cfg
+    t = cfg.train
     progress = None
-    if t.progress and is_main:
+    if t.progress and job.is_main:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=t.steps, initial=start_step, unit="step", dynamic_ncols=True)
-    consecutive_skips, train_seconds, steps_done = 0, 0.0, 0
-    step = start_step
+        progress = tqdm(total=t.steps, initial=int(job.state.step), unit="step", dynamic_ncols=True)
+    consecutive_skips = 0
+    step = int(job.state.step)
     for boundary in _boundaries(cfg):
         if boundary <= step:
             continue
@@ -442,84 +509,79 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
         if run.mesh is not None:
             batches = parallel.replicate(batches, run.mesh)
         tic = time.time()
-        state, info = steps_fn(
-            state, frozen, batches, loss_fn=run.loss_fn, spec=run.spec, optimizer=run.optimizer,
-            micro_batches=t.micro_batches, mesh=run.mesh,
-        )
+        job.state, info = run.compiled.run_steps(job.state, job.frozen, batches)
         losses = np.asarray(info.losses)  # blocks until the call is done
         elapsed = time.time() - tic
-        train_seconds += elapsed
-        steps_done += n
+        job.train_seconds += elapsed
+        job.steps_done += n
         applied = np.asarray(info.applied)
-        seed_log.record(np.asarray(info.step), np.asarray(info.coeffs), applied)
+        job.seed_log.record(np.asarray(info.step), np.asarray(info.coeffs), applied)
         step = boundary
         for ok in applied:
             consecutive_skips = 0 if ok else consecutive_skips + 1
             if consecutive_skips >= t.max_consecutive_skips:
                 raise TrainingError(
                     f"{consecutive_skips} consecutive steps had non-finite losses (up to step {step}); stopping. "
-                    f"The last good checkpoint is {ckpt.last_good()}. Lower optim.lr or zo.eps, or check the data."
+                    f"The last good checkpoint is {job.ckpt.last_good()}. Lower optim.lr or zo.eps, or check the data."
                 )
         finite = losses[applied] if applied.any() else np.array([np.nan])
-        record = {
-            "kind": "train",
-            "step": step,
-            "loss": float(finite.mean()),
-            "steps_per_second": n / elapsed,
-            "skipped": int(state.skipped),
-        }
-        writer.write(record)
+        skipped = int(job.state.skipped)
+        record = {"kind": "train", "step": step, "loss": float(finite.mean()), "steps_per_second": n / elapsed,
+                  "skipped": skipped}
+        job.writer.write(record)
         if progress is not None:
             progress.update(n)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", skipped=record["skipped"])
+            progress.set_postfix(loss=f"{record['loss']:.4f}", skipped=skipped)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps:
-            dev = evaluate(run, weights(run, state, frozen), "dev")
-            writer.write({"kind": "eval", "split": "dev", "step": step, **dev})
+            dev = evaluate(run, weights(run, job.state, job.frozen), "dev")
+            job.writer.write({"kind": "eval", "split": "dev", "step": step, **dev})
             if progress is not None:
                 progress.write(f"step {step}: dev accuracy {_fmt(dev.get('accuracy'))}, loss {dev['loss']:.4f}")
         stopping = t.stop_after is not None and step == t.stop_after and step < t.steps
         if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stopping:
-            save()
+            job.save()
         if stopping:
             break
     if progress is not None:
         progress.close()
-    if step and int(state.skipped) >= step:  # the weights are the base model's: not a finished run
+    if step and int(job.state.skipped) >= step:  # the weights are the base model's: not a finished run
         raise TrainingError(
             f"all {step} steps were skipped (non-finite losses or updates), so nothing was trained. "
             "Lower optim.lr or zo.eps, or check the data."
         )
 
+
+def _finish(job: _Job, started: float) -> dict:
+    """Final test evaluation (a finished run), summary.json and the curves."""
+    run, meta = job.run, job.meta
+    cfg, step = run.cfg, int(job.state.step)
     summary: dict[str, Any] = {
-        "status": "stopped" if step < t.steps else "finished",
+        "status": "stopped" if step < cfg.train.steps else "finished",
         "zero_shot_accuracy": meta.get("zero_shot_accuracy"),
         "zero_shot_loss": meta.get("zero_shot_loss"),
         "steps": step,
-        "skipped_steps": int(state.skipped),
+        "skipped_steps": int(job.state.skipped),
     }
-    if step == t.steps:
-        final = evaluate(run, weights(run, state, frozen), "test", t.eval_examples)
-        writer.write({"kind": "eval", "split": "test", "step": step, **final})
+    if step == cfg.train.steps:
+        final = evaluate(run, weights(run, job.state, job.frozen), "test", cfg.train.eval_examples)
+        job.writer.write({"kind": "eval", "split": "test", "step": step, **final})
         summary.update(final_accuracy=final.get("accuracy"), final_loss=final["loss"])
-        echo(
+        job.echo(
             f"fine-tuned test accuracy: {_fmt(final.get('accuracy'))} (zero-shot {_fmt(meta.get('zero_shot_accuracy'))}), "
             f"loss {final['loss']:.4f}"
         )
-    wall = time.time() - started
     summary.update(
-        wall_seconds=wall,
-        train_seconds=train_seconds,
-        steps_per_second=steps_done / train_seconds if train_seconds else 0.0,
+        wall_seconds=time.time() - started,
+        train_seconds=job.train_seconds,
+        steps_per_second=job.steps_done / job.train_seconds if job.train_seconds else 0.0,
         peak_memory_mb=_peak_memory_mb(),
         devices=[str(d) for d in jax.devices()],
         **run.data_info,
         config=cfg.model_dump(),
     )
-    if is_main:
-        _plot(writer.records(), run_dir / "curves.png")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    writer.close()
-    ckpt.close()
+    if job.is_main:
+        _plot(job.writer.records(), job.run_dir / "curves.png")
+        (job.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -8,7 +8,7 @@ over it), :mod:`~zojax.optim.fused` (the fused, jitted step) and
 """
 
 from zojax.optim.diagnostics import compare_with_grad, forward_gradient
-from zojax.optim.fused import StepInfo, ZOState, init, make_step, run_steps, step
+from zojax.optim.fused import CompiledStep, StepInfo, ZOState, init, make_step, run_steps, step
 from zojax.optim.gradient import ZOGrad, dense_gradient
 from zojax.optim.transforms import (
     AdapterState,
@@ -42,6 +42,7 @@ __all__ = [
     "step",
     "run_steps",
     "make_step",
+    "CompiledStep",
     "forward_gradient",
     "compare_with_grad",
 ]
