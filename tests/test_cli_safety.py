@@ -262,6 +262,7 @@ def test_9_data_errors_name_the_file_row_and_key(assets, tmp_path, capsys):  # n
         ("task.num_train=0", "task.num_train"),
         ("task.data_seed=-1", "task.data_seed"),
         ("train.micro_batches=3", "train.micro_batches=3 does not divide train.batch_size=8; allowed: [1, 2, 4, 8]"),
+        ("task.icl_examples=100000", "task.icl_examples=100000 but the train split holds only"),
     ):
         _refused(capsys, main(["train", "--config", str(cfg), f"train.output_dir={out}", override]), fragment)
     assert not out.exists()  # refused before any work

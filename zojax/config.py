@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,6 +20,21 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from zojax.estimators import ESTIMATORS
+from zojax.noise import SCOPE_PRESETS
+
+#: Compute / storage dtypes a config may name (``jnp.dtype(name)`` of each).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+# Choices that the engine registers are read from its registries, not copied here; type checkers
+# see plain strings (they cannot read a Literal built at run time).
+if TYPE_CHECKING:
+    DTypeName = str
+    EstimatorName = str
+else:
+    DTypeName = Literal[DTYPE_NAMES]
+    EstimatorName = Literal[tuple(ESTIMATORS)]
 
 __all__ = [
     "RunConfig",
@@ -69,10 +84,10 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     name: _Name = Field("smollm2-135m", description="HF hub id, local HF directory, .gguf file, or alias smollm2-135m")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    dtype: DTypeName = Field(
         "float32", description="compute dtype (float32 on CPU; bfloat16 on GPU/TPU)"
     )
-    param_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of stored weights")
+    param_dtype: DTypeName = Field("float32", description="dtype of stored weights")
     allow_pickle: bool = Field(False, description="allow loading pytorch_model.bin (unpickling: only trusted files)")
 
 
@@ -108,9 +123,11 @@ class ZOConfig(_Strict):
     refresh_every: int = Field(100, ge=1, description="LoZO: steps between resampling the lazy factor V")
     members: int = Field(1, ge=1, description="K, directions scored per step")
     eps: float = Field(1e-3, gt=0, description="perturbation scale")
-    scope: str = Field("lora", description="trainable leaves: all, lora, weights, norms_biases, or a regex on parameter paths")
+    scope: str = Field(
+        "lora", description=f"trainable leaves: all, {', '.join(SCOPE_PRESETS)}, or a regex on parameter paths"
+    )
     sided: Literal["two", "one"] = Field("two", description="two-sided (theta ± eps z) or one-sided differences")
-    estimator: Literal["two_sided", "one_sided", "sign", "zscore", "rank"] | None = Field(
+    estimator: EstimatorName | None = Field(
         None, description="coefficient estimator (default: from 'sided')"
     )
     chunk_size: int | None = Field(None, ge=1, description="members scored at once (memory bound); None: all")
@@ -127,7 +144,7 @@ class ZOConfig(_Strict):
         try:
             re.compile(scope)
         except re.error as e:
-            presets = "all, lora, weights, norms_biases"
+            presets = ", ".join(["all", *SCOPE_PRESETS])
             raise ValueError(f"{scope!r} is neither a preset ({presets}) nor a valid regex: {e}") from None
         return scope
 

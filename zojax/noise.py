@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from zojax import _rng
+from zojax.layout import HF_PROJECTIONS
 from zojax.types import PyTree
 
 __all__ = [
@@ -166,10 +167,10 @@ def is_matrix(path: str, shape, stacked: str | None = None) -> bool:
     return len(shape) - stack_axes >= 2
 
 
-_PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)"
 SCOPE_PRESETS: dict[str, str] = {
-    # attention and MLP projection weights only (the seed paper's "lora-only" scope)
-    "lora": rf"(^|/){_PROJECTIONS}/kernel$",
+    # attention and MLP projection kernels only (the seed paper's "lora-only" scope), by Hugging
+    # Face's names; the trainer uses the model family's own declaration (zojax.layout)
+    "lora": HF_PROJECTIONS.lora_scope,
     # every weight matrix except embeddings: no biases, norms or embeddings
     "weights": r"^(?!.*(bias|norm|embed)).*$",
     # only norms and biases

@@ -41,6 +41,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from zojax.layout import HF_PROJECTIONS
 from zojax.noise import path_str
 from zojax.types import PyTree
 
@@ -71,20 +72,14 @@ log = logging.getLogger(__name__)
 POP = "pop"
 MODEL = "model"
 
-_COLUMN = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|fc1)"
-_ROW = r"(o_proj|out_proj|down_proj|fc2)"
-
 #: ``(regex on the leaf path, axis)``: the first match shards that axis (counted from the
 #: end, so a stacked layer axis in front does not matter) over ``model``. Megatron-style
-#: tensor parallelism: column-parallel q/k/v/gate/up/fc1 on d_out, row-parallel
-#: o/out/down/fc2 on d_in, token embeddings and the LM head on the vocabulary. Leaves that
-#: match no rule (norms, row-parallel biases, position embeddings) are replicated.
-DEFAULT_RULES: tuple[tuple[str, int], ...] = (
-    (rf"(^|/){_COLUMN}/(kernel|bias)$", -1),
-    (rf"(^|/){_ROW}/kernel$", -2),
-    (r"(^|/)embed_tokens/embedding$", -2),
-    (r"(^|/)lm_head/kernel$", -1),
-)
+#: tensor parallelism (:class:`zojax.layout.Projections`): column-parallel projections on
+#: d_out, row-parallel ones on d_in, token embeddings and the LM head on the vocabulary.
+#: Leaves that match no rule (norms, row-parallel biases, position embeddings) are
+#: replicated. These are the rules for Hugging Face's names; a model family declares its own
+#: (``zojax.models.sharding_rules``).
+DEFAULT_RULES: tuple[tuple[str, int], ...] = HF_PROJECTIONS.sharding_rules
 
 
 class MeshError(ValueError):

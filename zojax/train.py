@@ -37,9 +37,9 @@ from flax import nnx
 
 from zojax import parallel, rundir, tasks
 from zojax.checkpoint import Checkpointer, TrainingError
-from zojax.config import RunConfig
+from zojax.config import DTYPE_NAMES, ConfigError, RunConfig
 from zojax.fo import make_fo_step
-from zojax.models import stacked_paths
+from zojax.models import LoadError, projections, sharding_rules, stacked_paths
 from zojax.noise import Factorized, Gaussian, LowRank, combine
 from zojax.optim import (
     CompiledStep,
@@ -62,12 +62,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPES = {name: jnp.dtype(name) for name in DTYPE_NAMES}
 
 
-def make_spec(cfg: RunConfig, stacked: str | None = None) -> ZOSpec:
-    """The ZOSpec a config describes; ``stacked`` is the model's stacked-layer declaration."""
+def make_spec(cfg: RunConfig, model: Any = None) -> ZOSpec:
+    """The ZOSpec a config describes, for ``model`` (a family model, class or module): its
+    stacked layers and, for ``zo.scope: lora``, its declared projections (Hugging Face's
+    names when there is no model or it declares none)."""
     z = cfg.zo
+    stacked = None if model is None else stacked_paths(model)
+    declared = None if model is None else projections(model)
+    scope = declared.lora_scope if z.scope == "lora" and declared is not None else z.scope
     if z.method in ("mezo", "fo"):  # fo: the spec only carries the scope (dense partition, no vectors rule)
         noise = Gaussian(stacked=stacked)
     elif z.method == "lozo":
@@ -78,7 +83,7 @@ def make_spec(cfg: RunConfig, stacked: str | None = None) -> ZOSpec:
         noise=noise,
         eps=z.eps,
         members=z.members,
-        scope=z.scope,
+        scope=scope,
         sided=z.sided,
         estimator=z.estimator,
         chunk_size=z.chunk_size,
@@ -113,7 +118,7 @@ def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation
     o, name, fo = cfg.optim, optimizer_name(cfg), cfg.zo.method == "fo"
     lr = make_schedule(cfg)
     if fo and name in ("zo_sgd", "lozo_m"):
-        raise ValueError(f"optim.name={name} is a ZO update; zo.method=fo takes sgd, adam or adamw")
+        raise ConfigError(f"optim.name={name} is a ZO update; zo.method=fo takes sgd, adam or adamw")
     if name == "zo_sgd":
         noise = spec.noise
         if o.adapter_state and spec.adapter and not o.weight_decay and isinstance(noise, LowRank) and noise.refresh_every > 1:
@@ -121,7 +126,7 @@ def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation
         return zo_sgd(lr, o.weight_decay)
     if name == "lozo_m":
         if not isinstance(spec.noise, LowRank):
-            raise ValueError("optim.name=lozo_m needs zo.method=lozo or factorized")
+            raise ConfigError("optim.name=lozo_m needs zo.method=lozo or factorized")
         return lozo_m(lr, o.momentum, o.weight_decay, noise=spec.noise, members=spec.members)
     chain = [] if fo else [densify()]  # a ZOGrad becomes a dense gradient; fo already has one
     if o.clip_norm:
@@ -154,6 +159,7 @@ class Run:
     loss_fn: Any
     metrics_fn: Any
     compiled: CompiledStep  # the run's step (ZO or first-order), compiled once on first use
+    rules: tuple  # how the model's weights shard over a mesh's 'model' axis (its family's projections)
     data_info: dict
     mesh: Any = None  # jax.sharding.Mesh of cfg.mesh, or None for a single device
 
@@ -190,9 +196,9 @@ def icl_demonstrations(cfg: RunConfig, train: list) -> list:
     ICL: one set for every prompt). Training prompts never get them; dev and test prompts do."""
     k = cfg.task.icl_examples
     if k and cfg.task.name == "lm":
-        raise ValueError("task.icl_examples needs a classification task; task.name=lm has no demonstrations")
+        raise ConfigError("task.icl_examples needs a classification task; task.name=lm has no demonstrations")
     if k > len(train):
-        raise ValueError(f"task.icl_examples={k} but the train split holds only {len(train)} examples")
+        raise ConfigError(f"task.icl_examples={k} but the train split holds only {len(train)} examples")
     return [train[i] for i in tasks.sample_indices(len(train), k, cfg.task.data_seed)]
 
 
@@ -211,7 +217,7 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         )
     module, model_config, tokenizer = model
     if tokenizer is None:
-        raise ValueError(f"model {cfg.model.name!r} has no tokenizer; zojax train needs one to encode the task")
+        raise LoadError(f"model {cfg.model.name!r} has no tokenizer; zojax train needs one to encode the task")
     graphdef, params = nnx.split(module)
 
     t = cfg.task
@@ -242,17 +248,18 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
     train_set, dev_set, test_set = encoded
     for name, enc in (("train", train_set), ("dev", dev_set), ("test", test_set)):
         if len(enc) == 0:
-            raise ValueError(f"task {t.name!r} from {source!r}: the {name} split is empty")
+            raise tasks.DataError(f"task {t.name!r} from {source!r}: the {name} split is empty")
 
     takes_tokens = "logits_tokens" in inspect.signature(type(module).__call__).parameters
     loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective, takes_tokens)
-    spec = make_spec(cfg, stacked=stacked_paths(module))
+    spec = make_spec(cfg, module)
     mesh = parallel.mesh_from_config(cfg.mesh, spec.members)
+    rules = sharding_rules(module)
     optimizer = make_optimizer(cfg, spec)
     if cfg.zo.method == "fo":
         compiled = make_fo_step(loss_fn, optimizer, micro_batches=cfg.train.micro_batches, mesh=mesh)
     else:
-        compiled = make_step(loss_fn, spec, optimizer, micro_batches=cfg.train.micro_batches, mesh=mesh)
+        compiled = make_step(loss_fn, spec, optimizer, micro_batches=cfg.train.micro_batches, mesh=mesh, rules=rules)
     return Run(
         cfg=cfg,
         graphdef=graphdef,
@@ -268,6 +275,7 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         # on a mesh: replicated scalars, readable by every process
         metrics_fn=jax.jit(metrics_fn) if mesh is None else jax.jit(metrics_fn, out_shardings=parallel.replicated(mesh)),
         compiled=compiled,
+        rules=rules,
         data_info={
             "train_examples": len(train_set),
             "dev_examples": len(dev_set),
@@ -286,7 +294,7 @@ def evaluate(run: Run, params, split: str = "test", limit: int | None = None) ->
     bs = run.cfg.train.eval_batch_size
     n = len(enc) if limit is None else min(limit, len(enc))
     if run.mesh is not None:  # a no-op for weights already on the mesh
-        params = parallel.shard(params, parallel.param_shardings(params, run.mesh))
+        params = parallel.shard(params, parallel.param_shardings(params, run.mesh, run.rules))
     totals: dict[str, float] = {}
     for start in range(0, n, bs):
         batch = tasks.make_batch(enc, range(start, min(start + bs, n)), batch_size=bs, seq_len=enc.seq_len)
@@ -445,7 +453,7 @@ def _setup(cfg: RunConfig, model, echo) -> _Job:
     run = build_run(cfg, model=model)
     key = jax.random.PRNGKey(cfg.train.seed)
     state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
-    state, frozen = parallel.shard_run(state, frozen, run.mesh)
+    state, frozen = parallel.shard_run(state, frozen, run.mesh, run.rules)
     run_dir = Path(cfg.train.output_dir)
     return _Job(
         run=run,
@@ -589,7 +597,7 @@ def trained_params(run: Run, run_dir) -> tuple[Any, int]:
     """Full parameters of the latest checkpoint in ``run_dir`` and its step."""
     key = jax.random.PRNGKey(run.cfg.train.seed)
     template, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
-    template, frozen = parallel.shard_run(template, frozen, run.mesh)
+    template, frozen = parallel.shard_run(template, frozen, run.mesh, run.rules)
     ckpt = Checkpointer(Path(run_dir) / "checkpoints", keep=run.cfg.train.keep_checkpoints)
     restored = ckpt.restore_latest(template)
     ckpt.close()

@@ -8,7 +8,7 @@ does differently; the shared decoder is :mod:`zojax.models.decoder` (built from
 >>> model, config, tok = from_pretrained("smollm2-135m")                   # doctest: +SKIP
 """
 
-from zojax.models.family import Family, stacked_paths
+from zojax.models.family import Family, projections, sharding_rules, stacked_paths
 from zojax.models.generate import generate
 from zojax.models.loading import (
     FAMILIES,
@@ -28,5 +28,7 @@ __all__ = [
     "generate",
     "register_family",
     "save_pretrained",
+    "projections",
+    "sharding_rules",
     "stacked_paths",
 ]

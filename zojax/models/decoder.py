@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from zojax import nn as znn
+from zojax.layout import Projections
 from zojax.models import layers
 
 __all__ = ["CausalLM", "Parts", "Slots", "lm_head"]
@@ -188,6 +189,9 @@ class CausalLM(nnx.Module):
     # Regex over param paths (``zojax.noise.path_str`` of ``nnx.state(model, nnx.Param)``) matching
     # exactly the leaves with a leading stacked-layer axis: see zojax.models.stacked_paths.
     stacked_paths: ClassVar[str] = r"^layers/"
+    # The attention and MLP projections by name: the lora scope and the tensor-parallel split
+    # (zojax.layout); each family declares its own.
+    projections: ClassVar[Projections]
 
     def __init__(self, config, *, dtype=jnp.float32, param_dtype=jnp.float32):
         self.config = config

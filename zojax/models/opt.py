@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zojax import nn as znn
+from zojax.layout import Projections
 from zojax.models import decoder, layers
 from zojax.models.family import ParamSpec, copied, layer_specs, linear_specs, norm_specs
 
@@ -238,6 +239,7 @@ class Model(decoder.CausalLM):
     (2, 5, 32)
     """
 
+    projections = Projections(column=("q_proj", "k_proj", "v_proj", "fc1"), row=("out_proj", "fc2"))
     parts = decoder.Parts(positions=_positions_from_mask, embed=_embed, layer=_decoder_layer, final=_final)
 
     def __init__(self, config: Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):

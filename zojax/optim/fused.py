@@ -76,13 +76,15 @@ def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batche
     return losses.mean(0), coeffs.mean(0)
 
 
-def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None):
+def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None,
+          rules=None):
     if mesh is not None:
         from zojax import parallel
 
+        rules = parallel.DEFAULT_RULES if rules is None else rules
         # weights stay where the mesh puts them: replicated over 'pop', sharded over 'model'
-        state = parallel.constrain(state, parallel.state_shardings(state, mesh))
-        frozen = parallel.constrain(frozen, parallel.param_shardings(frozen, mesh))
+        state = parallel.constrain(state, parallel.state_shardings(state, mesh, rules))
+        frozen = parallel.constrain(frozen, parallel.param_shardings(frozen, mesh, rules))
     base = None
     if isinstance(optimizer, ZOTransformation):
         # a new V window folds the kept update into the weights before anything is scored
@@ -113,7 +115,7 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
     info = StepInfo(state.step, losses, coeffs, finite)
     if mesh is not None:
         # every device applied the same update from the same keys and K coefficients
-        new_state = parallel.constrain(new_state, parallel.state_shardings(new_state, mesh))
+        new_state = parallel.constrain(new_state, parallel.state_shardings(new_state, mesh, rules))
         info = parallel.constrain(info, jax.tree.map(lambda _: parallel.replicated(mesh), info))
     return new_state, info
 
@@ -124,11 +126,12 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
-_STATIC = ("loss_fn", "spec", "optimizer", "micro_batches", "mesh")
+_STATIC = ("loss_fn", "spec", "optimizer", "micro_batches", "mesh", "rules")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
-def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None):
+def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None,
+         rules=None):
     """Score + estimate + update, one jitted program; ``state`` is donated.
 
     With ``micro_batches > 1`` every leaf of ``batch`` has a leading micro-batch axis; all
@@ -139,8 +142,10 @@ def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mic
 
     With a ``mesh`` (:func:`zojax.parallel.make_mesh`) the population is scored across its
     ``pop`` axis and the weights are sharded over its ``model`` axis; place the inputs
-    first with :func:`zojax.parallel.shard_run` and :func:`zojax.parallel.replicate`.
-    The result does not depend on the mesh (up to float rounding).
+    first with :func:`zojax.parallel.shard_run` and :func:`zojax.parallel.replicate`;
+    ``rules`` are the sharding rules (default :data:`zojax.parallel.DEFAULT_RULES`; a model
+    family's are :func:`zojax.models.sharding_rules`). The result does not depend on the mesh
+    (up to float rounding).
 
     >>> from zojax.optim import zo_sgd
     >>> loss = lambda p, b: jnp.sum((p["w"] - b) ** 2)
@@ -153,12 +158,14 @@ def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mic
     True
     """
     return _step(
-        state, frozen, batch, loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh
+        state, frozen, batch, loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh,
+        rules=rules,
     )
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
-def run_steps(state: ZOState, frozen, batches, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None):
+def run_steps(state: ZOState, frozen, batches, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None,
+              rules=None):
     """S steps in one compiled call: ``lax.scan`` over ``batches`` stacked on a leading axis.
 
     Returns the final state and the stacked :class:`StepInfo` (losses (S, K, 2), ...).
@@ -166,7 +173,8 @@ def run_steps(state: ZOState, frozen, batches, *, loss_fn, spec: ZOSpec, optimiz
 
     def body(s, batch):
         return _step(
-            s, frozen, batch, loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh
+            s, frozen, batch, loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh,
+            rules=rules,
         )
 
     return jax.lax.scan(body, state, batches)
@@ -179,7 +187,7 @@ class CompiledStep(NamedTuple):
     run_steps: Any  # (state, frozen, batches stacked on a leading axis) -> (state, stacked infos)
 
 
-def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=None) -> CompiledStep:
+def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=None, rules=None) -> CompiledStep:
     """:func:`step` and :func:`run_steps` for one run, with ``loss_fn``, ``spec``, the optimiser
     and the mesh closed over: built once, so nothing needs to be hashable or cached by
     identity (a fresh closure per call to :func:`step` would recompile).
@@ -192,7 +200,7 @@ def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=
     >>> infos.losses.shape, int(state.step)
     ((5, 2, 2), 5)
     """
-    options = dict(loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh)
+    options = dict(loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh, rules=rules)
 
     def one(state, frozen, batch):
         return _step(state, frozen, batch, **options)

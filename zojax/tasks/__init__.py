@@ -27,6 +27,7 @@ from zojax.tasks.batching import (
 )
 from zojax.tasks.data import (
     TASKS,
+    DataError,
     MissingColumnsError,
     TaskData,
     TaskSpec,
@@ -74,6 +75,7 @@ from zojax.tasks.templates import (
 )
 
 __all__ = [
+    "DataError",
     "OBJECTIVES",
     "TASKS",
     "TEMPLATES",

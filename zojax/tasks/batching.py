@@ -51,6 +51,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from zojax.tasks.data import DataError
 from zojax.tasks.templates import Template, get_template
 
 __all__ = [
@@ -184,7 +185,7 @@ def _leading_specials(tokenizer, add_bos: bool | None) -> list[int]:
         return []
     if add_bos is True:
         if tokenizer.bos_token_id is None:
-            raise ValueError("add_bos=True but the tokenizer has no bos_token_id")
+            raise DataError("add_bos=True but the tokenizer has no bos_token_id")
         return [int(tokenizer.bos_token_id)]
     with_sp = list(tokenizer("a", add_special_tokens=True)["input_ids"])
     without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
@@ -258,7 +259,7 @@ def encode_task(
     """
     t = get_template(template, verbalizer)
     if len(examples) == 0:
-        raise ValueError("encode_task: no examples")
+        raise DataError("encode_task: no examples")
     if layout not in ("auto", "last", "full"):
         raise ValueError(f"layout must be 'auto', 'last' or 'full', got {layout!r}")
     bos = _leading_specials(tokenizer, add_bos)
@@ -269,7 +270,7 @@ def encode_task(
         prompt, fulls = t.render(ex)
         label = t.label(ex)
         if not 0 <= label < len(fulls):
-            raise ValueError(f"example {i}: label {label} is not an option index (0..{len(fulls) - 1})")
+            raise DataError(f"example {i}: label {label} is not an option index (0..{len(fulls) - 1})")
         rendered.append((prompt, fulls))
         labels.append(label)
     # one tokenizer call for everything: fast tokenizers batch in Rust
@@ -283,13 +284,13 @@ def encode_task(
         n_opt = [len(f) - len(p_ids) for f in f_ids]
         for j, n in enumerate(n_opt):
             if n < 1:
-                raise ValueError(f"example {i}: option {j} adds no tokens to the prompt: {fulls[j]!r}")
+                raise DataError(f"example {i}: option {j} adds no tokens to the prompt: {fulls[j]!r}")
         toks.append((p_ids, f_ids, n_opt))
 
     fast_ok = [all(n == 1 and f[:-1] == p for f, n in zip(fs, ns)) for p, fs, ns in toks]
     if layout == "last" and not all(fast_ok):
         bad = fast_ok.index(False)
-        raise ValueError(
+        raise DataError(
             f"layout='last' needs single-token options that continue the prompt tokens; example {bad} "
             f"has options {rendered[bad][1]!r} (use layout='full')"
         )
@@ -302,7 +303,7 @@ def encode_task(
         budget = max_length - len(bos) - (1 if use_last else max(n_opt))
         prefixes = [p_ids] if use_last else [f[: len(f) - n] for f, n in zip(f_ids, n_opt)]
         if budget < 1 or (not bos and min(len(q) for q in prefixes) == 0):
-            raise ValueError(
+            raise DataError(
                 f"example {i}: no prompt token is left to predict the options from "
                 f"(max_length={max_length}, longest option {max(n_opt)} tokens, prompt {len(p_ids)} tokens)"
             )
@@ -361,7 +362,7 @@ def _demonstration_ids(demonstrations, template: Template, tokenizer, separator:
         _, fulls = template.render(d)
         label = template.label(d)
         if not 0 <= label < len(fulls):
-            raise ValueError(f"demonstration {j}: label {label} is not an option index (0..{len(fulls) - 1})")
+            raise DataError(f"demonstration {j}: label {label} is not an option index (0..{len(fulls) - 1})")
         texts.append(fulls[label] + separator)
     return _ids(tokenizer, texts)
 
@@ -400,7 +401,7 @@ def encode_lm(
     ('lm', [-3, -2], [7, 8])
     """
     if len(texts) == 0:
-        raise ValueError("encode_lm: no texts")
+        raise DataError("encode_lm: no texts")
     texts = [x if isinstance(x, str) else x[field] for x in texts]
     bos = _leading_specials(tokenizer, add_bos)
     encoded, n_trunc = [], 0
