@@ -216,7 +216,7 @@ def _store(y0, y1):
     return y[0], y[1]
 
 
-def _bits(words, width: int, shape, lead: int, row, row_shape, strategy: str):
+def _bits(words: tuple[jax.Array, jax.Array], width: int, shape, lead: int, row, row_shape, strategy: str):
     """Uint32 lanes of ``width`` random bits, one per element of ``shape``: element ``i`` (its
     index in the full array) gets lane ``i % g`` of the hash of counter ``i // g``.
 

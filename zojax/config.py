@@ -307,6 +307,7 @@ def describe() -> str:
     lines = []
     for section, field in RunConfig.model_fields.items():
         model = field.annotation
+        assert model is not None  # every RunConfig field is a section model
         lines.append(f"{section}:")
         for name, f in model.model_fields.items():
             default = f.default if f.default_factory is None else f.default_factory()

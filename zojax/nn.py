@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from zojax import _rng
-from zojax.noise import Rademacher, dense_direction
+from zojax.noise import Noise, Rademacher, dense_direction
 
 __all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits"]
 
@@ -55,7 +55,7 @@ class Perturbed(_WeightLike):
     [[2.0, 1.0], [1.0, 2.0]]
     """
 
-    base: jax.Array
+    base: jax.Array | Perturbed
     v: jax.Array
     u: jax.Array
     scale: jax.Array | None = None
@@ -111,7 +111,7 @@ class Noisy(_WeightLike):
     scale: jax.Array
     index: jax.Array | None
     shape: tuple
-    noise: object
+    noise: Noise
 
     @classmethod
     def create(cls, base, key, scale, noise) -> Noisy:

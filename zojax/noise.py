@@ -59,6 +59,8 @@ class _Layout:
     ``nnx.List`` of layers has no stacked leaves.
     """
 
+    stacked: str | None  # a field of each subclass
+
     def is_matrix(self, path: str, shape) -> bool:
         """Whether a leaf is (a stack of) matrices, i.e. gets low-rank directions and decay."""
         return is_matrix(path, shape, self.stacked)

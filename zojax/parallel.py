@@ -189,7 +189,7 @@ def param_spec(path: str, shape, mesh: Mesh, rules=DEFAULT_RULES) -> PartitionSp
             if re.search(pattern, path) and -ndim <= axis < ndim:
                 axis %= ndim
                 if shape[axis] % m == 0:
-                    spec = [None] * ndim
+                    spec: list[str | None] = [None] * ndim
                     spec[axis] = MODEL
                     return PartitionSpec(*spec)
                 log.debug("%s %s: dim %d not divisible by model=%d; replicated", path, shape, axis, m)

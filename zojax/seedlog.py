@@ -62,7 +62,8 @@ def _ranges(steps: list[int]) -> str:
     """``[0, 1, 2, 5, 6]`` -> ``"0-2, 5-6"`` (how a log's steps are named in errors)."""
     if not steps:
         return "none"
-    runs, start = [], steps[0]
+    runs: list[str] = []
+    start: int | None = steps[0]
     for prev, cur in zip(steps, steps[1:] + [None]):
         if cur != prev + 1:
             runs.append(f"{start}" if start == prev else f"{start}-{prev}")
@@ -93,7 +94,7 @@ def noise_from_dict(d: dict):
 
 
 def _prng_impl() -> str:
-    return str(jax.config.jax_default_prng_impl)
+    return str(jax.config.jax_default_prng_impl)  # type: ignore[attr-defined]  # config options are dynamic
 
 
 def _key_data(key) -> list[int]:

@@ -74,7 +74,7 @@ def make_spec(cfg: RunConfig, model: Any = None) -> ZOSpec:
     declared = None if model is None else projections(model)
     scope = declared.lora_scope if z.scope == "lora" and declared is not None else z.scope
     if z.method in ("mezo", "fo"):  # fo: the spec only carries the scope (dense partition, no vectors rule)
-        noise = Gaussian(stacked=stacked)
+        noise: Gaussian | LowRank = Gaussian(stacked=stacked)
     elif z.method == "lozo":
         noise = LowRank(rank=z.rank, refresh_every=z.refresh_every, vectors=z.vectors, stacked=stacked)
     else:
@@ -311,7 +311,7 @@ def evaluate(run: Run, params, split: str = "test", limit: int | None = None) ->
 
 def _peak_memory_mb() -> float:
     stats = [d.memory_stats() or {} for d in jax.local_devices()]
-    peaks = [s.get("peak_bytes_in_use") for s in stats if s.get("peak_bytes_in_use")]
+    peaks = [s["peak_bytes_in_use"] for s in stats if s.get("peak_bytes_in_use")]
     if peaks:
         return max(peaks) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -487,6 +487,7 @@ def _resume(job: _Job) -> None:
 
 def _zero_shot(job: _Job) -> None:
     """The base model's test metrics, once per run (a resumed run has them in its checkpoint)."""
+    assert job.writer is not None  # set by train()
     if "zero_shot_accuracy" in job.meta:
         return
     zero = evaluate(job.run, job.run.params, "test", job.run.cfg.train.eval_examples)
@@ -498,6 +499,7 @@ def _zero_shot(job: _Job) -> None:
 
 def _loop(job: _Job) -> None:
     """Fused calls from the state's step to ``train.steps`` (or ``stop_after``): log, evaluate, checkpoint."""
+    assert job.writer is not None  # set by train()
     run, cfg = job.run, job.run.cfg
     t = cfg.train
     progress = None
@@ -561,6 +563,7 @@ def _loop(job: _Job) -> None:
 
 def _finish(job: _Job, started: float) -> dict:
     """Final test evaluation (a finished run), summary.json and the curves."""
+    assert job.writer is not None  # set by train()
     run, meta = job.run, job.meta
     cfg, step = run.cfg, int(job.state.step)
     summary: dict[str, Any] = {

@@ -76,7 +76,8 @@ class Slots(NamedTuple):
     """
 
     key_mask: jax.Array  # (B, T) int32, 1 where key slot t holds a real token (past calls too)
-    index: jax.Array | None  # the first slot this call writes (None without a cache)
+    # the first slot this call writes (None without a cache); the field shadows tuple.index
+    index: jax.Array | None  # type: ignore[assignment]
     q_slot: jax.Array  # (S,)
     k_slot: jax.Array  # (T,)
 
@@ -250,6 +251,7 @@ class CausalLM(nnx.Module):
         logits = lm_head(config, params, parts.final(config, params, h, dtype), logits_tokens)
         if cache is None:
             return logits
+        assert slots.index is not None  # set with a cache
         index = slots.index + input_ids.shape[1]
         return logits, {"k": new_kv[0], "v": new_kv[1], "mask": slots.key_mask, "index": index}
 

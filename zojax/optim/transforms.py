@@ -50,7 +50,7 @@ def _decays(decay_mask, noise: Noise, path: str, x) -> bool:
 
 
 class ScheduleState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # named as in optax's states; shadows tuple.count
 
 
 def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=None):
@@ -132,7 +132,8 @@ def _factor_state(params, noise: LowRank, members: int, vector_state):
 
 
 class LozoMState(NamedTuple):
-    count: jax.Array  # applied updates so far (skipped steps never reach the optimiser)
+    # applied updates so far (skipped steps never reach the optimiser)
+    count: jax.Array  # type: ignore[assignment]  # named as in optax's states; shadows tuple.count
     last_step: jax.Array  # the step whose V the momentum factors are expressed in
     momentum: PyTree  # per leaf: (K, ..., d_out, r) factor for matrices, dense for vectors
 
@@ -187,7 +188,7 @@ def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise
 
 
 class AdapterState(NamedTuple):
-    count: jax.Array  # applied updates so far
+    count: jax.Array  # type: ignore[assignment]  # applied updates so far (shadows tuple.count, as in optax)
     window: jax.Array  # the V window (step // refresh_every) the accumulators are expressed in
     acc: PyTree  # per matrix leaf: (K, ..., d_out, r) factors A_k; the weights stand for W + sum_k V_k A_k^T
 

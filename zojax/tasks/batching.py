@@ -316,7 +316,7 @@ def encode_task(
             seq = np.array(bos_ctx + _truncate_left(p_ids, budget), np.int32)
             tg = np.zeros((1, n_options), np.int32)
             tg[0, : len(f_ids)] = [f[-1] for f in f_ids]
-            ex = EncodedExample((seq,), (np.array([-1], np.int32),), (tg,), labels[i], len(f_ids), truncated)
+            item = EncodedExample((seq,), (np.array([-1], np.int32),), (tg,), labels[i], len(f_ids), truncated)
         else:
             seqs, offs, tgs = [], [], []
             for q, f, n in zip(prefixes, f_ids, n_opt):
@@ -324,8 +324,8 @@ def encode_task(
                 # token t of the option (t = 0..n-1) sits at -(n - t) and is predicted from -(n - t) - 1
                 offs.append(np.arange(-n - 1, -1, dtype=np.int32))
                 tgs.append(np.array(f[len(f) - n :], np.int32)[:, None])
-            ex = EncodedExample(tuple(seqs), tuple(offs), tuple(tgs), labels[i], len(f_ids), truncated)
-        encoded.append(ex)
+            item = EncodedExample(tuple(seqs), tuple(offs), tuple(tgs), labels[i], len(f_ids), truncated)
+        encoded.append(item)
 
     if n_trunc:
         msg = (
@@ -402,14 +402,14 @@ def encode_lm(
     """
     if len(texts) == 0:
         raise DataError("encode_lm: no texts")
-    texts = [x if isinstance(x, str) else x[field] for x in texts]
+    strs = [x if isinstance(x, str) else x[field] for x in texts]
     bos = _leading_specials(tokenizer, add_bos)
     encoded, n_trunc = [], 0
-    for ids in _ids(tokenizer, texts):
-        seq = bos + ids
-        truncated = len(seq) > max_length
+    for ids in _ids(tokenizer, strs):
+        seq_ids = bos + ids
+        truncated = len(seq_ids) > max_length
         n_trunc += truncated
-        seq = np.array(seq[:max_length], np.int32)
+        seq = np.array(seq_ids[:max_length], np.int32)
         L = len(seq)
         encoded.append(
             EncodedExample(
@@ -628,7 +628,7 @@ class _ToyTokenizer:
     pad_token_id = 0
     eos_token_id = 1
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.vocab: dict[str, int] = {"It": 2, "was": 3, "terrible": 4, "great": 5}
 
     def __call__(self, texts, add_special_tokens=True):

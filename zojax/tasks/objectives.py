@@ -121,7 +121,8 @@ def option_scores(apply: Apply, batch: Batch) -> jax.Array:
     if S != 1 or P != 1 or not _takes_tokens(apply):
         return option_logprobs(apply, batch)
     targets = jnp.asarray(batch.targets)  # (B, 1, 1, O)
-    logits = apply(
+    apply_tokens: Callable[..., jax.Array] = apply  # Apply plus tokens= (checked by _takes_tokens)
+    logits = apply_tokens(
         ids.reshape(B, T),
         jnp.asarray(batch.attention_mask).reshape(B, T),
         jnp.asarray(batch.positions).reshape(B, 1),
