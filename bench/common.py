@@ -160,15 +160,16 @@ def tile(batch: Batch, n: int) -> Batch:
     return jax.tree.map(lambda x: jnp.concatenate([x] * n, axis=0), batch)
 
 
-def loss_fn(bundle: Bundle) -> Callable:
+def loss_fn(bundle: Bundle, unroll_layers: bool = False) -> Callable:
     """``loss(params, batch)``: MeZO's classification loss, LM head only at the last position and
-    only for the two option tokens (what the loss reads; the inference baseline computes the same)."""
+    only for the two option tokens (what the loss reads; the inference baseline computes the same).
+    ``unroll_layers``: the decoder's layers as an unrolled loop instead of a scan."""
     family, config, dtype = bundle.family, bundle.config, bundle.dtype
 
     def loss(params, batch):
         def apply(ids, mask, positions, tokens=None):
             return family.apply(config, params, ids, mask, logits_positions=positions, logits_tokens=tokens,
-                                dtype=dtype)
+                                dtype=dtype, unroll_layers=unroll_layers)
 
         return classification_loss(apply, batch)
 
@@ -282,8 +283,8 @@ class StepRunner:
 class InferenceRunner:
     """The plain forward over ``copies`` copies of the batch (2·K·B sequences for a K-member step)."""
 
-    def __init__(self, bundle: Bundle, batch: Batch, copies: int):
-        self.fn = inference_fn(bundle)
+    def __init__(self, bundle: Bundle, batch: Batch, copies: int, unroll_layers: bool = False):
+        self.fn = jax.jit(loss_fn(bundle, unroll_layers=True)) if unroll_layers else inference_fn(bundle)
         self.params = bundle.params
         self.batch = tile(batch, copies) if copies > 1 else batch
 

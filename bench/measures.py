@@ -210,6 +210,22 @@ def step_vs_forward(bundle, method: str, members: int = 1, batch_size: int = 16,
     return out
 
 
+def unrolled_forward(bundle, batch_size: int = 16, seq_len: int = 48, reps: int = 3, warmup: int = 1,
+                     log=print) -> dict:
+    """The forward of 2·B sequences with the decoder layers scanned (the default) and unrolled, side by side."""
+    batch = common.make_batch(bundle, batch_size, seq_len)
+    fns = {"scan": common.InferenceRunner(bundle, batch, 2),
+           "unrolled": common.InferenceRunner(bundle, batch, 2, unroll_layers=True)}
+    t = common.side_by_side(fns, reps=reps, warmup=warmup, log=log)
+    out = {"batch_size": batch_size, "seq_len": seq_len, "sequences": 2 * batch_size,
+           "scan_s": t["scan"].median, "unrolled_s": t["unrolled"].median,
+           "unrolled_over_scan": t["unrolled"].median / t["scan"].median,
+           "compile_s": {n: v.compile_s for n, v in t.items()}}
+    log(f"    forward scan {out['scan_s'] * 1e3:.1f} ms, unrolled {out['unrolled_s'] * 1e3:.1f} ms "
+        f"-> {out['unrolled_over_scan']:.3f}")
+    return out
+
+
 def forward_flops(bundle, sequences: int, seq_len: int, options: int = 2) -> float:
     """FLOPs of the plain forward, as MFU counts them: 2 per multiply-add of every stacked decoder
     kernel per token, attention's QK^T and AV (4·T·d per token and layer, the causal mask not

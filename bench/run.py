@@ -219,19 +219,19 @@ DEVICE_TARGETS = {
     "rng_zojax_over_torch": (">=", 1.0),
 }
 #: Reported without a target of their own (the ratio above is theirs).
-DEVICE_INFO = ("rng_values_per_s_zojax", "rng_values_per_s_torch")
+DEVICE_INFO = ("rng_values_per_s_zojax", "rng_values_per_s_torch", "forward_unrolled_over_scan")
 
 #: Units in the order they run: what the targets need most first, the longest last, so a run
 #: cut short by ``--budget`` (or killed) has the headline numbers. ``m_kK``: method m, K
 #: members at the base batch; ``lozo_bB``: LoZO, K = 1 at batch B (b16 is ``lozo_k1``).
 DEVICE_UNITS = ("torch", "lozo_k1", "mezo_k1", "lozo_b64", "rng", "factorized_k1", "lozo_b128", "lozo_b32",
-                "lozo_k8", "factorized_k8", "mezo_k8")
+                "lozo_k8", "factorized_k8", "mezo_k8", "unrolled")
 
 #: Rough guesses of a unit's seconds on one H200 with a cold compilation cache (compiles
 #: dominate), used only to skip a unit that would not finish inside ``--budget``.
 DEVICE_ESTIMATE_S = {"torch": 60, "lozo_k1": 90, "mezo_k1": 75, "lozo_b64": 75, "rng": 30,
                      "factorized_k1": 60, "lozo_b128": 75, "lozo_b32": 70, "lozo_k8": 60, "factorized_k8": 60,
-                     "mezo_k8": 110}
+                     "mezo_k8": 110, "unrolled": 120}
 
 
 def _unit_step(name: str, base_batch: int) -> tuple[str, int, int]:
@@ -380,6 +380,9 @@ class DeviceSuite:
     def run_unit(self, name: str):
         if name == "torch":
             self.unit_torch()
+        elif name == "unrolled":  # the layer scan against an unrolled loop (per-layer weight slices)
+            self.results["details"]["unrolled"] = measures.unrolled_forward(
+                self.get_bundle(), self.p["batch"], self.p["seq"], reps=self.reps, warmup=self.p["warmup"], log=self.log)
         elif name == "rng":
             self.ensure_jax()
             self.results["details"]["rng"] = measures.dense_draws(self.p["rng_size"], reps=max(self.reps, 3),
@@ -469,6 +472,8 @@ class DeviceSuite:
             res[f"forward_mfu_b{f['batch_size']}"] = f["flops"] / f["forward_s"] / res["peak_flops"]
         if "rng" in d:
             res["rng_values_per_s_zojax"] = d["rng"]["values_per_s"]
+        if "unrolled" in d:
+            res["forward_unrolled_over_scan"] = d["unrolled"]["unrolled_over_scan"]
         if "torch" in d:
             self.derive_torch(d["torch"], steps)
         if "rng_values_per_s_zojax" in res and "rng_values_per_s_torch" in res:

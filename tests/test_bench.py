@@ -143,7 +143,7 @@ GPU_HEADLINE = [
     *(f"lozo_step_s_opt13b_b{b}" for b in (16, 32, 64, 128)),
     *(f"inference_efficiency_{m}_k{k}" for m in ("lozo", "factorized", "mezo") for k in (1, 8)),
     "speedup_vs_torch_lozo_k1", "speedup_vs_torch_mezo_k1",
-    "rng_values_per_s_zojax", "rng_values_per_s_torch",
+    "rng_values_per_s_zojax", "rng_values_per_s_torch", "forward_unrolled_over_scan",
 ]
 
 

@@ -90,3 +90,20 @@ def test_attention_mask_must_match_the_ids():
     model = family.Model(config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
         model(jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 6), jnp.int32))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_unrolled_layers_give_the_scans_logits_and_cache(name):
+    family, config = CONFIGS[name]
+    model = family.Model(config, rngs=nnx.Rngs(0))
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 5)), jnp.int32)
+    mask = jnp.ones((2, 5), jnp.int32).at[0, :2].set(0)  # left padding
+    np.testing.assert_allclose(model(ids, mask, unroll_layers=True), model(ids, mask), rtol=1e-6, atol=1e-6)
+    scanned, scan_cache = model(ids, mask, cache=model.init_cache(2, 8))
+    unrolled, unrolled_cache = model(ids, mask, cache=model.init_cache(2, 8), unroll_layers=True)
+    np.testing.assert_allclose(unrolled, scanned, rtol=1e-6, atol=1e-6)
+    for key in ("k", "v"):
+        np.testing.assert_allclose(unrolled_cache[key], scan_cache[key], rtol=1e-6, atol=1e-6)
+    # no layer loop in the unrolled program: each layer's weights are static slices
+    hlo = jax.jit(lambda i, m: model(i, m, unroll_layers=True)).lower(ids, mask).as_text()
+    assert "while" not in hlo and "while" in jax.jit(lambda i, m: model(i, m)).lower(ids, mask).as_text()

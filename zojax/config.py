@@ -88,6 +88,10 @@ class ModelConfig(_Strict):
         "float32", description="compute dtype (float32 on CPU; bfloat16 on GPU/TPU)"
     )
     param_dtype: DTypeName = Field("float32", description="dtype of stored weights")
+    unroll_layers: bool = Field(
+        False, description="built-in models: run the decoder layers unrolled instead of a lax.scan (same results, "
+        "longer compiles; no per-layer dynamic slice of the weights: bench/gpu.sh measures both on an accelerator)"
+    )
     allow_pickle: bool = Field(False, description="allow loading pytorch_model.bin (unpickling: only trusted files)")
 
 

@@ -164,29 +164,30 @@ class Run:
     mesh: Any = None  # jax.sharding.Mesh of cfg.mesh, or None for a single device
 
 
-def _task_functions(graphdef, objective_name: str, takes_tokens: bool):
-    """The loss and (unjitted) metric-sum functions of a model structure and objective."""
+def _task_functions(graphdef, objective_name: str, takes_tokens: bool, options: dict):
+    """The loss and (unjitted) metric-sum functions of a model structure and objective; ``options``
+    are extra keywords of every model call (``unroll_layers``)."""
     objective = tasks.get_objective(objective_name)
     metric_sums = tasks.lm_metric_sums if objective_name == "lm" else tasks.metric_sums
 
     def loss_fn(p, batch):
-        return objective(_apply_fn(graphdef, p, takes_tokens), batch)
+        return objective(_apply_fn(graphdef, p, takes_tokens, options), batch)
 
     def metrics_fn(p, batch):
-        return metric_sums(_apply_fn(graphdef, p, takes_tokens), batch)
+        return metric_sums(_apply_fn(graphdef, p, takes_tokens, options), batch)
 
     return loss_fn, metrics_fn
 
 
-def _apply_fn(graphdef, params, takes_tokens: bool):
+def _apply_fn(graphdef, params, takes_tokens: bool, options: dict):
     """The objectives' ``apply``; with ``tokens`` when the model can compute given tokens' logits
     only (``logits_tokens``, as the built-in models can: see ``tasks.option_scores``)."""
 
     def apply(ids, mask, positions):
-        return nnx.merge(graphdef, params)(ids, mask, logits_positions=positions)
+        return nnx.merge(graphdef, params)(ids, mask, logits_positions=positions, **options)
 
     def apply_tokens(ids, mask, positions, tokens=None):
-        return nnx.merge(graphdef, params)(ids, mask, logits_positions=positions, logits_tokens=tokens)
+        return nnx.merge(graphdef, params)(ids, mask, logits_positions=positions, logits_tokens=tokens, **options)
 
     return apply_tokens if takes_tokens else apply
 
@@ -251,7 +252,8 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
             raise tasks.DataError(f"task {t.name!r} from {source!r}: the {name} split is empty")
 
     takes_tokens = "logits_tokens" in inspect.signature(type(module).__call__).parameters
-    loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective, takes_tokens)
+    options = {"unroll_layers": True} if cfg.model.unroll_layers else {}
+    loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective, takes_tokens, options)
     spec = make_spec(cfg, module)
     mesh = parallel.mesh_from_config(cfg.mesh, spec.members)
     rules = sharding_rules(module)

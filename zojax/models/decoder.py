@@ -140,8 +140,11 @@ def _window_sizes(parts: Parts, config) -> jax.Array | None:
     return jnp.asarray([full if w is None else w for w in windows], jnp.int32)
 
 
-def _scan_layers(parts: Parts, config, context, layer_params, h, slots: Slots, cache):
-    """Run ``parts.layer`` over the stacked layers; returns ``(h, new (k, v) or None)``."""
+def _scan_layers(parts: Parts, config, context, layer_params, h, slots: Slots, cache, unroll: bool = False):
+    """Run ``parts.layer`` over the stacked layers; returns ``(h, new (k, v) or None)``.
+
+    ``unroll``: a Python loop over static layer slices instead of ``lax.scan`` (one compiled
+    body per layer: longer compiles; no dynamic slice of each layer's weights)."""
     layer_params = jax.tree.map(layers.sliceable, layer_params, is_leaf=znn.is_perturbed)
     kv_xs = None if cache is None else (cache["k"], cache["v"])
     valid = slots.valid()
@@ -152,7 +155,14 @@ def _scan_layers(parts: Parts, config, context, layer_params, h, slots: Slots, c
         attend = functools.partial(_attend, valid=ok, kv_cache=kv, index=slots.index, dtype=h.dtype)
         return parts.layer(config, context, p, h, attend)
 
-    return jax.lax.scan(body, h, (layer_params, kv_xs, _window_sizes(parts, config)))
+    xs = (layer_params, kv_xs, _window_sizes(parts, config))
+    if not unroll:
+        return jax.lax.scan(body, h, xs)
+    outs = []
+    for i in range(config.num_hidden_layers):  # slices exactly as scan does: every leaf on its leading axis
+        h, out = body(h, jax.tree.map(lambda x, i=i: x[i], xs))
+        outs.append(out)
+    return h, jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *outs)
 
 
 def lm_head(config, params: dict, h: jax.Array, logits_tokens: jax.Array | None = None) -> jax.Array:
@@ -212,6 +222,7 @@ class CausalLM(nnx.Module):
         logits_tokens: jax.Array | None = None,
         cache: dict[str, jax.Array] | None = None,
         dtype=jnp.float32,
+        unroll_layers: bool = False,
     ):
         """The forward as a pure function of a nested param dict (``nnx.to_pure_dict(state)``).
 
@@ -235,6 +246,8 @@ class CausalLM(nnx.Module):
           cache: from :meth:`init_cache`; the new tokens are written at ``cache["index"]``
             (``index + seq`` must not exceed its ``max_len``: XLA would clamp the write).
           dtype: compute dtype.
+          unroll_layers: run the layers as an unrolled loop instead of a ``lax.scan`` (same
+            results; longer compiles; see ``model.unroll_layers`` in the run config).
 
         Returns:
           float32 logits ``(batch, seq or P, vocab)``; with ``cache``, ``(logits, new_cache)``.
@@ -244,7 +257,7 @@ class CausalLM(nnx.Module):
         if positions is None:
             positions = slots.positions(parts.positions)
         h, context = parts.embed(config, params, input_ids, positions, dtype)
-        h, new_kv = _scan_layers(parts, config, context, params["layers"], h, slots, cache)
+        h, new_kv = _scan_layers(parts, config, context, params["layers"], h, slots, cache, unroll_layers)
         if logits_positions is not None:
             # Per-token ops from here on: gather first so the head runs only where needed.
             h = jnp.take_along_axis(h, logits_positions[..., None].astype(jnp.int32), axis=1)
@@ -276,7 +289,7 @@ class CausalLM(nnx.Module):
         """Next-token logits: :meth:`apply` over this model's params, in its ``dtype``.
 
         ``options`` are :meth:`apply`'s keywords: ``positions``, ``logits_positions``,
-        ``logits_tokens``, ``cache``.
+        ``logits_tokens``, ``cache``, ``unroll_layers``.
         """
         # Variable values may be Perturbed pytrees, so read them through the pure-dict view.
         params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
