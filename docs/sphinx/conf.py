@@ -1,6 +1,6 @@
 """Sphinx configuration of docs/api.md: autodoc + napoleon, written as Markdown by sphinx-markdown-builder.
 
-Build (tests/test_docs.py checks that the committed file is current)::
+Build (tests/project/test_docs.py checks that the committed file is current)::
 
     python -m sphinx -b markdown -E -q -d /tmp/zojax-doctrees docs/sphinx docs
 

@@ -1,4 +1,5 @@
-"""Shared helpers for the Llama-family model tests: tiny random HF checkpoints and references."""
+"""Helpers of the model tests: tiny random transformers models (the PyTorch reference), padded batches,
+reference logits. The ``hf_checkpoint`` fixture built on them is in ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -44,13 +45,17 @@ CONFIGS = {
 }
 
 
-def randomize(model: torch.nn.Module, seed: int = 1) -> None:
-    """HF's init (std 0.02, unit norms, zero biases) gives near-constant logits that hide bugs."""
+def randomize(model: torch.nn.Module, seed: int = 1, is_norm=lambda name: "norm" in name) -> None:
+    """HF's init (std 0.02, unit norms, zero biases) gives near-constant logits that hide bugs.
+
+    Parameters named as ``is_norm`` says get scales near 1, matrices unit-variance rows, the rest
+    (embeddings, biases) noise of std 0.5.
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
-            if "norm" in name:
+            if is_norm(name):
                 p.copy_(1.0 + 0.2 * noise)
             elif p.ndim == 2 and "embed" not in name:
                 p.copy_(noise / p.shape[1] ** 0.5)
@@ -72,6 +77,7 @@ def hf_model(name: str, seed: int = 1):
 
 
 def save_hf(model, root, name: str, **kwargs) -> str:
+    """``model.save_pretrained(root/name)``; returns the directory."""
     path = os.path.join(str(root), name)
     model.save_pretrained(path, **kwargs)
     return path

@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from model_fixtures import hf_logits, hf_model, padded_batch, save_hf
 
 from zojax import nn as znn
 from zojax.models import LoadError, from_pretrained, llama, loading, save_pretrained
+
+from .hf_reference import hf_logits, hf_model, padded_batch, save_hf
 
 pytestmark = pytest.mark.filterwarnings("ignore:no tokenizer files")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(hf_checkpoint):
     """A tiny random Qwen2 (biases, GQA) saved by transformers, and the torch model."""
-    tm = hf_model("qwen2")
-    return tm, save_hf(tm, tmp_path_factory.mktemp("ckpt"), "qwen2")
+    return hf_checkpoint("qwen2")
 
 
 def _copy(src, dst):

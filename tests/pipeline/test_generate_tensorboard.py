@@ -1,13 +1,12 @@
 """``zojax generate`` and the TensorBoard event files of a run (issue 15, item 7), on the tiny random Llama
-and local dataset of test_train (the finished 4-step run of test_cli_safety)."""
+and local dataset (the finished 4-step run ``done_run`` of conftest.py)."""
 
 import json
 import struct
 
-from test_cli_safety import _refused, done_run, run  # noqa: F401 -- the finished tiny run
-from test_train import assets  # noqa: F401 -- the tiny model + data fixture
-
 from zojax.cli import main
+
+from .runs import refused
 
 
 def _generated(capsys, *argv) -> str:
@@ -17,25 +16,25 @@ def _generated(capsys, *argv) -> str:
     return out
 
 
-def test_generate_greedy_is_deterministic(run, capsys):  # noqa: F811
+def test_generate_greedy_is_deterministic(run, capsys):
     run_dir, _ = run
     a = _generated(capsys, "--run", str(run_dir), "It was", "--max-new-tokens", "6")
     b = _generated(capsys, "--run", str(run_dir), "--max-new-tokens", "6", "It was")
     assert a.strip() and a == b
 
 
-def test_generate_sampled_follows_the_seed(run, capsys):  # noqa: F811
+def test_generate_sampled_follows_the_seed(run, capsys):
     run_dir, _ = run
     argv = ["--run", str(run_dir), "It was", "--max-new-tokens", "8", "--temperature", "1.5", "--top-k", "5"]
     a = _generated(capsys, *argv, "--seed", "1")
     assert a.strip() and a == _generated(capsys, *argv, "--seed", "1")
 
 
-def test_generate_refuses_a_bad_run_and_bad_options(run, tmp_path, capsys):  # noqa: F811
+def test_generate_refuses_a_bad_run_and_bad_options(run, tmp_path, capsys):
     run_dir, _ = run
-    _refused(capsys, main(["generate", "--run", str(tmp_path / "missing"), "It was"]), "missing")
-    _refused(capsys, main(["generate", "--run", str(run_dir), "It was", "--temperature", "-1"]), "--temperature")
-    _refused(capsys, main(["generate", "--run", str(run_dir)]), "one prompt")
+    refused(capsys, main(["generate", "--run", str(tmp_path / "missing"), "It was"]), "missing")
+    refused(capsys, main(["generate", "--run", str(run_dir), "It was", "--temperature", "-1"]), "--temperature")
+    refused(capsys, main(["generate", "--run", str(run_dir)]), "one prompt")
 
 
 def _events(path):
@@ -51,7 +50,7 @@ def _events(path):
     return out
 
 
-def test_tensorboard_events_hold_the_metrics(done_run):  # noqa: F811
+def test_tensorboard_events_hold_the_metrics(done_run):
     files = sorted((done_run / "tensorboard").glob("events.out.tfevents.*"))
     assert files
     scalars = [s for f in files for s in _events(f)]

@@ -24,7 +24,7 @@ from zojax import nn
 from zojax.noise import Gaussian, Rademacher, dense_direction
 from zojax.tasks import classification_loss
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402

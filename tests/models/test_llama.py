@@ -10,31 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from model_fixtures import CONFIGS, hf_logits, hf_model, padded_batch, save_hf
 
 from zojax import nn as znn
 from zojax.models import generate, llama, loading
+
+from .hf_reference import CONFIGS, hf_logits, padded_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:no tokenizer files")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llama_ckpts")
-
+def loaded(hf_checkpoint):
     @functools.cache
     def get(name):
-        tm = hf_model(name)
-        return tm, save_hf(tm, root, name)
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def loaded(checkpoint):
-    @functools.cache
-    def get(name):
-        tm, path = checkpoint(name)
+        tm, path = hf_checkpoint(name)
         model, config, _ = loading.from_pretrained(path)
         return tm, model, config
 
@@ -221,8 +210,8 @@ def test_cache_prefill_logits_match_full_forward(loaded):
     assert int(cache["index"]) == 7
 
 
-def test_bf16_params_and_compute(checkpoint):
-    _, path = checkpoint("llama")
+def test_bf16_params_and_compute(hf_checkpoint):
+    _, path = hf_checkpoint("llama")
     m, _, _ = loading.from_pretrained(path, param_dtype=jnp.bfloat16)  # dtype defaults to param_dtype
     assert m.layers.self_attn.q_proj.kernel[...].dtype == jnp.bfloat16 and m.dtype == jnp.bfloat16
     ids, mask = padded_batch(m.config.vocab_size)

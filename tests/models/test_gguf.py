@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 import torch
-from model_fixtures import hf_logits, hf_model, padded_batch
 
 from zojax.models import LoadError, from_pretrained, generate, gguf, llama, loading
+
+from .hf_reference import hf_logits, hf_model, padded_batch
 
 
 def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

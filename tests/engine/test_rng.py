@@ -26,7 +26,7 @@ from zojax.noise import leaf_key
 KEY = jax.random.PRNGKey(42)
 N = 1 << 20  # 1M values: standard errors 1e-3
 FLOATS = [jnp.float32, jnp.bfloat16, jnp.float16]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _f64(x) -> np.ndarray:

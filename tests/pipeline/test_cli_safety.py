@@ -1,6 +1,6 @@
 """What the command line refuses (issue 13): nothing may destroy or corrupt a run directory, and every user
 error is one line naming the culprit, exit code 2, without a traceback. One test per case of the issue, on
-the tiny random Llama and local dataset of test_train; refused commands must leave every file unchanged."""
+the tiny random Llama and local dataset of conftest.py; refused commands must leave every file unchanged."""
 
 import hashlib
 import json
@@ -10,56 +10,17 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import _config, assets  # noqa: F401 -- the tiny model + data fixture
 
 from zojax.cli import main
 from zojax.config import load_config, refused_changes
 
-
-def _tiny(assets, out, **over):  # noqa: F811
-    """A config for 4 steps in calls of 2, checkpoints at steps 2 and 4."""
-    over = {"train__steps": 4, "train__steps_per_call": 2, "train__checkpoint_every": 2, "train__eval_every": 0, **over}
-    return _config(assets, out, **over)
-
-
-@pytest.fixture(scope="module")
-def done_run(assets, tmp_path_factory, worker_id):  # noqa: F811
-    """A finished 4-step run, trained once even under pytest-xdist (workers share it; tests copy it)."""
-    from filelock import FileLock  # a dependency of huggingface_hub
-
-    root = tmp_path_factory.getbasetemp()
-    out = (root if worker_id == "master" else root.parent) / "cli_safety_done"
-    with FileLock(str(out) + ".lock"):
-        if not (out / "summary.json").exists():
-            shutil.rmtree(out, ignore_errors=True)
-            assert main(["train", "--config", str(_tiny(assets, out))]) == 0
-    return out
-
-
-@pytest.fixture
-def run(done_run, tmp_path):
-    """A private copy of the finished run: (run directory, its config file)."""
-    copy = tmp_path / "run"
-    shutil.copytree(done_run, copy)
-    return copy, Path(str(done_run) + ".yaml")
+from .runs import refused, tiny_config
 
 
 def _files(root) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(root).rglob("*")) if p.is_file()
     }
-
-
-def _refused(capsys, rc, *fragments, code=2) -> str:
-    """Assert a refusal: the exit code, one error line holding ``fragments``, no traceback; returns the line."""
-    err = capsys.readouterr().err
-    assert rc == code, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def _seed_lines(run_dir) -> list[str]:
@@ -73,35 +34,35 @@ def test_1_replay_and_export_never_replace_the_run(run, tmp_path, capsys):
     run_dir, _ = run
     before = _files(run_dir)
     r = str(run_dir)
-    _refused(capsys, main(["replay", "--run", r, "--output", r]), f"--output {r} is the run directory")
-    _refused(capsys, main(["replay", "--run", r, "--output", f"{r}/model"]), "lies inside the run directory")
-    _refused(capsys, main(["replay", "--run", r, "--output", str(tmp_path), "--overwrite"]), "contains the run directory")
-    _refused(capsys, main(["export", "--run", r, "--output", r, "--overwrite"]), "is the run directory")
+    refused(capsys, main(["replay", "--run", r, "--output", r]), f"--output {r} is the run directory")
+    refused(capsys, main(["replay", "--run", r, "--output", f"{r}/model"]), "lies inside the run directory")
+    refused(capsys, main(["replay", "--run", r, "--output", str(tmp_path), "--overwrite"]), "contains the run directory")
+    refused(capsys, main(["export", "--run", r, "--output", r, "--overwrite"]), "is the run directory")
     assert _files(run_dir) == before
     # a non-empty directory: never without --overwrite, and --overwrite replaces only a model directory
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    line = _refused(capsys, main(["replay", "--run", r, "--output", str(other)]), "not empty; pass --overwrite")
+    line = refused(capsys, main(["replay", "--run", r, "--output", str(other)]), "not empty; pass --overwrite")
     assert "overwrite=True" not in line
-    _refused(capsys, main(["export", "--run", r, "--output", str(other), "--overwrite"]), "not a model directory")
+    refused(capsys, main(["export", "--run", r, "--output", str(other), "--overwrite"]), "not a model directory")
     assert (other / "keep.txt").read_text() == "mine" and _files(run_dir) == before
 
 
 def test_2_a_config_mismatch_is_an_error_and_sets_nothing_aside(run, capsys):
     run_dir, cfg = run
     before = _files(run_dir)
-    _refused(capsys, main(["eval", "--run", str(run_dir), "optim.name=adam"]), "optim.name ('zo_sgd' -> 'adam')")
-    _refused(capsys, main(["export", "--run", str(run_dir), "--output", str(run_dir.parent / "x"), "zo.scope=norms_biases"]),
-             "zo.scope ('all' -> 'norms_biases')")
-    _refused(capsys, main(["train", "--config", str(cfg), "--resume", "optim.name=adam", f"train.output_dir={run_dir}"]),
-             "--resume cannot change optim.name")
+    refused(capsys, main(["eval", "--run", str(run_dir), "optim.name=adam"]), "optim.name ('zo_sgd' -> 'adam')")
+    refused(capsys, main(["export", "--run", str(run_dir), "--output", str(run_dir.parent / "x"), "zo.scope=norms_biases"]),
+            "zo.scope ('all' -> 'norms_biases')")
+    refused(capsys, main(["train", "--config", str(cfg), "--resume", "optim.name=adam", f"train.output_dir={run_dir}"]),
+            "--resume cannot change optim.name")
     assert _files(run_dir) == before
     # a config.yaml edited by hand: the checkpoints read fine but hold other arrays, so they are not damaged
     text = (run_dir / "config.yaml").read_text()
     (run_dir / "config.yaml").write_text(text.replace("scope: all", "scope: norms_biases"))
     before = _files(run_dir)
-    _refused(capsys, main(["eval", "--run", str(run_dir)]), "checkpoints/4 does not fit this run", "nothing was changed")
+    refused(capsys, main(["eval", "--run", str(run_dir)]), "checkpoints/4 does not fit this run", "nothing was changed")
     assert _files(run_dir) == before
     assert not list((run_dir / "checkpoints").glob("*.unreadable"))
     # really damaged checkpoints are set aside; with none left, --resume would overwrite the seed log: refused
@@ -110,8 +71,8 @@ def test_2_a_config_mismatch_is_an_error_and_sets_nothing_aside(run, capsys):
         if f.is_file() and "state" in str(f):
             f.write_bytes(b"garbage")
     seeds = (run_dir / "seeds.jsonl").read_bytes()
-    _refused(capsys, main(["train", "--config", str(cfg), "--resume", f"train.output_dir={run_dir}"]),
-             "no checkpoint in", "could be read", "zojax replay --run")
+    refused(capsys, main(["train", "--config", str(cfg), "--resume", f"train.output_dir={run_dir}"]),
+            "no checkpoint in", "could be read", "zojax replay --run")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2.unreadable", "4.unreadable"]
     assert (run_dir / "seeds.jsonl").read_bytes() == seeds
 
@@ -119,21 +80,21 @@ def test_2_a_config_mismatch_is_an_error_and_sets_nothing_aside(run, capsys):
 def test_3_train_into_a_used_directory_is_refused_before_writing(run, tmp_path, capsys):
     run_dir, cfg = run
     before = _files(run_dir)
-    _refused(capsys, main(["train", "--config", str(cfg), f"train.output_dir={run_dir}", "optim.lr=0.5"]),
-             "already holds a run", "checkpoints 2, 4", "pass --resume")
+    refused(capsys, main(["train", "--config", str(cfg), f"train.output_dir={run_dir}", "optim.lr=0.5"]),
+            "already holds a run", "checkpoints 2, 4", "pass --resume")
     assert _files(run_dir) == before
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "config.json").write_text("{}")
-    _refused(capsys, main(["train", "--config", str(cfg), f"train.output_dir={stranger}"]), "holds no zojax run")
+    refused(capsys, main(["train", "--config", str(cfg), f"train.output_dir={stranger}"]), "holds no zojax run")
     assert sorted(p.name for p in stranger.iterdir()) == ["config.json"]
 
 
 def test_4_resume_may_change_only_what_does_not_change_the_steps(run, capsys):
     run_dir, cfg = run
     before = _files(run_dir)
-    _refused(capsys, main(["train", "--config", str(cfg), "--resume", "optim.lr=0.001", f"train.output_dir={run_dir}"]),
-             "--resume cannot change optim.lr (0.002 -> 0.001)", "may change only", "train.steps")
+    refused(capsys, main(["train", "--config", str(cfg), "--resume", "optim.lr=0.001", f"train.output_dir={run_dir}"]),
+            "--resume cannot change optim.lr (0.002 -> 0.001)", "may change only", "train.steps")
     assert _files(run_dir) == before
     # decaying schedules run over train.steps: there it is fixed too
     linear = load_config(cfg, ["optim.schedule=linear"])
@@ -149,13 +110,13 @@ def test_4_resume_may_change_only_what_does_not_change_the_steps(run, capsys):
 # --- wrong results with exit code 0 ---------------------------------------------------------------
 
 
-def test_5_non_finite_weights_are_never_checkpointed_nor_finished(assets, tmp_path, capsys):  # noqa: F811
+def test_5_non_finite_weights_are_never_checkpointed_nor_finished(assets, tmp_path, capsys):
     import jax
 
     import zojax
     from zojax.checkpoint import Checkpointer, NonFiniteError, all_finite
 
-    _refused(capsys, main(["eval", "optim.lr=.inf"]), "optim.lr", "finite")
+    refused(capsys, main(["eval", "optim.lr=.inf"]), "optim.lr", "finite")
     # the checkpointer refuses NaN weights, writing nothing
     state, _ = zojax.init({"w": jnp.ones(3)}, zojax.ZOSpec(), zojax.zo_sgd(0.1), jax.random.PRNGKey(0))
     ckpt = Checkpointer(tmp_path / "ckpts")
@@ -166,8 +127,8 @@ def test_5_non_finite_weights_are_never_checkpointed_nor_finished(assets, tmp_pa
     ckpt.close()
     # an update that overflows: the run must not end "finished" with rc 0, and what it saved is finite
     out = tmp_path / "overflow"
-    rc = main(["train", "--config", str(_tiny(assets, out, optim__lr=3.4e38, train__checkpoint_every=0, train__steps=2))])
-    line = _refused(capsys, rc, "Lower optim.lr", code=1)
+    rc = main(["train", "--config", str(tiny_config(assets, out, optim__lr=3.4e38, train__checkpoint_every=0, train__steps=2))])
+    line = refused(capsys, rc, "Lower optim.lr", code=1)
     assert "skipped" in line or "NaN or inf" in line
     assert not (out / "summary.json").exists()
     from zojax.train import build_run, trained_params
@@ -185,14 +146,14 @@ def test_6_the_seed_log_must_reach_the_checkpoint(run, capsys):
     resume = ["train", "--config", str(cfg), "--resume", f"train.output_dir={run_dir}"]
     # deleted: a resumed run would write a log of the later steps only
     (run_dir / "seeds.jsonl").unlink()
-    _refused(capsys, main(resume), "seeds.jsonl is missing", "step 4")
+    refused(capsys, main(resume), "seeds.jsonl is missing", "step 4")
     assert not (run_dir / "seeds.jsonl").exists()
     # cut short, or with a gap: replay would rebuild other weights with rc 0
     (run_dir / "seeds.jsonl").write_text("\n".join(log[:3]) + "\n")
-    _refused(capsys, main(["replay", "--run", str(run_dir)]), "records steps 0-1", "checkpoint is at step 4")
-    _refused(capsys, main(resume), "records steps 0-1")
+    refused(capsys, main(["replay", "--run", str(run_dir)]), "records steps 0-1", "checkpoint is at step 4")
+    refused(capsys, main(resume), "records steps 0-1")
     (run_dir / "seeds.jsonl").write_text("\n".join(log[:2] + log[3:]) + "\n")
-    _refused(capsys, main(["replay", "--run", str(run_dir)]), "records steps 0, 2-3", "must record steps 0-3")
+    refused(capsys, main(["replay", "--run", str(run_dir)]), "records steps 0, 2-3", "must record steps 0-3")
     del before["seeds.jsonl"]
     assert {k: v for k, v in _files(run_dir).items() if k != "seeds.jsonl"} == before
 
@@ -213,13 +174,13 @@ def test_7_a_torn_last_line_is_dropped_on_resume(run, capsys):
 # --- unclear errors --------------------------------------------------------------------------------
 
 
-def test_8_model_errors_name_the_model(assets, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_8_model_errors_name_the_model(assets, tmp_path, capsys, monkeypatch):
     import huggingface_hub
 
     from zojax.models.loading import smollm2_path
 
     def fails(name, *fragments):
-        _refused(capsys, main(["eval", "--config", str(_tiny(assets, tmp_path / "r")), f"model.name={name}"]), *fragments)
+        refused(capsys, main(["eval", "--config", str(tiny_config(assets, tmp_path / "r")), f"model.name={name}"]), *fragments)
 
     fails(tmp_path / "nope", f"model path {tmp_path / 'nope'} does not exist")
     (tmp_path / "empty").mkdir()
@@ -245,16 +206,16 @@ def test_8_model_errors_name_the_model(assets, tmp_path, capsys, monkeypatch):  
     fails("no-such-model", "'no-such-model' is neither a local path nor an alias (smollm2-135m)", "hub is unreachable")
 
 
-def test_9_data_errors_name_the_file_row_and_key(assets, tmp_path, capsys):  # noqa: F811
-    cfg = _tiny(assets, tmp_path / "r")
+def test_9_data_errors_name_the_file_row_and_key(assets, tmp_path, capsys):
+    cfg = tiny_config(assets, tmp_path / "r")
     rows = [json.loads(line) for line in (assets / "data.jsonl").read_text().splitlines()]
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows[:2]) + b'{"text": "caf\xe9"}\n')
-    _refused(capsys, main(["eval", "--config", str(cfg), f"task.source={latin1}"]), "latin1.jsonl: line 3 is not UTF-8")
+    refused(capsys, main(["eval", "--config", str(cfg), f"task.source={latin1}"]), "latin1.jsonl: line 3 is not UTF-8")
     numbers = tmp_path / "numbers.jsonl"
     numbers.write_text("".join(json.dumps(dict(r, text=5) if i == 1 else r) + "\n" for i, r in enumerate(rows)))
-    _refused(capsys, main(["eval", "--config", str(cfg), f"task.source={numbers}"]),
-             "numbers.jsonl: row 2: column 'text' holds 5 (int); text fields must be strings")
+    refused(capsys, main(["eval", "--config", str(cfg), f"task.source={numbers}"]),
+            "numbers.jsonl: row 2: column 'text' holds 5 (int); text fields must be strings")
     out = tmp_path / "never"
     for override, fragment in (
         ("task.label_map={neg: -1, pos: 1}", "task.label_map.neg: Input should be greater than or equal to 0"),
@@ -264,21 +225,21 @@ def test_9_data_errors_name_the_file_row_and_key(assets, tmp_path, capsys):  # n
         ("train.micro_batches=3", "train.micro_batches=3 does not divide train.batch_size=8; allowed: [1, 2, 4, 8]"),
         ("task.icl_examples=100000", "task.icl_examples=100000 but the train split holds only"),
     ):
-        _refused(capsys, main(["train", "--config", str(cfg), f"train.output_dir={out}", override]), fragment)
+        refused(capsys, main(["train", "--config", str(cfg), f"train.output_dir={out}", override]), fragment)
     assert not out.exists()  # refused before any work
 
 
 def test_10_config_errors_name_the_key(run, tmp_path, capsys):
     run_dir, cfg = run
-    _refused(capsys, main(["train", "--config", str(tmp_path)]), f"--config {tmp_path} is a directory")
-    _refused(capsys, main(["eval", "--config", str(cfg), "zo.scope={a"]), "override zo.scope={a: the value is not valid YAML")
-    _refused(capsys, main(["eval", "--config", str(cfg), "zo.scope=a["]), "zo.scope: 'a[' is neither a preset")
+    refused(capsys, main(["train", "--config", str(tmp_path)]), f"--config {tmp_path} is a directory")
+    refused(capsys, main(["eval", "--config", str(cfg), "zo.scope={a"]), "override zo.scope={a: the value is not valid YAML")
+    refused(capsys, main(["eval", "--config", str(cfg), "zo.scope=a["]), "zo.scope: 'a[' is neither a preset")
     # overrides after --resume are overrides (here one naming an unknown key)
-    _refused(capsys, main(["train", "--config", str(cfg), "--resume", "zo.rnak=3"]), "unknown key 'zo.rnak'")
-    _refused(capsys, main(["train", "--config", str(cfg), "train.output_dir="]), "train.output_dir: must not be empty")
+    refused(capsys, main(["train", "--config", str(cfg), "--resume", "zo.rnak=3"]), "unknown key 'zo.rnak'")
+    refused(capsys, main(["train", "--config", str(cfg), "train.output_dir="]), "train.output_dir: must not be empty")
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "x").write_text("x")
-    line = _refused(capsys, main(["export", "--run", str(run_dir), "--output", str(tmp_path / "export")]), "pass --overwrite")
+    line = refused(capsys, main(["export", "--run", str(run_dir), "--output", str(tmp_path / "export")]), "pass --overwrite")
     assert "overwrite=True" not in line
 
 

@@ -17,6 +17,8 @@ from safetensors.numpy import load_file
 from zojax import nn as znn
 from zojax.models import loading, opt
 
+from .hf_reference import randomize
+
 TINY = {
     "vocab_size": 61,
     "hidden_size": 16,
@@ -33,32 +35,15 @@ CONFIGS = {
 }
 
 
-def _randomize(model: torch.nn.Module, seed: int):
-    # HF's init (std 0.02, unit norms, zero biases) makes near-constant logits that hide bugs.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "layer_norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            elif p.ndim == 2 and "embed" not in name:
-                p.copy_(noise / p.shape[1] ** 0.5)
-            else:
-                p.copy_(0.5 * noise)
-
-
-@functools.cache
-def _hf_checkpoint(name: str, tmp_root: str):
-    """A random torch OPTForCausalLM for CONFIGS[name], saved with save_pretrained."""
+def _hf_model(name: str):
+    """A random torch OPTForCausalLM for CONFIGS[name]."""
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(0)
     hf_config = OPTConfig(**CONFIGS[name], attn_implementation="eager")
     model = OPTForCausalLM(hf_config).eval()
-    _randomize(model, seed=1)
-    path = os.path.join(tmp_root, name)
-    model.save_pretrained(path)
-    return model, path
+    randomize(model, seed=1, is_norm=lambda n: "layer_norm" in n and n.endswith("weight"))
+    return model
 
 
 def _load(path: str) -> opt.Model:
@@ -68,11 +53,6 @@ def _load(path: str) -> opt.Model:
         model, config, _ = loading.from_pretrained(path)
     assert isinstance(model, opt.Model) and config == model.config, type(model)
     return model
-
-
-@pytest.fixture(scope="module")
-def tmp_root(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("opt"))
 
 
 def _batch(vocab: int, left: bool, lengths=(7, 5, 2), seq: int = 7, seed: int = 0):
@@ -100,8 +80,8 @@ def _loss(logits, ids, mask):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_logits_match_transformers(name, tmp_root):
-    torch_model, path = _hf_checkpoint(name, tmp_root)
+def test_logits_match_transformers(name, hf_checkpoint):
+    torch_model, path = hf_checkpoint(name, _hf_model)
     model = _load(path)
     assert model.config == opt.Config.from_hf(torch_model.config)
     graphdef, state = nnx.split(model)
@@ -117,11 +97,11 @@ def test_logits_match_transformers(name, tmp_root):
         np.testing.assert_allclose(got[real], ref[real], atol=1e-4, rtol=0)
 
 
-def test_param_map_config_and_export_roundtrip(tmp_root, tmp_path):
+def test_param_map_config_and_export_roundtrip(hf_checkpoint, tmp_path):
     from transformers import OPTForCausalLM
 
     for name in CONFIGS:
-        torch_model, path = _hf_checkpoint(name, tmp_root)
+        torch_model, path = hf_checkpoint(name, _hf_model)
         cfg = opt.Config.from_hf(torch_model.config)
         assert opt.Config.from_hf(cfg.to_hf()) == cfg
         saved = load_file(os.path.join(path, "model.safetensors"))
@@ -177,8 +157,8 @@ def _materialized(state):
     return jax.tree.map(znn.materialize, state, is_leaf=znn.is_perturbed)
 
 
-def test_adapter_path_matches_materialized_weights(tmp_root):
-    _, path = _hf_checkpoint("pre_ln_proj", tmp_root)
+def test_adapter_path_matches_materialized_weights(hf_checkpoint):
+    _, path = hf_checkpoint("pre_ln_proj", _hf_model)
     graphdef, state = nnx.split(_load(path))
     ids, mask = (jnp.asarray(a) for a in _batch(CONFIGS["pre_ln_proj"]["vocab_size"], left=True))
 
@@ -241,8 +221,8 @@ def test_logits_tokens_are_the_full_logits_of_those_tokens():
     np.testing.assert_allclose(part, jnp.take_along_axis(full, tokens, axis=-1), atol=1e-5)
 
 
-def test_cached_greedy_decoding_matches_uncached(tmp_root):
-    _, path = _hf_checkpoint("pre_ln", tmp_root)
+def test_cached_greedy_decoding_matches_uncached(hf_checkpoint):
+    _, path = hf_checkpoint("pre_ln", _hf_model)
     model = _load(path)
     ids, mask = (jnp.asarray(a) for a in _batch(model.config.vocab_size, left=True))
     B, S = ids.shape

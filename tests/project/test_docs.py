@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 API_MD = ROOT / "docs" / "api.md"
 BUILD = "python -m sphinx -b markdown -E -q -d /tmp/zojax-doctrees docs/sphinx docs"
 

@@ -12,88 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 from flax import nnx
 
 from zojax.cli import main
 from zojax.config import ConfigError, load_config
 
-POSITIVE = ["wonderful", "delightful", "great", "fun", "moving", "charming", "superb", "brilliant"]
-NEGATIVE = ["boring", "awful", "dull", "mess", "tedious", "clumsy", "bland", "terrible"]
-FILLER = ["the", "film", "was", "a", "plot", "and", "story", "with", "actors", "it"]
-
-
-def _sentences(n, seed):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        label = int(rng.integers(2))
-        words = list(rng.choice(FILLER, 4)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2))
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "sentiment": "pos" if label else "neg", "movie": f"m{i % 17}"})
-    return rows
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """A tiny random Llama with a word-level tokenizer, saved as an HF directory, and a JSONL dataset."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
-
-    from zojax.models import llama, save_pretrained
-
-    root = tmp_path_factory.mktemp("assets")
-    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["It", "was", "great", "terrible"]))
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
-    hf = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-    )
-    config = llama.Config.from_hf(hf)
-    model = llama.Model(config, rngs=nnx.Rngs(0))
-    save_pretrained(model, config, root / "model", tokenizer)
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _sentences(240, 0)))
-    return root
-
-
-def _config(assets, out, **over) -> Path:
-    cfg = {
-        "model": {"name": str(assets / "model")},
-        "task": {
-            "name": "sst2", "source": str(assets / "data.jsonl"), "columns": {"sentence": "text", "label": "sentiment"},
-            "label_map": {"neg": 0, "pos": 1}, "num_train": 120, "num_dev": 40, "num_test": 60, "max_length": 16,
-        },
-        "zo": {"method": "lozo", "rank": 2, "refresh_every": 4, "members": 2, "eps": 1e-2, "scope": "all"},
-        "optim": {"name": "zo_sgd", "lr": 2e-3},
-        "train": {
-            "steps": 12, "batch_size": 8, "steps_per_call": 4, "eval_every": 8, "checkpoint_every": 4,
-            "output_dir": str(out), "progress": False,
-        },
-    }
-    for key, value in over.items():
-        section, name = key.split("__")
-        cfg[section][name] = value
-    path = Path(str(out) + ".yaml")
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _checkpoint_params(run_dir):
-    from zojax.train import build_run, trained_params
-
-    cfg = load_config(Path(run_dir) / "config.yaml")
-    params, step = trained_params(build_run(cfg), run_dir)
-    return jax.tree.leaves(params), step
+from .runs import checkpoint_params, write_config
 
 
 @pytest.fixture(scope="module")
 def full_run(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
-    assert main(["train", "--config", str(_config(assets, out))]) == 0
+    assert main(["train", "--config", str(write_config(assets, out))]) == 0
     return out
 
 
@@ -113,13 +43,13 @@ def test_train_writes_all_outputs_and_loss_decreases(full_run):
 
 def test_resume_after_step_limit_is_bitwise(assets, full_run, tmp_path):
     out = tmp_path / "stopped"
-    cfg = _config(assets, out, train__stop_after=6)  # not a call boundary of the full run: calls differ
+    cfg = write_config(assets, out, train__stop_after=6)  # not a call boundary of the full run: calls differ
     assert main(["train", "--config", str(cfg)]) == 0
     assert json.loads((out / "summary.json").read_text())["status"] == "stopped"
-    cfg = _config(assets, out)
+    cfg = write_config(assets, out)
     assert main(["train", "--config", str(cfg), "--resume"]) == 0
-    resumed, step = _checkpoint_params(out)
-    expected, _ = _checkpoint_params(full_run)
+    resumed, step = checkpoint_params(out)
+    expected, _ = checkpoint_params(full_run)
     assert step == 12
     for a, b in zip(resumed, expected):
         np.testing.assert_array_equal(a, b)
@@ -128,7 +58,7 @@ def test_resume_after_step_limit_is_bitwise(assets, full_run, tmp_path):
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise(assets, full_run, tmp_path):
     out = tmp_path / "killed"
-    cfg = _config(assets, out, train__steps_per_call=1, train__checkpoint_every=2)
+    cfg = write_config(assets, out, train__steps_per_call=1, train__checkpoint_every=2)
     proc = subprocess.Popen([sys.executable, "-m", "zojax.cli", "train", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -142,8 +72,8 @@ def test_resume_after_sigkill_is_bitwise(assets, full_run, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert main(["train", "--config", str(cfg), "--resume"]) == 0
-    resumed, step = _checkpoint_params(out)
-    expected, _ = _checkpoint_params(full_run)
+    resumed, step = checkpoint_params(out)
+    expected, _ = checkpoint_params(full_run)
     assert step == 12
     for a, b in zip(resumed, expected):
         np.testing.assert_array_equal(a, b)
@@ -160,7 +90,7 @@ def test_replay_equals_checkpoint_and_export_loads_in_transformers(full_run, tmp
     export = tmp_path / "export"
     assert main(["export", "--run", str(full_run), "--output", str(export)]) == 0
     model, _, _ = from_pretrained(str(export))
-    trained, _ = _checkpoint_params(full_run)
+    trained, _ = checkpoint_params(full_run)
     _, state = nnx.split(model)
     for a, b in zip(jax.tree.leaves(state), trained):
         np.testing.assert_array_equal(a, b)
@@ -188,25 +118,25 @@ def test_config_errors_name_the_key(assets, tmp_path):
 def test_every_shipped_config_loads_and_builds_its_spec():
     from zojax.train import make_spec
 
-    for path in sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")):
+    for path in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")):
         spec = make_spec(load_config(path))
         assert spec.members >= 1, path
-    mezo = make_spec(load_config(Path(__file__).resolve().parent.parent / "configs" / "opt13b_sst2_mezo.yaml"))
+    mezo = make_spec(load_config(Path(__file__).resolve().parents[2] / "configs" / "opt13b_sst2_mezo.yaml"))
     assert mezo.lazy_dense and not mezo.adapter
 
 
 def test_missing_data_file_and_columns(assets, tmp_path):
-    cfg = load_config(_config(assets, tmp_path / "r", task__source=str(tmp_path / "missing.jsonl")))
+    cfg = load_config(write_config(assets, tmp_path / "r", task__source=str(tmp_path / "missing.jsonl")))
     from zojax.train import train
 
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         train(cfg)
-    cfg = load_config(_config(assets, tmp_path / "r2", task__columns={"sentence": "review", "label": "sentiment"}))
+    cfg = load_config(write_config(assets, tmp_path / "r2", task__columns={"sentence": "review", "label": "sentiment"}))
     with pytest.raises(KeyError, match="review"):
         train(cfg)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    cfg = load_config(_config(assets, tmp_path / "r3", task__source=str(empty)))
+    cfg = load_config(write_config(assets, tmp_path / "r3", task__source=str(empty)))
     with pytest.raises(ValueError, match="empty|no examples|no rows"):
         train(cfg)
 
@@ -214,7 +144,7 @@ def test_missing_data_file_and_columns(assets, tmp_path):
 def test_truncation_is_counted_and_non_finite_losses_stop_the_run(assets, tmp_path, caplog):
     from zojax.train import TrainingError, train
 
-    cfg = load_config(_config(assets, tmp_path / "trunc", task__max_length=8, train__steps=4, train__eval_every=0))
+    cfg = load_config(write_config(assets, tmp_path / "trunc", task__max_length=8, train__steps=4, train__eval_every=0))
     summary = train(cfg)
     assert summary["truncated_examples"] == 220  # every example of the three splits
     assert "truncated from the left" in caplog.text
@@ -224,9 +154,9 @@ def test_truncation_is_counted_and_non_finite_losses_stop_the_run(assets, tmp_pa
     # a resumed run may not change train.objective: the same name turns non-finite after a good checkpoint
     tasks.register_objective("flip_for_test", tasks.get_objective("ce"), on="apply")
     out = tmp_path / "nan"
-    train(load_config(_config(assets, out, train__objective="flip_for_test", train__stop_after=4, train__eval_every=0)))
+    train(load_config(write_config(assets, out, train__objective="flip_for_test", train__stop_after=4, train__eval_every=0)))
     tasks.register_objective("flip_for_test", lambda lp, batch: jnp.nan * lp.sum())
-    cfg = load_config(_config(assets, out, train__objective="flip_for_test", train__max_consecutive_skips=3, train__eval_every=0))
+    cfg = load_config(write_config(assets, out, train__objective="flip_for_test", train__max_consecutive_skips=3, train__eval_every=0))
     with pytest.raises(TrainingError, match="3 consecutive steps had non-finite losses.*step 4"):
         train(cfg, resume=True)
     from zojax.train import build_run, trained_params
@@ -239,12 +169,12 @@ def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path):
     from zojax.train import train
 
     out = tmp_path / "corrupt"
-    cfg = load_config(_config(assets, out, train__stop_after=8))
+    cfg = load_config(write_config(assets, out, train__stop_after=8))
     train(cfg)
     latest = out / "checkpoints" / "8"
     for f in latest.rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "state" in str(f):
             f.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="falling back to step 4"):
-        summary = train(load_config(_config(assets, out)), resume=True)
+        summary = train(load_config(write_config(assets, out)), resume=True)
     assert summary["steps"] == 12

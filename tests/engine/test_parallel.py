@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]
 MEMBERS = 8
 MESHES = {"single": None, "pop8": (8, 1), "pop4_model2": (4, 2)}
 # These tests compare numbers, not speed: skip LLVM's optimisations to halve compile time.
@@ -251,49 +251,6 @@ def test_two_processes_match_one(eight, tmp_path):
 
 # --- workers (run as scripts in the subprocesses) ------------------------------------------------
 
-WORDS = ["wonderful", "delightful", "great", "fun", "moving", "charming", "superb", "brilliant", "boring", "awful", "dull", "mess", "tedious", "clumsy", "bland", "terrible", "the", "film", "was", "a", "plot", "and", "story", "with", "actors", "it", "It"]
-
-
-def _make_assets(root: Path) -> None:
-    """A tiny random Llama (2 layers, untied LM head, vocab 48) with a word-level tokenizer, and a JSONL set."""
-    from flax import nnx
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
-
-    from zojax.models import llama, save_pretrained
-
-    words = sorted(set(WORDS))
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    for i in range(len(vocab), 48):  # a vocabulary the model axis divides
-        vocab[f"<extra{i}>"] = i
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
-    )
-    hf = LlamaConfig(
-        vocab_size=48,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    config = llama.Config.from_hf(hf)
-    save_pretrained(llama.Model(config, rngs=nnx.Rngs(0)), config, root / "model", tokenizer)
-    rng = np.random.default_rng(0)
-    pos, neg, filler = WORDS[:8], WORDS[8:16], WORDS[16:26]
-    rows = []
-    for _ in range(120):
-        label = int(rng.integers(2))
-        words = list(rng.choice(filler, 4)) + list(rng.choice(pos if label else neg, 2))
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "sentiment": "pos" if label else "neg"})
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _write_config(root: Path) -> Path:
     import yaml
 
@@ -426,6 +383,7 @@ def _worker_eight(root: Path) -> None:
     import jax.numpy as jnp
 
     import zojax
+    from tests.tiny_assets import make_assets  # absolute: this file runs as a script, ROOT on PYTHONPATH
     from zojax import parallel, tasks
     from zojax.cli import main
     from zojax.config import load_config
@@ -435,7 +393,8 @@ def _worker_eight(root: Path) -> None:
     assert jax.device_count() == 8
     timings = {}
     tic = time.time()
-    _make_assets(root)
+    # the pipeline tests' tiny Llama with an untied LM head and a vocabulary of 48, which the model axis divides
+    make_assets(root, rows=120, movie=False, vocab_size=48, tie=False)
     config = _write_config(root)
     timings["assets"] = time.time() - tic
     result = {"runs": {}, "api": {}, "hlo": {}, "errors": {}}

@@ -19,7 +19,7 @@ import nbformat
 import pytest
 from jupytext.combine import combine_inputs_with_outputs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 SOURCES = ROOT / "tools" / "notebook_sources"
 NAMES = ["quickstart", "custom_model", "paper_reproduction"]

@@ -5,26 +5,27 @@ import json
 import jax
 import numpy as np
 import pytest
-from test_train import _checkpoint_params, _config, assets  # noqa: F401 -- the tiny model + data fixture
 
 from zojax.cli import main
 from zojax.config import load_config
 from zojax.tasks.batching import _ToyTokenizer, encode_task
 
+from .runs import checkpoint_params, write_config
 
-def _fo_config(assets, out, **over):  # noqa: F811
+
+def _fo_config(assets, out, **over):
     over = {"zo__method": "fo", "zo__scope": "^norm/", "optim__name": None, "optim__lr": 3e-2, "train__eval_every": 0, **over}
-    return _config(assets, out, **over)
+    return write_config(assets, out, **over)
 
 
 @pytest.fixture(scope="module")
-def fo_run(assets, tmp_path_factory):  # noqa: F811
+def fo_run(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("fo") / "full"
     assert main(["train", "--config", str(_fo_config(assets, out))]) == 0
     return out
 
 
-def test_fo_descends_writes_the_run_and_respects_the_scope(assets, fo_run):  # noqa: F811
+def test_fo_descends_writes_the_run_and_respects_the_scope(assets, fo_run):
     from zojax.train import build_run, trained_params
 
     summary = json.loads((fo_run / "summary.json").read_text())
@@ -43,18 +44,18 @@ def test_fo_descends_writes_the_run_and_respects_the_scope(assets, fo_run):  # n
     assert changed and all("norm" in k and "layers" not in k for k in changed), changed
 
 
-def test_fo_resume_is_bitwise(assets, fo_run, tmp_path):  # noqa: F811
+def test_fo_resume_is_bitwise(assets, fo_run, tmp_path):
     out = tmp_path / "stopped"
     assert main(["train", "--config", str(_fo_config(assets, out, train__stop_after=6))]) == 0
     assert main(["train", "--config", str(_fo_config(assets, out)), "--resume"]) == 0
-    resumed, step = _checkpoint_params(out)
-    expected, _ = _checkpoint_params(fo_run)
+    resumed, step = checkpoint_params(out)
+    expected, _ = checkpoint_params(fo_run)
     assert step == 12
     for a, b in zip(resumed, expected):
         np.testing.assert_array_equal(a, b)
 
 
-def test_fo_config_errors(assets, fo_run, tmp_path, capsys):  # noqa: F811
+def test_fo_config_errors(assets, fo_run, tmp_path, capsys):
     from zojax.train import make_optimizer, make_spec
 
     cfg = load_config(_fo_config(assets, tmp_path / "x"), ["optim.name=zo_sgd"])
@@ -81,8 +82,8 @@ def test_demonstrations_precede_the_prompt_and_drop_whole_from_the_far_end():
     assert [vocab[i] for i in full.examples[0].seqs[1]][-4:] == ["so", "It", "was", "great"]
 
 
-def test_eval_with_icl_examples(assets, tmp_path, capsys):  # noqa: F811
-    cfg = _config(assets, tmp_path / "icl")
+def test_eval_with_icl_examples(assets, tmp_path, capsys):
+    cfg = write_config(assets, tmp_path / "icl")
     assert main(["eval", "--config", str(cfg), "task.icl_examples=3", "task.max_length=40"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["icl"] == {"icl_examples": 3, "icl_demonstrations_dropped": 0}
@@ -101,7 +102,7 @@ def test_quality_bench_counts_forwards_and_renders_its_table():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench import quality
 
     fo, mezo4, one = (quality._config(o) for o in (["zo.method=fo"], ["zo.members=4"], ["zo.sided=one", "zo.members=4"]))

@@ -1,0 +1,1 @@
+"""The ZO engine: directions and their RNG, scoring, estimators, updates, adapter state, meshes."""

@@ -1,0 +1,1 @@
+"""The project around the package: docs, lint, notebooks, benchmark scripts."""

@@ -1,0 +1,68 @@
+"""A tiny random Llama with a word-level tokenizer, saved as an HF directory, and a tiny sentiment JSONL set.
+
+Shared by the pipeline tests (the ``assets`` fixture of ``tests/pipeline/conftest.py``) and the mesh
+worker of ``tests/engine/test_parallel.py``, which runs as a script in a subprocess and so imports this
+module rather than a fixture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+POSITIVE = ["wonderful", "delightful", "great", "fun", "moving", "charming", "superb", "brilliant"]
+NEGATIVE = ["boring", "awful", "dull", "mess", "tedious", "clumsy", "bland", "terrible"]
+FILLER = ["the", "film", "was", "a", "plot", "and", "story", "with", "actors", "it"]
+
+
+def sentences(n: int, seed: int, movie: bool = True) -> list[dict]:
+    """``n`` rows: four filler words and two of the label's sentiment, shuffled; ``movie`` adds a column."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(2))
+        words = list(rng.choice(FILLER, 4)) + list(rng.choice(POSITIVE if label else NEGATIVE, 2))
+        rng.shuffle(words)
+        row = {"text": " ".join(words), "sentiment": "pos" if label else "neg"}
+        if movie:
+            row["movie"] = f"m{i % 17}"
+        rows.append(row)
+    return rows
+
+
+def make_assets(
+    root: Path, *, rows: int = 240, movie: bool = True, vocab_size: int | None = None, tie: bool = True
+) -> Path:
+    """Write ``root/model`` (a 2-layer random Llama, GQA) and ``root/data.jsonl``; returns ``root``.
+
+    ``vocab_size`` pads the word vocabulary with ``<extraN>`` tokens (e.g. to a size a mesh axis
+    divides); ``tie`` ties the LM head to the embedding.
+    """
+    from flax import nnx
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    from zojax.models import llama, save_pretrained
+
+    root = Path(root)
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["It", "was", "great", "terrible"]))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    for i in range(len(vocab), vocab_size or 0):
+        vocab[f"<extra{i}>"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    hf = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie,
+    )
+    config = llama.Config.from_hf(hf)
+    model = llama.Model(config, rngs=nnx.Rngs(0))
+    save_pretrained(model, config, root / "model", tokenizer)
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sentences(rows, 0, movie=movie)))
+    return root
