@@ -264,9 +264,9 @@ class StepRunner:
     Runners of the same shapes share compiled programs through the persistent compilation cache."""
 
     def __init__(self, bundle: Bundle, method: str, members: int, batch: Batch, *, lr: float = 1e-7,
-                 spec: zojax.ZOSpec | None = None):
+                 spec: zojax.ZOSpec | None = None, opt=None):
         self.spec = spec or spec_for(method, members, bundle=bundle)
-        self.optimizer = optimizer(lr, self.spec)
+        self.optimizer = optimizer(lr, self.spec) if opt is None else opt
         self.step = zojax.make_step(loss_fn(bundle), self.spec, self.optimizer).step
         params = jax.tree.map(jnp.copy, bundle.params)  # the step donates its trainable leaves
         self.state, self.frozen = zojax.init(params, self.spec, self.optimizer, jax.random.PRNGKey(0))

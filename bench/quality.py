@@ -45,8 +45,12 @@ ROWS: dict[str, tuple[list[str], list[float]]] = {
     "mezo_all_lazy": (["zo.method=mezo", "zo.scope=all", "zo.lazy_dense=true"], [1e-5, 1e-6, 1e-4]),
     # K=4 averages four coefficients: same lr scale as K=1 (taken from its sweep)
     "lozo_lora_k4": (["zo.method=lozo", "zo.scope=lora", "zo.members=4"], []),
+    # MeZO-like marginal variance through the low-rank path (rank 8: U V^T / sqrt(8)); LoZO's lr scale
+    "factorized_lora": (["zo.method=factorized", "zo.scope=lora", "zo.rank=8"], []),
+    # LoZO with the official factored momentum (beta 0.9)
+    "lozo_m_lora": (["zo.method=lozo", "zo.scope=lora", "optim.name=lozo_m"], []),
 }
-LR_FROM = {"lozo_lora_k4": "lozo_lora_k1"}
+LR_FROM = {"lozo_lora_k4": "lozo_lora_k1", "factorized_lora": "lozo_lora_k1", "lozo_m_lora": "lozo_lora_k1"}
 ICL = {"icl_k4": (4, 256), "icl_k16": (16, 1024)}  # k demonstrations, task.max_length that holds them
 BASE = [
     "task.num_train=1000", "task.num_dev=500", "task.num_test=1000", "train.eval_examples=null",
@@ -258,7 +262,7 @@ def plot(data: dict, path: Path) -> None:
     axes[1].set_xscale("symlog", linthresh=10)  # ZO rows take ~5x more (cheaper) passes than first-order ones
     axes[1].set(xlabel="forward passes of a 16-review batch (fo: 3 per step)", ylabel=dev, xlim=(0, None))
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("SmolLM2-135M-Instruct, Rotten Tomatoes: equal CPU-time budget per row (measured under load)")
+    fig.suptitle("SmolLM2-135M-Instruct, Rotten Tomatoes: equal CPU-time budget per row (load per row: quality.json)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -269,6 +273,7 @@ LABELS = {
     "mezo_norm": "MeZO, final norm (today's default)", "lozo_lora_k1": "LoZO, lora scope, K = 1",
     "lozo_lora_k4": "LoZO, lora scope, K = 4", "mezo_all_lazy": "MeZO, all parameters (lazy_dense)",
     "fo_adamw_all": "first-order AdamW, all parameters", "fo_adamw_lora": "first-order AdamW, lora scope",
+    "factorized_lora": "factorized r = 8, lora scope", "lozo_m_lora": "LoZO-M (momentum 0.9), lora scope",
 }
 
 
@@ -320,7 +325,7 @@ def main(argv=None) -> int:
         sweep(rows, args.budget, args.dev_limit or None, args.sweep_json, args.dev_points)
         return 0
     order = ["zero_shot", "mezo_norm", "fo_adamw_all", "lozo_lora_k1", "icl_k4", "fo_adamw_lora", "mezo_all_lazy",
-             "lozo_lora_k4", "icl_k16"]
+             "lozo_lora_k4", "factorized_lora", "lozo_m_lora", "icl_k16"]
     rows = args.rows.split(",") if args.rows else order
     unknown = [r for r in rows if r not in ROWS and r not in ICL and r != "zero_shot"]
     if unknown:

@@ -218,3 +218,16 @@ def test_forward_flops_counts_the_opt13b_forward():
     expected = 128 * 48 * (2 * kernels + 4 * 48 * d * L) + 128 * 2 * d * 2
     assert measures.forward_flops(bundle, 128, 48) == pytest.approx(expected)
     assert 150e12 < expected < 160e12
+
+
+def test_attribution_variants_switch_one_feature_each():
+    """bench/attribution.py: each variant differs from the trainer's step in the feature it names only."""
+    from bench import attribution
+
+    found = attribution.variants(None, members=1)  # no bundle: dense MeZO one member at a time
+    assert set(found) == {"mezo", "mezo_no_check", "lozo", "lozo_no_check", "lozo_zo_sgd", "lozo_zo_sgd_no_check"}
+    for name, (method, spec, opt) in found.items():
+        assert spec.check_update == ("no_check" not in name)
+        assert spec == dataclasses.replace(common.spec_for(method, 1), check_update=spec.check_update)
+        adapter_state = isinstance(opt, zojax.ZOTransformation)
+        assert adapter_state == (method == "lozo" and "zo_sgd" not in name)

@@ -113,7 +113,7 @@ print(
 # * **MeZO** (`zo.method: mezo`): dense Gaussian directions, one per step (`zo.members: 1`), each scored at
 #   `theta + eps·z` and `theta - eps·z` on the same batch of 16 reviews;
 # * **scope `^norm/`**: only the final RMSNorm scale (576 numbers) is trained. ZO progress per step shrinks
-#   with the number of trainable parameters, so on a CPU budget of ~100 steps a small, decisive scope wins:
+#   with the number of trainable parameters, so on a CPU budget of a few hundred steps a small, decisive scope wins:
 #   it sets how each hidden dimension reaches the LM head, i.e. the model's calibration between the two
 #   answers. On a GPU/TPU try `zo.scope=lora zo.method=lozo` with many more steps (see
 #   `paper_reproduction.ipynb`).
@@ -135,7 +135,7 @@ if SMALL:  # the test suite: only checks that every cell runs
         "train.progress=false",
     ]
 else:
-    overrides += ["train.eval_every=40"]  # a dev evaluation half-way, for the curve
+    overrides += ["train.eval_every=120"]  # a dev evaluation half-way, for the curve
 cfg = load_config(None, overrides)
 print(cfg.model_dump_json(indent=1, include={"zo", "optim", "train"}))
 print("\nthe same run from a shell:  zojax train " + " ".join(overrides))
