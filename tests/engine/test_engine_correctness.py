@@ -240,6 +240,34 @@ def test_update_that_leaves_non_finite_weights_is_skipped(optimizer):
     np.testing.assert_array_equal(state.params["w"], start["w"])
 
 
+@pytest.mark.parametrize("noise", [Gaussian(), zojax.Rademacher(), LowRank(rank=2), Factorized(rank=4)],
+                         ids=["gaussian", "rademacher", "lowrank", "factorized"])
+def test_zo_sgd_bounds_its_new_weights_without_regenerating_directions(noise):
+    from zojax.optim.transforms import update_bound
+
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), "b": jnp.asarray(rng.normal(size=5), jnp.float32)}
+    for lr, wd in ((0.3, 0.0), (2.0, 0.5)):
+        opt = zojax.zo_sgd(lr, weight_decay=wd)
+        for step in range(5):
+            grad = zojax.ZOGrad(KEY, jnp.int32(step), jnp.asarray(rng.normal(size=3) * 10, jnp.float32), noise)
+            updates, _ = opt.update(grad, opt.init(params), params)
+            new = optax.apply_updates(params, updates)
+            largest = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(new))
+            assert largest <= float(update_bound(opt, grad, opt.init(params), params))
+
+
+def test_a_bound_too_large_falls_back_to_the_exact_check():
+    # weights near float32's largest value: the cheap bound cannot vouch for the update, the exact check can
+    spec, opt = zojax.ZOSpec(members=1), zojax.zo_sgd(1e-3)
+    start = {"w": jnp.array([2e38, 1.0, -1.0], jnp.float32)}
+    state, frozen = zojax.init(jax.tree.map(jnp.copy, start), spec, opt, KEY)
+    state, info = zojax.step(state, frozen, jnp.ones(3), loss_fn=lambda p, b: jnp.sum(p["w"][1:] * b[1:]),
+                             spec=spec, optimizer=opt)
+    assert bool(info.applied) and int(state.skipped) == 0
+    assert not np.array_equal(state.params["w"][1:], start["w"][1:])
+
+
 # --- replay refuses directions it cannot regenerate ----------------------------------------
 
 

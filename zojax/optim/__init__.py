@@ -20,6 +20,7 @@ from zojax.optim.transforms import (
     effective_params,
     lozo_adapter,
     lozo_m,
+    update_bound,
     zo_sgd,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "ZOTransformation",
     "effective_params",
     "apply_update",
+    "update_bound",
     "AdapterState",
     "LozoMState",
     "ScheduleState",

@@ -16,7 +16,7 @@ import optax
 
 from zojax.noise import partition
 from zojax.optim.gradient import PyTree, ZOGrad
-from zojax.optim.transforms import ZOTransformation, apply_update
+from zojax.optim.transforms import ZOTransformation, apply_update, update_bound
 from zojax.scoring import ZOSpec, score
 
 __all__ = ["ZOState", "StepInfo", "init", "step", "run_steps", "make_step"]
@@ -105,9 +105,12 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
     # Neither a non-finite loss nor an update that overflows reaches the weights: the step is
     # a counted no-op. The update is computed twice -- first reduced to "is every new value
     # finite?" (fused, no buffer), then applied in place -- because choosing between old and
-    # new weights afterwards would hold both: a second copy of every trainable weight.
+    # new weights afterwards would hold both: a second copy of every trainable weight. An
+    # optimiser that bounds its new weights cheaply (zo_sgd) skips the first pass when the
+    # bound is safe, which is every ordinary step.
     if spec.check_update:
-        finite = jax.lax.cond(finite_losses, lambda _: all_finite(updated(None)), lambda _: jnp.array(False), None)
+        finite = jax.lax.cond(finite_losses, lambda _: _update_is_finite(optimizer, grad, state, updated),
+                              lambda _: jnp.array(False), None)
     else:
         finite = finite_losses
     params, opt_state = jax.lax.cond(finite, updated, kept, None)
@@ -118,6 +121,20 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
         new_state = parallel.constrain(new_state, parallel.state_shardings(new_state, mesh, rules))
         info = parallel.constrain(info, jax.tree.map(lambda _: parallel.replicated(mesh), info))
     return new_state, info
+
+
+def _update_is_finite(optimizer, grad: ZOGrad, state: ZOState, updated) -> jax.Array:
+    """Whether the update leaves every value finite. An optimiser's cheap bound on the new weights
+    (:func:`~zojax.optim.transforms.update_bound`), when far below the largest value of every
+    trainable dtype, answers without computing the update; otherwise the update is computed."""
+    def exact(_):
+        return all_finite(updated(None))
+
+    bound = update_bound(optimizer, grad, state.opt_state, state.params)
+    if bound is None:
+        return exact(None)
+    limit = min(float(jnp.finfo(x.dtype).max) for x in jax.tree.leaves(state.params)) / 2
+    return jax.lax.cond(jnp.isfinite(bound) & (bound < limit), lambda _: jnp.array(True), exact, None)
 
 
 def all_finite(tree: PyTree) -> jax.Array:

@@ -34,7 +34,9 @@ from zojax.optim.gradient import (
     dense_gradient,
 )
 
-__all__ = ["zo_sgd", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "effective_params", "apply_update"]
+__all__ = [
+    "zo_sgd", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "effective_params", "apply_update", "update_bound",
+]
 
 def _as_schedule(learning_rate: optax.ScalarOrSchedule, name: str) -> optax.Schedule:
     if callable(learning_rate):
@@ -88,7 +90,36 @@ def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=None):
 
         return _map_trainable(one, params), ScheduleState(state.count + 1)
 
+    def bound(grad: ZOGrad, state: ScheduleState, params) -> jax.Array:
+        # |theta'| <= max|theta| + |lr| (mean_k |c_k| max|z| + |wd| max|theta|), from scalars and one
+        # read-only pass over the weights: no direction is regenerated (see update_bound)
+        lr = jnp.abs(jnp.asarray(schedule(state.count), jnp.float32))
+        p_max = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(params)]))
+        max_abs = getattr(grad.noise, "max_abs", math.inf)  # a noise kind with no bound: always the exact check
+        g_max = jnp.mean(jnp.abs(grad.coeffs.astype(jnp.float32))) * max_abs
+        return p_max + lr * (g_max + abs(weight_decay) * p_max)
+
+    update.bound = bound  # type: ignore[attr-defined]  # an optional hook on optax's update function
     return optax.GradientTransformation(init, update)
+
+
+def update_bound(optimizer, grad: ZOGrad, opt_state, params) -> jax.Array | None:
+    """An upper bound on ``|theta|`` after ``optimizer``'s update, when the optimiser offers a cheap
+    one (``zo_sgd`` does), else None.
+
+    The fused step uses it to skip its finiteness check's second update pass: when the bound is
+    far below the dtype's largest value, no updated weight can overflow.
+
+    >>> import jax.random as jr; from zojax.noise import Rademacher
+    >>> p = {"w": jnp.full(3, 2.0)}
+    >>> g = ZOGrad(jr.PRNGKey(0), jnp.int32(0), jnp.array([0.5]), Rademacher())
+    >>> round(float(update_bound(zo_sgd(0.1), g, zo_sgd(0.1).init(p), p)), 4)  # 2 + 0.1 * 0.5 * 1
+    2.05
+    >>> update_bound(densify(), g, None, p) is None
+    True
+    """
+    bound = getattr(optimizer.update, "bound", None)
+    return None if bound is None else bound(grad, opt_state, params)
 
 
 def densify():
