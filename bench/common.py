@@ -25,6 +25,7 @@ import zojax
 from zojax.models import llama, opt, stacked_paths
 from zojax.tasks import classification_loss
 from zojax.tasks.batching import Batch
+from zojax.train import zo_sgd_update
 
 # --- models -------------------------------------------------------------------------------
 
@@ -253,10 +254,7 @@ def spec_for(method: str, members: int, *, bundle: Bundle | None = None, chunk_s
 def optimizer(lr: float, spec: zojax.ZOSpec):
     """The trainer's update for ``spec``: LoZO on the adapter path keeps its update as the dynamic
     adapter state (``lozo_adapter``), everything else ``zo_sgd``."""
-    noise = spec.noise
-    if spec.adapter and isinstance(noise, zojax.LowRank) and noise.refresh_every > 1:
-        return zojax.lozo_adapter(lr, noise=noise, members=spec.members)
-    return zojax.zo_sgd(lr)
+    return zo_sgd_update(lr, spec)
 
 
 class StepRunner:

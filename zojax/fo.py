@@ -25,7 +25,7 @@ import optax
 
 from zojax.noise import combine
 from zojax.optim import StepInfo, ZOState
-from zojax.optim.fused import CompiledStep
+from zojax.optim.fused import CompiledStep, compile_steps
 
 __all__ = ["fo_step", "make_fo_step"]
 
@@ -89,12 +89,4 @@ def make_fo_step(loss_fn, optimizer, *, micro_batches: int = 1, mesh=None) -> Co
     """The first-order counterpart of :func:`zojax.optim.make_step`: one step and S steps in one
     compiled call (``lax.scan`` over batches stacked on a leading axis), ``state`` donated."""
     _no_mesh(mesh)
-    options = dict(loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches)
-
-    def one(state, frozen, batch):
-        return _fo_step(state, frozen, batch, **options)
-
-    def many(state, frozen, batches):
-        return jax.lax.scan(lambda s, batch: _fo_step(s, frozen, batch, **options), state, batches)
-
-    return CompiledStep(jax.jit(one, donate_argnums=0), jax.jit(many, donate_argnums=0))
+    return compile_steps(functools.partial(_fo_step, loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches))

@@ -56,7 +56,7 @@ from zojax.scoring import ZOSpec
 from zojax.seedlog import SeedLog, read_jsonl
 
 __all__ = [
-    "Run", "build_run", "train", "evaluate", "trained_params", "make_spec", "make_optimizer", "optimizer_name",
+    "Run", "build_run", "train", "evaluate", "trained_params", "make_spec", "make_optimizer", "zo_sgd_update", "optimizer_name",
     "icl_demonstrations", "TrainingError",
 ]
 
@@ -113,6 +113,15 @@ def optimizer_name(cfg: RunConfig) -> str:
     return "adamw" if cfg.zo.method == "fo" else "zo_sgd"
 
 
+def zo_sgd_update(lr, spec: ZOSpec, weight_decay: float = 0.0, *, adapter_state: bool = True):
+    """``zo_sgd``, kept as the dynamic adapter state (``lozo_adapter``, the same steps) where that
+    applies: LoZO directions on the adapter path with a lazy V and no weight decay."""
+    noise = spec.noise
+    if adapter_state and spec.adapter and not weight_decay and isinstance(noise, LowRank) and noise.refresh_every > 1:
+        return lozo_adapter(lr, noise=noise, members=spec.members)
+    return zo_sgd(lr, weight_decay)
+
+
 def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation:
     """The update rule a config describes (lean zo_sgd, LoZO-M, or [densify +] an optax optimizer)."""
     o, name, fo = cfg.optim, optimizer_name(cfg), cfg.zo.method == "fo"
@@ -120,10 +129,7 @@ def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation
     if fo and name in ("zo_sgd", "lozo_m"):
         raise ConfigError(f"optim.name={name} is a ZO update; zo.method=fo takes sgd, adam or adamw")
     if name == "zo_sgd":
-        noise = spec.noise
-        if o.adapter_state and spec.adapter and not o.weight_decay and isinstance(noise, LowRank) and noise.refresh_every > 1:
-            return lozo_adapter(lr, noise=noise, members=spec.members)
-        return zo_sgd(lr, o.weight_decay)
+        return zo_sgd_update(lr, spec, o.weight_decay, adapter_state=o.adapter_state)
     if name == "lozo_m":
         if not isinstance(spec.noise, LowRank):
             raise ConfigError("optim.name=lozo_m needs zo.method=lozo or factorized")

@@ -19,7 +19,7 @@ from zojax.optim.gradient import PyTree, ZOGrad
 from zojax.optim.transforms import ZOTransformation, apply_update, update_bound
 from zojax.scoring import ZOSpec, score
 
-__all__ = ["ZOState", "StepInfo", "init", "step", "run_steps", "make_step"]
+__all__ = ["ZOState", "StepInfo", "init", "step", "run_steps", "make_step", "compile_steps"]
 
 class ZOState(NamedTuple):
     """Everything a run carries between steps (frozen weights live outside, never donated)."""
@@ -218,11 +218,14 @@ def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=
     ((5, 2, 2), 5)
     """
     options = dict(loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh, rules=rules)
+    return compile_steps(functools.partial(_step, **options))
 
-    def one(state, frozen, batch):
-        return _step(state, frozen, batch, **options)
+
+def compile_steps(one_step) -> CompiledStep:
+    """A :class:`CompiledStep` from ``one_step(state, frozen, batch) -> (state, info)``: the step
+    and a ``lax.scan`` of it over batches stacked on a leading axis, both jitted, ``state`` donated."""
 
     def many(state, frozen, batches):
-        return jax.lax.scan(lambda s, batch: _step(s, frozen, batch, **options), state, batches)
+        return jax.lax.scan(lambda s, batch: one_step(s, frozen, batch), state, batches)
 
-    return CompiledStep(jax.jit(one, donate_argnums=0), jax.jit(many, donate_argnums=0))
+    return CompiledStep(jax.jit(one_step, donate_argnums=0), jax.jit(many, donate_argnums=0))
