@@ -49,6 +49,19 @@ ROWS: dict[str, tuple[list[str], list[float]]] = {
     "factorized_lora": (["zo.method=factorized", "zo.scope=lora", "zo.rank=8"], []),
     # LoZO with the official factored momentum (beta 0.9)
     "lozo_m_lora": (["zo.method=lozo", "zo.scope=lora", "optim.name=lozo_m"], []),
+    # Ways to lift MeZO on the final norm past its ~70-72% dev plateau (explored on all 500 dev reviews:
+    # --sweep --dev-limit 0). First-order AdamW on the same 576 scales is the ceiling to aim at.
+    "fo_adamw_norm": (["zo.method=fo", "zo.scope=^norm/"], [1e-2, 3e-3]),
+    # Adam on the densified ZO estimate (MeZO-Adam)
+    "mezo_norm_adam": (["zo.method=mezo", "zo.scope=^norm/", "optim.name=adam"], [1e-2, 3e-3]),
+    # more directions per forward: one-sided K = 4 scores 5 states for 4 directions (two-sided K = 1: 2 for 1)
+    "mezo_norm_one_k4": (["zo.method=mezo", "zo.scope=^norm/", "zo.sided=one", "zo.members=4"], [6e-2, 1.2e-1]),
+    # the trunk below the final norm is shared by every member (vmap leaves it unbatched), so K = 16 costs ~1.25x K = 1
+    "mezo_norm_k16": (["zo.method=mezo", "zo.scope=^norm/", "zo.members=16"], [3e-2, 1e-1]),
+    "mezo_norm_k16_adam": (["zo.method=mezo", "zo.scope=^norm/", "zo.members=16", "optim.name=adam"], [1e-2]),
+    "mezo_norm_k64_adam": (["zo.method=mezo", "zo.scope=^norm/", "zo.members=64", "optim.name=adam"], [1e-2]),
+    # every RMSNorm scale (61 x 576): more capacity, 61x the dimensions, and no shared trunk
+    "mezo_norms_all": (["zo.method=mezo", "zo.scope=norm"], [3e-3, 1e-2]),
 }
 LR_FROM = {"lozo_lora_k4": "lozo_lora_k1", "factorized_lora": "lozo_lora_k1", "lozo_m_lora": "lozo_lora_k1"}
 ICL = {"icl_k4": (4, 256), "icl_k16": (16, 1024)}  # k demonstrations, task.max_length that holds them
@@ -196,7 +209,7 @@ def sweep(rows: list[str], budget: float, dev_limit: int, out: Path, dev_points:
         data = {**json.loads(out.read_text()), "budget_cpu_seconds": budget, "dev_examples": dev_limit}
     for name in rows:
         overrides, lrs = ROWS[name]
-        for lr in lrs if len(lrs) > 1 else []:  # a single prior needs no run
+        for lr in lrs:
             print(f"sweep {name} lr={lr}", flush=True)
             rec = train_row(model, overrides, lr, budget, dev_points=dev_points, dev_limit=dev_limit, test=False)
             data["rows"].setdefault(name, []).append({**{k: rec.get(k) for k in (
@@ -270,10 +283,11 @@ def plot(data: dict, path: Path) -> None:
 
 LABELS = {
     "zero_shot": "zero-shot", "icl_k4": "ICL, k = 4 demonstrations", "icl_k16": "ICL, k = 16 demonstrations",
-    "mezo_norm": "MeZO, final norm (today's default)", "lozo_lora_k1": "LoZO, lora scope, K = 1",
+    "mezo_norm": "MeZO, final norm (the default's method)", "lozo_lora_k1": "LoZO, lora scope, K = 1",
     "lozo_lora_k4": "LoZO, lora scope, K = 4", "mezo_all_lazy": "MeZO, all parameters (lazy_dense)",
     "fo_adamw_all": "first-order AdamW, all parameters", "fo_adamw_lora": "first-order AdamW, lora scope",
     "factorized_lora": "factorized r = 8, lora scope", "lozo_m_lora": "LoZO-M (momentum 0.9), lora scope",
+    "fo_adamw_norm": "first-order AdamW, final norm", "mezo_norm_k16": "MeZO, final norm, K = 16",
 }
 
 

@@ -167,6 +167,13 @@ class Checkpointer:
                 )
         return None
 
+    def restore(self, step: int, template: ZOState) -> tuple[ZOState, dict]:
+        """The checkpoint of ``step`` as ``(state, meta)`` (see :meth:`restore_latest` for ``template``)."""
+        if step not in self.steps():
+            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (it holds {self.steps() or 'none'})")
+        self._check_structure(step, template)
+        return self._restore(step, template)
+
     def _check_structure(self, step: int, template: ZOState) -> None:
         """Compare the stored arrays' shapes and dtypes with the template's (reading metadata only)."""
         try:

@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add(
         "eval",
         "evaluate the base model or a run's latest checkpoint",
-        "Evaluate on the test split (and dev): the base model, or with --run the latest checkpoint of a run.",
+        "Evaluate on the test split (and dev): the base model, or with --run the latest checkpoint of a run "
+        "(its best dev checkpoint if it was trained with train.keep_best).",
     )
     p.add_argument("--run", default=None, help="run directory whose latest checkpoint to evaluate (its config.yaml is used)")
     p = add(
@@ -89,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add(
         "export",
         "write a run's latest checkpoint as a Hugging Face directory",
-        "Export the latest checkpoint of a run as model.safetensors + config.json + tokenizer, loadable by "
-        "transformers and by zojax.models.from_pretrained.",
+        "Export the latest checkpoint (with train.keep_best: the best dev one) of a run as model.safetensors + "
+        "config.json + tokenizer, loadable by transformers and by zojax.models.from_pretrained.",
     )
     p.add_argument("--run", required=True, help="run directory (holds config.yaml and checkpoints/)")
     p.add_argument("--output", required=True, help="output directory for the HF model (outside the run)")
@@ -237,7 +238,8 @@ def _cmd_replay(args) -> int:
     log_path = Path(args.run) / "seeds.jsonl"
     log = SeedLog.load(log_path)
     run = build_run(cfg)
-    ckpt_params, step = trained_params(run, args.run) if checkpoint_steps(Path(args.run)) else (None, None)
+    # the last checkpoint, which the whole log rebuilds (not train.keep_best's choice)
+    ckpt_params, step = trained_params(run, args.run, best=False) if checkpoint_steps(Path(args.run)) else (None, None)
     # the log must hold steps 0 .. N-1, N being the checkpoint's step: a gap or a short log rebuilds other weights
     log.check_steps(len(log.entries) if step is None else step, where=log_path, exact=True)
     params = replay(run.params, log, run.optimizer, spec=run.spec)

@@ -179,6 +179,12 @@ class TrainConfig(_Strict):
     micro_batches: int = Field(1, ge=1, description="split each batch into micro-batches (same directions, averaged coefficients)")
     steps_per_call: int = Field(10, ge=1, description="steps fused in one compiled call (lax.scan)")
     eval_every: int = Field(0, ge=0, description="evaluate on dev every N steps (0: only zero-shot and final)")
+    keep_best: bool = Field(
+        False,
+        description="with eval_every: keep the state of the best dev evaluation (accuracy, else loss; the last step "
+        "counts too) in <output_dir>/best; the test evaluation, zojax eval and zojax export use it (MeZO's protocol: "
+        "load_best_model_at_end)",
+    )
     eval_batch_size: int = Field(32, ge=1, description="examples per evaluation batch")
     eval_examples: int | None = Field(None, ge=1, description="cap on test examples evaluated (None: all sampled)")
     checkpoint_every: int = Field(0, ge=0, description="save a checkpoint every N steps (0: only at the end)")
@@ -197,6 +203,12 @@ class TrainConfig(_Strict):
         if b % m:
             divisors = [d for d in range(1, b + 1) if b % d == 0]
             raise ValueError(f"train.micro_batches={m} does not divide train.batch_size={b}; allowed: {divisors}")
+        return self
+
+    @model_validator(mode="after")
+    def _keep_best_needs_dev_evaluations(self):
+        if self.keep_best and not self.eval_every:
+            raise ValueError("train.keep_best needs dev evaluations to choose from: set train.eval_every > 0")
         return self
 
 

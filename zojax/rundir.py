@@ -31,15 +31,16 @@ from zojax.config import (
 
 __all__ = ["RunDirError", "check_train_dir", "check_output", "checkpoint_steps", "run_config"]
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "seeds.jsonl", "checkpoints", "summary.json", "curves.png")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "seeds.jsonl", "checkpoints", "best", "summary.json", "curves.png")
 
 
 class RunDirError(UserError, ValueError):
     """A command that would destroy or corrupt a run directory."""
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    ckpts = run_dir / "checkpoints"
+def checkpoint_steps(run_dir: Path, kind: str = "checkpoints") -> list[int]:
+    """Steps saved under ``run_dir/kind``: ``checkpoints`` (the last few) or ``best`` (train.keep_best)."""
+    ckpts = run_dir / kind
     return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
 
 

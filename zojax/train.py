@@ -11,6 +11,7 @@ Run directory layout::
     metrics.jsonl     one record per fused call and per evaluation
     seeds.jsonl       the seed log (zojax.SeedLog): replay rebuilds the weights from it
     checkpoints/      orbax checkpoints (the last few)
+    best/             with train.keep_best: the checkpoint of the best dev evaluation
     curves.png        train loss and eval accuracy
     summary.json      zero_shot_accuracy, final_accuracy, steps, wall_seconds, ...
 """
@@ -408,6 +409,7 @@ class _Job:
     state: ZOState
     frozen: Any
     ckpt: Checkpointer
+    best: Checkpointer | None  # train.keep_best: the state of the best dev evaluation
     seed_log: SeedLog
     run_dir: Path
     echo: Any
@@ -454,6 +456,8 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
     finally:
         job.writer.close()
         job.ckpt.close()
+        if job.best is not None:
+            job.best.close()
 
 
 def _setup(cfg: RunConfig, model, echo) -> _Job:
@@ -468,6 +472,7 @@ def _setup(cfg: RunConfig, model, echo) -> _Job:
         state=state,
         frozen=frozen,
         ckpt=Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints),
+        best=Checkpointer(run_dir / "best", keep=1) if cfg.train.keep_best else None,
         seed_log=SeedLog.new(key, run.spec, config=cfg.model_dump()),
         run_dir=run_dir,
         echo=echo,
@@ -550,11 +555,13 @@ def _loop(job: _Job) -> None:
         if progress is not None:
             progress.update(n)
             progress.set_postfix(loss=f"{record['loss']:.4f}", skipped=skipped)
-        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+        if t.eval_every and step % t.eval_every == 0 and (step < t.steps or t.keep_best):
             dev = evaluate(run, weights(run, job.state, job.frozen), "dev")
             job.writer.write({"kind": "eval", "split": "dev", "step": step, **dev})
             if progress is not None:
                 progress.write(f"step {step}: dev accuracy {_fmt(dev.get('accuracy'))}, loss {dev['loss']:.4f}")
+            if job.best is not None:
+                _keep_if_best(job, step, dev)
         stopping = t.stop_after is not None and step == t.stop_after and step < t.steps
         if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stopping:
             job.save()
@@ -567,6 +574,30 @@ def _loop(job: _Job) -> None:
             f"all {step} steps were skipped (non-finite losses or updates), so nothing was trained. "
             "Lower optim.lr or zo.eps, or check the data."
         )
+
+
+def _dev_score(dev: dict) -> float:
+    """Higher is better: accuracy where the task has one, else the negated loss."""
+    return dev["accuracy"] if dev.get("accuracy") is not None else -dev["loss"]
+
+
+def _keep_if_best(job: _Job, step: int, dev: dict) -> None:
+    """Checkpoint the state into ``best/`` if this dev evaluation beats every earlier one (ties keep the earlier)."""
+    assert job.best is not None
+    best = job.meta.get("best")
+    if best is not None and _dev_score(dev) <= _dev_score(best):
+        return
+    # recorded in meta before the regular checkpoint of this step is saved, so a resumed run compares against it
+    job.meta["best"] = {"step": step, "accuracy": dev.get("accuracy"), "loss": dev["loss"]}
+    job.best.save(job.state, job.meta)
+
+
+def _final_state(job: _Job) -> ZOState:
+    """The state the run hands on: the best dev evaluation's with train.keep_best, else the last."""
+    if job.best is None or "best" not in job.meta:
+        return job.state
+    state, _ = job.best.restore(job.meta["best"]["step"], job.state)
+    return state
 
 
 def _finish(job: _Job, started: float) -> dict:
@@ -582,12 +613,17 @@ def _finish(job: _Job, started: float) -> dict:
         "skipped_steps": int(job.state.skipped),
     }
     if step == cfg.train.steps:
-        final = evaluate(run, weights(run, job.state, job.frozen), "test", cfg.train.eval_examples)
-        job.writer.write({"kind": "eval", "split": "test", "step": step, **final})
-        summary.update(final_accuracy=final.get("accuracy"), final_loss=final["loss"])
+        state = _final_state(job)
+        selected = int(state.step)
+        final = evaluate(run, weights(run, state, job.frozen), "test", cfg.train.eval_examples)
+        job.writer.write({"kind": "eval", "split": "test", "step": selected, **final})
+        summary.update(final_accuracy=final.get("accuracy"), final_loss=final["loss"], selected_step=selected)
+        if "best" in meta:
+            summary.update(best_dev_accuracy=meta["best"]["accuracy"], best_dev_loss=meta["best"]["loss"])
+        chosen = f" (step {selected}: the best dev evaluation)" if job.best is not None else ""
         job.echo(
-            f"fine-tuned test accuracy: {_fmt(final.get('accuracy'))} (zero-shot {_fmt(meta.get('zero_shot_accuracy'))}), "
-            f"loss {final['loss']:.4f}"
+            f"fine-tuned test accuracy{chosen}: {_fmt(final.get('accuracy'))} "
+            f"(zero-shot {_fmt(meta.get('zero_shot_accuracy'))}), loss {final['loss']:.4f}"
         )
     summary.update(
         wall_seconds=time.time() - started,
@@ -604,16 +640,20 @@ def _finish(job: _Job, started: float) -> dict:
     return summary
 
 
-def trained_params(run: Run, run_dir) -> tuple[Any, int]:
-    """Full parameters of the latest checkpoint in ``run_dir`` and its step."""
+def trained_params(run: Run, run_dir, *, best: bool = True) -> tuple[Any, int]:
+    """Full parameters of a run and their step: the best dev evaluation's checkpoint with
+    ``train.keep_best`` (once there is one, and unless ``best=False``), else the latest checkpoint."""
     key = jax.random.PRNGKey(run.cfg.train.seed)
     template, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
     template, frozen = parallel.shard_run(template, frozen, run.mesh, run.rules)
-    ckpt = Checkpointer(Path(run_dir) / "checkpoints", keep=run.cfg.train.keep_checkpoints)
+    directory = Path(run_dir) / "checkpoints"
+    if best and run.cfg.train.keep_best and rundir.checkpoint_steps(Path(run_dir), "best"):
+        directory = Path(run_dir) / "best"
+    ckpt = Checkpointer(directory, keep=run.cfg.train.keep_checkpoints)
     restored = ckpt.restore_latest(template)
     ckpt.close()
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
+        raise FileNotFoundError(f"no checkpoint in {directory}")
     state, _ = restored
     return weights(run, state, frozen), int(state.step)
 
