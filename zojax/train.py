@@ -594,8 +594,8 @@ def _keep_if_best(job: _Job, step: int, dev: dict) -> None:
 
 def _final_state(job: _Job) -> ZOState:
     """The state the run hands on: the best dev evaluation's with train.keep_best, else the last."""
-    if job.best is None or "best" not in job.meta:
-        return job.state
+    if job.best is None or "best" not in job.meta or job.meta["best"]["step"] == int(job.state.step):
+        return job.state  # the last state is the best one: no need to read it back
     state, _ = job.best.restore(job.meta["best"]["step"], job.state)
     return state
 
