@@ -5,6 +5,7 @@ The fixtures built on them (``assets``, ``done_run``, ``run``) are in ``conftest
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -43,8 +44,13 @@ def tiny_config(assets, out, **over):
     return write_config(assets, out, **over)
 
 
+def metrics(run_dir) -> list[dict]:
+    """Every record of a run's metrics.jsonl (each line must be JSON)."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
 def checkpoint_params(run_dir):
-    """The leaves of a run's latest checkpoint's weights, and its step."""
+    """The leaves of the weights ``zojax eval --run`` reads (the latest checkpoint, or train.keep_best's), and their step."""
     from zojax.train import build_run, trained_params
 
     cfg = load_config(Path(run_dir) / "config.yaml")

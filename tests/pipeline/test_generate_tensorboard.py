@@ -1,12 +1,11 @@
 """``zojax generate`` and the TensorBoard event files of a run (issue 15, item 7), on the tiny random Llama
 and local dataset (the finished 4-step run ``done_run`` of conftest.py)."""
 
-import json
 import struct
 
 from zojax.cli import main
 
-from .runs import refused
+from .runs import metrics, refused
 
 
 def _generated(capsys, *argv) -> str:
@@ -54,7 +53,7 @@ def test_tensorboard_events_hold_the_metrics(done_run):
     files = sorted((done_run / "tensorboard").glob("events.out.tfevents.*"))
     assert files
     scalars = [s for f in files for s in _events(f)]
-    records = [json.loads(line) for line in (done_run / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(done_run)
     train = [r for r in records if r["kind"] == "train"]
     assert train
     got = {(step, round(value, 4)) for tag, step, value in scalars if tag == "train/loss"}

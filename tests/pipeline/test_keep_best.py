@@ -12,20 +12,19 @@ from zojax.config import ConfigError, load_config
 from zojax.seedlog import SeedLog, replay
 from zojax.train import build_run, train, trained_params
 
-from .runs import checkpoint_params, write_config
+from .runs import checkpoint_params, metrics, write_config
 
 BEST = dict(train__steps=8, train__eval_every=2, train__keep_best=True, train__checkpoint_every=4,
             train__steps_per_call=2)
 
 
-def _dev_records(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if r["kind"] == "eval" and r["split"] == "dev"]
+def _evaluations(run_dir: Path, split: str) -> list[dict]:
+    return [r for r in metrics(run_dir) if r["kind"] == "eval" and r["split"] == split]
 
 
 def _expected_best(dev: list[dict]) -> dict:
     """The first of the highest-accuracy dev evaluations (a later tie does not replace an earlier best)."""
-    return max(reversed(dev), key=lambda r: r["accuracy"]) if dev else {}
+    return max(reversed(dev), key=lambda r: r["accuracy"])
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +42,14 @@ def test_keep_best_needs_dev_evaluations(assets, tmp_path):
 
 def test_the_best_dev_state_is_kept_tested_and_loaded(best_run):
     out, summary = best_run
-    dev = _dev_records(out)
+    dev = _evaluations(out, "dev")
     assert [r["step"] for r in dev] == [2, 4, 6, 8]  # the last step is a candidate too
     best = _expected_best(dev)
     assert summary["selected_step"] == best["step"]
     assert summary["best_dev_accuracy"] == best["accuracy"]
     assert sorted(int(p.name) for p in (out / "best").iterdir() if p.name.isdigit()) == [best["step"]]
     # the test evaluation is of the selected state, and eval / export read that state too
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    final_test = [r for r in records if r["kind"] == "eval" and r["split"] == "test"][-1]
+    final_test = _evaluations(out, "test")[-1]
     assert final_test["step"] == best["step"] and final_test["accuracy"] == summary["final_accuracy"]
     leaves, step = checkpoint_params(out)
     assert step == best["step"]

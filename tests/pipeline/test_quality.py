@@ -10,7 +10,7 @@ from zojax.cli import main
 from zojax.config import load_config
 from zojax.tasks.batching import _ToyTokenizer, encode_task
 
-from .runs import checkpoint_params, write_config
+from .runs import checkpoint_params, metrics, write_config
 
 
 def _fo_config(assets, out, **over):
@@ -30,7 +30,7 @@ def test_fo_descends_writes_the_run_and_respects_the_scope(assets, fo_run):
 
     summary = json.loads((fo_run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 12 and summary["skipped_steps"] == 0
-    train = [r["loss"] for r in map(json.loads, (fo_run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    train = [r["loss"] for r in metrics(fo_run) if r["kind"] == "train"]
     assert train[-1] < train[0]
     assert not (fo_run / "seeds.jsonl").exists()  # nothing to replay: the checkpoints are the record
     run = build_run(load_config(fo_run / "config.yaml"))

@@ -17,7 +17,7 @@ from flax import nnx
 from zojax.cli import main
 from zojax.config import ConfigError, load_config
 
-from .runs import checkpoint_params, write_config
+from .runs import checkpoint_params, metrics, write_config
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_train_writes_all_outputs_and_loss_decreases(full_run):
     for key in ("zero_shot_accuracy", "final_accuracy", "steps", "wall_seconds", "steps_per_second", "peak_memory_mb", "config"):
         assert key in summary, key
     assert summary["steps"] == 12 and summary["status"] == "finished"
-    records = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(full_run)
     train = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(train) == 3 and train[-1] < train[0]
     assert any(r["kind"] == "eval" and r["split"] == "dev" for r in records)
