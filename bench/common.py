@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 import zojax
+from zojax import accelerator
 from zojax.models import llama, opt, stacked_paths
 from zojax.tasks import classification_loss
 from zojax.tasks.batching import Batch
@@ -178,10 +179,26 @@ def loss_fn(bundle: Bundle, unroll_layers: bool = False) -> Callable:
 
 
 def inference_fn(bundle: Bundle) -> Callable:
-    """``jax.jit(loss_fn(bundle))``, one per bundle (shared compile cache across measures)."""
+    """``loss_fn(bundle)`` jitted with zojax's compiler options, as its steps are (one per bundle:
+    shared compile cache across measures)."""
     if getattr(bundle, "_inference", None) is None:
-        bundle._inference = jax.jit(loss_fn(bundle))
+        bundle._inference = accelerator.jit(loss_fn(bundle))
     return bundle._inference
+
+
+@contextlib.contextmanager
+def without_xla_defaults():
+    """Programs jitted inside are compiled without zojax's accelerator defaults
+    (:data:`zojax.accelerator.XLA_OPTIONS`): the other side of the ``xla_options`` comparison."""
+    before = os.environ.get("ZOJAX_XLA_DEFAULTS")
+    os.environ["ZOJAX_XLA_DEFAULTS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["ZOJAX_XLA_DEFAULTS"]
+        else:
+            os.environ["ZOJAX_XLA_DEFAULTS"] = before
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:
@@ -281,8 +298,12 @@ class StepRunner:
 class InferenceRunner:
     """The plain forward over ``copies`` copies of the batch (2·K·B sequences for a K-member step)."""
 
-    def __init__(self, bundle: Bundle, batch: Batch, copies: int, unroll_layers: bool = False):
-        self.fn = jax.jit(loss_fn(bundle, unroll_layers=True)) if unroll_layers else inference_fn(bundle)
+    def __init__(self, bundle: Bundle, batch: Batch, copies: int, unroll_layers: bool = False, fresh: bool = False):
+        # ``fresh``: a program of its own, jitted now (under the caller's compiler options)
+        if unroll_layers or fresh:
+            self.fn = accelerator.jit(loss_fn(bundle, unroll_layers=unroll_layers))
+        else:
+            self.fn = inference_fn(bundle)
         self.params = bundle.params
         self.batch = tile(batch, copies) if copies > 1 else batch
 

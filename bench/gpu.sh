@@ -13,7 +13,8 @@
 # frameworks reserve the device's memory) -> HF eager forward, official-style MeZO / LoZO
 # steps, torch.normal; then zojax: LoZO / MeZO K=1 against the forward of the same 32
 # sequences, LoZO at batch 64 (and forward MFU at 128 x 48 tokens), bf16 normals fused in a
-# weight update, factorized K=1, LoZO at batch 128 / 32, LoZO / factorized / MeZO at K=8.
+# weight update, factorized K=1, LoZO at batch 128 / 32, LoZO / factorized / MeZO at K=8; then
+# the forward with unrolled layers, and the forward and LoZO K=1 without zojax's XLA defaults.
 # The JSON (GPU name, driver, versions, headline keys, details) is rewritten after every
 # unit, so a run cut short keeps what it measured; a table with the targets closes the run.
 # Compiled programs are cached in ~/.cache/zojax-bench/xla (ZOJAX_BENCH_CACHE=off disables).

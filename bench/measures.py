@@ -226,6 +226,28 @@ def unrolled_forward(bundle, batch_size: int = 16, seq_len: int = 48, reps: int 
     return out
 
 
+def xla_options(bundle, batch_size: int = 16, seq_len: int = 48, reps: int = 3, warmup: int = 1,
+                log=print) -> dict:
+    """The forward of 2·B sequences and a LoZO K = 1 step compiled with zojax's accelerator defaults
+    (:data:`zojax.accelerator.XLA_OPTIONS`, the default) and without them, side by side."""
+    batch = common.make_batch(bundle, batch_size, seq_len)
+    fns = {"forward": common.InferenceRunner(bundle, batch, 2, fresh=True),
+           "lozo": common.StepRunner(bundle, "lozo", 1, batch)}
+    with common.without_xla_defaults():
+        fns["forward_plain"] = common.InferenceRunner(bundle, batch, 2, fresh=True)
+        fns["lozo_plain"] = common.StepRunner(bundle, "lozo", 1, batch)
+    t = common.side_by_side(fns, reps=reps, warmup=warmup, log=log)
+    out = {"batch_size": batch_size, "seq_len": seq_len, "options": dict(zojax.accelerator.XLA_OPTIONS),
+           **{f"{n}_s": v.median for n, v in t.items()},
+           "forward_plain_over_defaults": t["forward_plain"].median / t["forward"].median,
+           "lozo_plain_over_defaults": t["lozo_plain"].median / t["lozo"].median}
+    log(f"    forward {out['forward_s'] * 1e3:.1f} ms (without the defaults {out['forward_plain_s'] * 1e3:.1f}), "
+        f"LoZO {out['lozo_s'] * 1e3:.1f} ms (without {out['lozo_plain_s'] * 1e3:.1f})")
+    del fns
+    gc.collect()
+    return out
+
+
 def forward_flops(bundle, sequences: int, seq_len: int, options: int = 2) -> float:
     """FLOPs of the plain forward, as MFU counts them: 2 per multiply-add of every stacked decoder
     kernel per token, attention's QK^T and AV (4·T·d per token and layer, the causal mask not

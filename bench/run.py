@@ -219,19 +219,20 @@ DEVICE_TARGETS = {
     "rng_zojax_over_torch": (">=", 1.0),
 }
 #: Reported without a target of their own (the ratio above is theirs).
-DEVICE_INFO = ("rng_values_per_s_zojax", "rng_values_per_s_torch", "forward_unrolled_over_scan")
+DEVICE_INFO = ("rng_values_per_s_zojax", "rng_values_per_s_torch", "forward_unrolled_over_scan",
+               "forward_without_xla_defaults", "lozo_k1_without_xla_defaults")
 
 #: Units in the order they run: what the targets need most first, the longest last, so a run
 #: cut short by ``--budget`` (or killed) has the headline numbers. ``m_kK``: method m, K
 #: members at the base batch; ``lozo_bB``: LoZO, K = 1 at batch B (b16 is ``lozo_k1``).
 DEVICE_UNITS = ("torch", "lozo_k1", "mezo_k1", "lozo_b64", "rng", "factorized_k1", "lozo_b128", "lozo_b32",
-                "lozo_k8", "factorized_k8", "mezo_k8", "unrolled")
+                "lozo_k8", "factorized_k8", "mezo_k8", "unrolled", "xla_options")
 
 #: Rough guesses of a unit's seconds on one H200 with a cold compilation cache (compiles
 #: dominate), used only to skip a unit that would not finish inside ``--budget``.
 DEVICE_ESTIMATE_S = {"torch": 60, "lozo_k1": 90, "mezo_k1": 75, "lozo_b64": 75, "rng": 30,
                      "factorized_k1": 60, "lozo_b128": 75, "lozo_b32": 70, "lozo_k8": 60, "factorized_k8": 60,
-                     "mezo_k8": 110, "unrolled": 120}
+                     "mezo_k8": 110, "unrolled": 120, "xla_options": 120}
 
 
 def _unit_step(name: str, base_batch: int) -> tuple[str, int, int]:
@@ -383,6 +384,9 @@ class DeviceSuite:
         elif name == "unrolled":  # the layer scan against an unrolled loop (per-layer weight slices)
             self.results["details"]["unrolled"] = measures.unrolled_forward(
                 self.get_bundle(), self.p["batch"], self.p["seq"], reps=self.reps, warmup=self.p["warmup"], log=self.log)
+        elif name == "xla_options":  # zojax's accelerator defaults against none
+            self.results["details"]["xla_options"] = measures.xla_options(
+                self.get_bundle(), self.p["batch"], self.p["seq"], reps=self.reps, warmup=self.p["warmup"], log=self.log)
         elif name == "rng":
             self.ensure_jax()
             self.results["details"]["rng"] = measures.dense_draws(self.p["rng_size"], reps=max(self.reps, 3),
@@ -474,6 +478,9 @@ class DeviceSuite:
             res["rng_values_per_s_zojax"] = d["rng"]["values_per_s"]
         if "unrolled" in d:
             res["forward_unrolled_over_scan"] = d["unrolled"]["unrolled_over_scan"]
+        if "xla_options" in d:  # time without the defaults / time with them: > 1 means they help
+            res["forward_without_xla_defaults"] = d["xla_options"]["forward_plain_over_defaults"]
+            res["lozo_k1_without_xla_defaults"] = d["xla_options"]["lozo_plain_over_defaults"]
         if "torch" in d:
             self.derive_torch(d["torch"], steps)
         if "rng_values_per_s_zojax" in res and "rng_values_per_s_torch" in res:
@@ -539,6 +546,9 @@ def run_device(profile: str = "device", json_path: str | None = None, budget_s: 
       gives ``forward_mfu_b64`` over ``peak_tflops`` (default :data:`H200_BF16_PEAK_FLOPS`).
     * ``rng``: bf16 normals per second fused into a weight update (``zojax._rng``) against
       ``torch.normal`` alone.
+    * ``unrolled``: the forward with the layer scan against unrolled layers.
+    * ``xla_options``: the forward and a LoZO K = 1 step compiled without zojax's accelerator
+      defaults (:data:`zojax.accelerator.XLA_OPTIONS`) over with them (> 1: the defaults help).
 
     Units run in :data:`DEVICE_UNITS` order; one that would pass ``budget_s`` (seconds since the
     start, by :data:`DEVICE_ESTIMATE_S`) is skipped. The JSON is rewritten after every unit, so a

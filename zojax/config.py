@@ -31,9 +31,11 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # see plain strings (they cannot read a Literal built at run time).
 if TYPE_CHECKING:
     DTypeName = str
+    ComputeDTypeName = str
     EstimatorName = str
 else:
     DTypeName = Literal[DTYPE_NAMES]
+    ComputeDTypeName = Literal[("auto",) + DTYPE_NAMES]
     EstimatorName = Literal[tuple(ESTIMATORS)]
 
 __all__ = [
@@ -84,8 +86,8 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     name: _Name = Field("smollm2-135m", description="HF hub id, local HF directory, .gguf file, or alias smollm2-135m")
-    dtype: DTypeName = Field(
-        "float32", description="compute dtype (float32 on CPU; bfloat16 on GPU/TPU)"
+    dtype: ComputeDTypeName = Field(
+        "auto", description="compute dtype; auto: bfloat16 on a GPU/TPU, float32 on the CPU"
     )
     param_dtype: DTypeName = Field("float32", description="dtype of stored weights")
     unroll_layers: bool = Field(

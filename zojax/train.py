@@ -36,7 +36,7 @@ import optax
 import yaml
 from flax import nnx
 
-from zojax import parallel, rundir, tasks
+from zojax import accelerator, parallel, rundir, tasks
 from zojax.checkpoint import Checkpointer, TrainingError
 from zojax.config import DTYPE_NAMES, ConfigError, RunConfig
 from zojax.fo import make_fo_step
@@ -219,7 +219,7 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
     if model is None:
         model = from_pretrained(
             cfg.model.name,
-            dtype=_DTYPES[cfg.model.dtype],
+            dtype=_DTYPES[accelerator.resolve_dtype(cfg.model.dtype)],
             param_dtype=_DTYPES[cfg.model.param_dtype],
             allow_pickle=cfg.model.allow_pickle,
         )
@@ -282,7 +282,8 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         optimizer=optimizer,
         loss_fn=loss_fn,
         # on a mesh: replicated scalars, readable by every process
-        metrics_fn=jax.jit(metrics_fn) if mesh is None else jax.jit(metrics_fn, out_shardings=parallel.replicated(mesh)),
+        metrics_fn=(accelerator.jit(metrics_fn) if mesh is None
+                    else accelerator.jit(metrics_fn, out_shardings=parallel.replicated(mesh))),
         compiled=compiled,
         rules=rules,
         data_info={
@@ -631,6 +632,8 @@ def _finish(job: _Job, started: float) -> dict:
         steps_per_second=job.steps_done / job.train_seconds if job.train_seconds else 0.0,
         peak_memory_mb=_peak_memory_mb(),
         devices=[str(d) for d in jax.devices()],
+        compute_dtype=accelerator.resolve_dtype(cfg.model.dtype),
+        xla_options=accelerator.xla_options(),
         **run.data_info,
         config=cfg.model_dump(),
     )

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from zojax import accelerator
 from zojax.cli import main
 from zojax.config import ConfigError, load_config
 
@@ -32,6 +33,9 @@ def test_train_writes_all_outputs_and_loss_decreases(full_run):
     for key in ("zero_shot_accuracy", "final_accuracy", "steps", "wall_seconds", "steps_per_second", "peak_memory_mb", "config"):
         assert key in summary, key
     assert summary["steps"] == 12 and summary["status"] == "finished"
+    # model.dtype defaults to auto: float32 on the CPU; the accelerator defaults are recorded
+    assert summary["config"]["model"]["dtype"] == "auto" and summary["compute_dtype"] == "float32"
+    assert summary["xla_options"] == accelerator.XLA_OPTIONS
     records = metrics(full_run)
     train = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(train) == 3 and train[-1] < train[0]

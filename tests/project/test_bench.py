@@ -144,6 +144,7 @@ GPU_HEADLINE = [
     *(f"inference_efficiency_{m}_k{k}" for m in ("lozo", "factorized", "mezo") for k in (1, 8)),
     "speedup_vs_torch_lozo_k1", "speedup_vs_torch_mezo_k1",
     "rng_values_per_s_zojax", "rng_values_per_s_torch", "forward_unrolled_over_scan",
+    "forward_without_xla_defaults", "lozo_k1_without_xla_defaults",
 ]
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from zojax import accelerator
 from zojax.noise import partition
 from zojax.optim.gradient import PyTree, ZOGrad
 from zojax.optim.transforms import ZOTransformation, apply_update, update_bound
@@ -223,9 +224,10 @@ def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=
 
 def compile_steps(one_step) -> CompiledStep:
     """A :class:`CompiledStep` from ``one_step(state, frozen, batch) -> (state, info)``: the step
-    and a ``lax.scan`` of it over batches stacked on a leading axis, both jitted, ``state`` donated."""
+    and a ``lax.scan`` of it over batches stacked on a leading axis, both jitted, ``state`` donated,
+    with zojax's accelerator defaults (:func:`zojax.accelerator.xla_options`)."""
 
     def many(state, frozen, batches):
         return jax.lax.scan(lambda s, batch: one_step(s, frozen, batch), state, batches)
 
-    return CompiledStep(jax.jit(one_step, donate_argnums=0), jax.jit(many, donate_argnums=0))
+    return CompiledStep(accelerator.jit(one_step, donate_argnums=0), accelerator.jit(many, donate_argnums=0))
