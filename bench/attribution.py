@@ -8,7 +8,8 @@ plain forward of the same 2·K·B sequences (round-robin, medians)::
 Variants: dense MeZO (lazy_dense) with and without the update's finiteness check
 (``ZOSpec(check_update=False)``); LoZO on the adapter path with the dynamic adapter state
 (``lozo_adapter``, the trainer's default) and with ``zo_sgd`` (the weights rewritten every step),
-each with and without the check.
+each with and without the check. The floors: MeZO's and factorized's scoring alone (``zojax.score``)
+and update alone (directions regenerated, weights donated), next to the factorized step.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import jax  # noqa: E402
 
 import zojax  # noqa: E402
 from bench import common  # noqa: E402
+from zojax.optim import apply_update  # noqa: E402
 
 
 def variants(bundle, members: int) -> dict[str, tuple[str, object, object]]:
@@ -45,6 +47,34 @@ def variants(bundle, members: int) -> dict[str, tuple[str, object, object]]:
     return out
 
 
+class ScoreRunner:
+    """The population's losses alone (``zojax.score``): the step without estimate or update."""
+
+    def __init__(self, bundle, spec, batch):
+        loss = common.loss_fn(bundle)
+        self.trainable, self.frozen = zojax.partition(bundle.params, spec.scope, spec.noise)
+        self.fn = zojax.accelerator.jit(lambda t, f, b, k: zojax.score(loss, t, b, k, 0, spec, frozen=f))
+        self.batch, self.key = batch, jax.random.PRNGKey(0)
+
+    def __call__(self):
+        return self.fn(self.trainable, self.frozen, self.batch, self.key)
+
+
+class UpdateRunner:
+    """The update alone: directions regenerated from the key, applied to the (donated) weights."""
+
+    def __init__(self, bundle, spec, opt):
+        params = jax.tree.map(jax.numpy.copy, bundle.params)
+        self.state, _ = zojax.init(params, spec, opt, jax.random.PRNGKey(0))
+        grad = zojax.ZOGrad(self.state.key, self.state.step, jax.numpy.ones(spec.members), spec.noise)
+        self.fn = zojax.accelerator.jit(lambda p, s: apply_update(opt, grad, p, s), donate_argnums=(0, 1))
+
+    def __call__(self):
+        params, opt_state = self.fn(self.state.params, self.state.opt_state)
+        self.state = self.state._replace(params=params, opt_state=opt_state)
+        return params
+
+
 def measure(layers: int = 4, batch_size: int = 16, seq_len: int = 48, members: int = 1, reps: int = 5,
             log=print) -> dict:
     bundle = common.load("smollm2-135m", layers=layers)
@@ -52,6 +82,14 @@ def measure(layers: int = 4, batch_size: int = 16, seq_len: int = 48, members: i
     fns = {"forward": common.InferenceRunner(bundle, batch, 2 * members)}
     for name, (method, spec, opt) in variants(bundle, members).items():
         fns[name] = common.StepRunner(bundle, method, members, batch, spec=spec, opt=opt)
+    # the floors: a step is at least its scoring plus its update (both regenerate the directions)
+    for method in ("mezo", "factorized"):
+        spec = common.spec_for(method, members, bundle=bundle)
+        opt = common.optimizer(1e-7, spec)
+        if method == "factorized":
+            fns[method] = common.StepRunner(bundle, method, members, batch, spec=spec, opt=opt)
+        fns[f"{method}_score"] = ScoreRunner(bundle, spec, batch)
+        fns[f"{method}_update"] = UpdateRunner(bundle, spec, opt)
     t = common.side_by_side(fns, reps=reps, warmup=1, log=log)
     forward = t["forward"].median
     return {"model": bundle.describe(), "batch_size": batch_size, "seq_len": seq_len, "members": members,

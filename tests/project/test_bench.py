@@ -232,3 +232,20 @@ def test_attribution_variants_switch_one_feature_each():
         assert spec == dataclasses.replace(common.spec_for(method, 1), check_update=spec.check_update)
         adapter_state = isinstance(opt, zojax.ZOTransformation)
         assert adapter_state == (method == "lozo" and "zo_sgd" not in name)
+
+
+def test_attribution_floor_parts_are_the_steps_parts():
+    """bench/attribution.py's floors: the update alone moves the weights by exactly ``-lr * z`` (coefficient 1,
+    directions regenerated from the run key), and scoring alone gives the population's losses."""
+    from bench import attribution
+
+    bundle = common.load("tiny-llama")
+    spec = common.spec_for("mezo", 1, bundle=bundle)
+    update = attribution.UpdateRunner(bundle, spec, common.optimizer(1e-3, spec))
+    before = jax.tree.map(jnp.copy, update.state.params)
+    z = zojax.directions(before, spec.noise, update.state.key, 0, 0)
+    after = update()
+    for b, a, d in zip(jax.tree.leaves(before), jax.tree.leaves(after), jax.tree.leaves(z)):
+        np.testing.assert_allclose(np.asarray(a - b), np.asarray(-1e-3 * d), atol=1e-6)
+    losses = attribution.ScoreRunner(bundle, spec, common.make_batch(bundle, 2, 8))()
+    assert losses.shape == (1, 2) and bool(jnp.all(jnp.isfinite(losses))) and losses[0, 0] != losses[0, 1]
