@@ -1,6 +1,7 @@
-"""``zojax train | eval | replay | export | generate``.
+"""``zojax train | eval | replay | export | generate | configs``.
 
-Every command reads a YAML config (default: the offline default run) and accepts
+Every command reads a YAML config (a file, or a bundled config's name such as ``opt13b_sst2_lozo``:
+``zojax configs`` lists them; default: the offline default run) and accepts
 ``key=value`` overrides, e.g. ``zojax train zo.members=4 optim.lr=1e-5``.
 
 A user error (bad config, model, data, or a command that would destroy or corrupt a run
@@ -27,8 +28,8 @@ from zojax.parallel import MeshError
 __all__ = ["main"]
 
 _CONFIG_HELP = (
-    "YAML config file (default: the built-in offline default, SmolLM2-135M on Rotten Tomatoes; "
-    "see configs/ for the paper setups)"
+    "YAML config file, or the name of a bundled config (zojax configs lists them, e.g. opt13b_sst2_lozo); "
+    "default: the offline default run, SmolLM2-135M on Rotten Tomatoes"
 )
 
 # What the user asked for is refused (exit code 2); FileNotFoundError: a missing data or config file.
@@ -47,8 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="zojax",
         description="Zeroth-order (MeZO / LoZO) fine-tuning of language models, scored as one compiled program.",
     )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{train,eval,replay,export,generate}")
-    epilog = "configuration keys (override any as key=value):\n" + describe()
+    top.add_argument("--version", action="version", version=f"zojax {_version()}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{train,eval,replay,export,generate,configs}")
+    epilog = (
+        "configuration keys (override any as key=value; each default is the value a bare run uses, "
+        "from the bundled config 'default'):\n" + describe()
+    )
 
     def add(name, help_text, description):
         p = sub.add_parser(
@@ -108,7 +113,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the K likeliest tokens (default 0: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    sub.add_parser(
+        "configs", help="list the bundled configs (name them with --config NAME)",
+        description="List the configs shipped with zojax: the offline default run and the paper setups. "
+        "Name one with --config NAME; a path to your own YAML file works too.",
+    ).set_defaults(overrides=[], debug=False)
     return top
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zojax")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _add_distributed(p: argparse.ArgumentParser) -> None:
@@ -174,6 +193,16 @@ def _require_checkpoint(run_dir) -> None:
 
     if not checkpoint_steps(Path(run_dir)):
         raise RunDirError(f"{run_dir} has no checkpoint (no {Path(run_dir) / 'checkpoints'}/N): nothing to read")
+
+
+def _cmd_configs(args) -> int:
+    from zojax.config import bundled_configs
+
+    configs = bundled_configs()
+    width = max(map(len, configs))
+    for name, summary in configs.items():
+        print(f"{name:<{width}}  {summary}")
+    return 0
 
 
 def _cmd_train(args) -> int:
@@ -307,6 +336,8 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers warns at import that PyTorch is missing; zojax uses only its configs and tokenizers
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     args = _parse(argv)
     debug = args.debug or os.environ.get("ZOJAX_DEBUG", "") not in ("", "0")
     from zojax.checkpoint import TrainingError
@@ -315,9 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         if not debug:
             warnings.showwarning = functools.partial(_show_warning, args.command)
         try:
-            _maybe_distributed(args)
+            if args.command != "configs":
+                _maybe_distributed(args)
             handler = {"train": _cmd_train, "eval": _cmd_eval, "replay": _cmd_replay, "export": _cmd_export,
-                       "generate": _cmd_generate}[args.command]
+                       "generate": _cmd_generate, "configs": _cmd_configs}[args.command]
             return handler(args)
         except (*_USER_ERRORS, TrainingError) as e:
             if debug:

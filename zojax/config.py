@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -46,13 +46,18 @@ __all__ = [
     "ConfigError",
     "UserError",
     "DEFAULT_CONFIG",
+    "CONFIGS_DIR",
+    "bundled_configs",
+    "resolve_config",
     "RESUMABLE_KEYS",
     "WEIGHT_KEYS",
     "changed_keys",
     "refused_changes",
 ]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
+# The configs shipped in the package (the default run and the paper setups), named by file stem.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
 
 
 class UserError(Exception):
@@ -290,18 +295,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (default: the offline default run) and apply overrides.
+    """Read a YAML config (a path or a bundled config's name; default: the offline default run) and apply overrides.
 
     >>> load_config(None, ["train.steps=5"]).train.steps
     5
     >>> load_config(None, ["zo.rnak=4"])
     Traceback (most recent call last):
     ...
-    zojax.config.ConfigError: invalid configuration (.../default.yaml + overrides): unknown key 'zo.rnak'; allowed here: method, rank, refresh_every, members, eps, scope, sided, estimator, chunk_size, adapter, lazy_dense, vectors
+    zojax.config.ConfigError: invalid configuration (default + overrides): unknown key 'zo.rnak'; allowed here: method, rank, refresh_every, members, eps, scope, sided, estimator, chunk_size, adapter, lazy_dense, vectors
     """
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+    path = resolve_config(path)
     if not path.is_file():
         raise ConfigError(f"--config {path} is a directory, not a YAML file")
     try:
@@ -311,26 +314,74 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     data = apply_overrides(data, overrides or [])
-    source = f"{path.name if path == DEFAULT_CONFIG else path}" + (" + overrides" if overrides else "")
-    if path == DEFAULT_CONFIG:
-        source = ".../default.yaml" + (" + overrides" if overrides else "")
+    source = (path.stem if path.parent == CONFIGS_DIR else str(path)) + (" + overrides" if overrides else "")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
 
 
+def bundled_configs() -> dict[str, str]:
+    """``{name: first comment line}`` of the configs shipped in the package (``zojax configs``).
+
+    >>> "opt13b_sst2_lozo" in bundled_configs() and "default" in bundled_configs()
+    True
+    """
+    return {p.stem: _summary(p) for p in sorted(CONFIGS_DIR.glob("*.yaml"))}
+
+
+def _summary(path: Path) -> str:
+    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+    return first.lstrip("#").strip()
+
+
+def resolve_config(path: str | Path | None) -> Path:
+    """The YAML file of ``--config``: an existing path, else a bundled config's name (``opt13b_sst2_lozo``).
+
+    >>> resolve_config("opt13b_sst2_lozo").name
+    'opt13b_sst2_lozo.yaml'
+    """
+    if path is None:
+        return DEFAULT_CONFIG
+    given = Path(path)
+    if given.exists():
+        return given
+    bundled = CONFIGS_DIR / (given.name if given.suffix in (".yaml", ".yml") else f"{given.name}.yaml")
+    # a bare name, or the repository-relative configs/NAME.yaml of older docs
+    if bundled.is_file() and given.parent in (Path("."), Path("configs")):
+        return bundled
+    names = ", ".join(bundled_configs())
+    raise ConfigError(f"config file not found: {path} (not a file, nor a bundled config: {names}; see zojax configs)")
+
+
 def describe() -> str:
-    """Every configuration key with its type, default and description (for --help)."""
+    """Every configuration key with the value a bare run uses (the default config's), its choices and
+    description (for --help).
+
+    >>> [line for line in describe().splitlines() if "zo.method " in line]  # doctest: +ELLIPSIS
+    ["  zo.method (default 'mezo'; one of: mezo, lozo, factorized, fo): ..."]
+    """
+    bare = load_config(None)
     lines = []
     for section, field in RunConfig.model_fields.items():
         model = field.annotation
         assert model is not None  # every RunConfig field is a section model
         lines.append(f"{section}:")
         for name, f in model.model_fields.items():
-            default = f.default if f.default_factory is None else f.default_factory()
-            lines.append(f"  {section}.{name} (default {default!r}): {f.description}")
+            choices = _choices(f.annotation)
+            listed = f"; one of: {', '.join(map(str, choices))}" if choices else ""
+            lines.append(f"  {section}.{name} (default {getattr(getattr(bare, section), name)!r}{listed}): {f.description}")
     return "\n".join(lines)
+
+
+def _choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a ``Literal`` field (or an optional one) allows; () for any other type."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    literals = [a for a in get_args(annotation) if get_origin(a) is Literal]
+    if not literals:
+        return ()
+    return get_args(literals[0]) + ((None,) if type(None) in get_args(annotation) else ())
 
 
 # Keys a resumed run may change: they decide when the run stops, evaluates, checkpoints and reports, not

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,7 @@ from flax import nnx
 
 from zojax import accelerator
 from zojax.cli import main
-from zojax.config import ConfigError, load_config
+from zojax.config import ConfigError, bundled_configs, load_config
 
 from .runs import checkpoint_params, metrics, write_config
 
@@ -123,10 +122,10 @@ def test_config_errors_name_the_key(assets, tmp_path):
 def test_every_shipped_config_loads_and_builds_its_spec():
     from zojax.train import make_spec
 
-    for path in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")):
-        spec = make_spec(load_config(path))
-        assert spec.members >= 1, path
-    mezo = make_spec(load_config(Path(__file__).resolve().parents[2] / "configs" / "opt13b_sst2_mezo.yaml"))
+    for name in bundled_configs():
+        spec = make_spec(load_config(name))
+        assert spec.members >= 1, name
+    mezo = make_spec(load_config("opt13b_sst2_mezo"))
     assert mezo.lazy_dense and not mezo.adapter
 
 

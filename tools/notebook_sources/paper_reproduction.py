@@ -22,9 +22,9 @@
 #
 # | config | method | model | what the paper reports |
 # |---|---|---|---|
-# | `configs/opt13b_sst2_lozo.yaml` | LoZO, rank 2, `V` refreshed every 100 steps, lora-only scope, lr 1e-7, eps 1e-3, batch 16, 20k steps | OPT-13B | 0.922 eval / 0.931 full-validation accuracy; 0.51 h vs 4.15 h for the official LoZO code |
-# | `configs/opt13b_sst2_mezo.yaml` | MeZO: dense Gaussian directions, all parameters | OPT-13B | 91.3 accuracy (as reported in the LoZO paper) |
-# | `configs/opt1.3b_sst2_factorized.yaml` | MeZO-style factorized high rank `Z = V Uᵀ/√r`, r = 128, 1000 steps | OPT-1.3B | 31.2 s vs 79.6 s for official MeZO, eval loss 0.725 vs 0.719 at step 1000 |
+# | `opt13b_sst2_lozo` | LoZO, rank 2, `V` refreshed every 100 steps, lora-only scope, lr 1e-7, eps 1e-3, batch 16, 20k steps | OPT-13B | 0.922 eval / 0.931 full-validation accuracy; 0.51 h vs 4.15 h for the official LoZO code |
+# | `opt13b_sst2_mezo` | MeZO: dense Gaussian directions, all parameters | OPT-13B | 91.3 accuracy (as reported in the LoZO paper) |
+# | `opt1.3b_sst2_factorized` | MeZO-style factorized high rank `Z = V Uᵀ/√r`, r = 128, 1000 steps | OPT-1.3B | 31.2 s vs 79.6 s for official MeZO, eval loss 0.725 vs 0.719 at step 1000 |
 #
 # The task follows MeZO: prompt `"<sentence> It was"`, verbalizers `" terrible"` / `" great"`, loss = cross
 # entropy over the two options' log-likelihoods; 1000 training and 500 dev examples sampled from the SST-2
@@ -58,22 +58,13 @@ import numpy as np
 from flax import nnx
 
 import zojax
-from zojax.config import load_config
+from zojax.config import CONFIGS_DIR, load_config
 from zojax.train import train
 
 SMALL = os.environ.get("ZOJAX_NOTEBOOK_SMALL") == "1"  # the test suite's mode: fewer steps
 
 
-def find_configs() -> Path:
-    """configs/ of the zojax repository (a clone, or where this notebook lives)."""
-    candidates = [Path.cwd(), *Path.cwd().parents, Path(zojax.__file__).resolve().parent.parent]
-    for base in candidates:
-        if (base / "configs" / "opt13b_sst2_lozo.yaml").is_file():
-            return base / "configs"
-    raise FileNotFoundError("configs/ not found: run this notebook from a clone of the zojax repository")
-
-
-CONFIGS = find_configs()
+CONFIGS = CONFIGS_DIR  # the configs shipped in the package (zojax configs lists them)
 print(
     f"zojax {zojax.__version__} | JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()}"
     f" | configs: {CONFIGS} | small mode: {SMALL}"
@@ -83,19 +74,20 @@ print((CONFIGS / "opt13b_sst2_lozo.yaml").read_text())
 # %% [markdown]
 # ## Running the real setups on a GPU/TPU
 #
-# From a shell in the repository (the model and SST-2 are downloaded from the Hugging Face hub):
+# From a shell (the configs ship with zojax and are named by name; the model and SST-2 come from the
+# Hugging Face hub):
 #
 # ```bash
-# zojax train --config configs/opt13b_sst2_lozo.yaml          # LoZO, OPT-13B (bf16 weights: ~26 GB)
-# zojax train --config configs/opt13b_sst2_mezo.yaml          # MeZO, OPT-13B
-# zojax train --config configs/opt1.3b_sst2_factorized.yaml   # factorized r=128, OPT-1.3B (fits a 16 GB GPU)
+# zojax train --config opt13b_sst2_lozo                       # LoZO, OPT-13B (bf16 weights: ~26 GB)
+# zojax train --config opt13b_sst2_mezo                       # MeZO, OPT-13B
+# zojax train --config opt1.3b_sst2_factorized                # factorized r=128, OPT-1.3B (fits a 16 GB GPU)
 #
 # # any key can be overridden, e.g. a shorter run or K = 4 directions per step:
-# zojax train --config configs/opt13b_sst2_lozo.yaml train.steps=2000 zo.members=4
+# zojax train --config opt13b_sst2_lozo train.steps=2000 zo.members=4
 # # shard the weights over 4 devices when one does not hold them:
-# zojax train --config configs/opt13b_sst2_lozo.yaml mesh.model=4
+# zojax train --config opt13b_sst2_lozo mesh.model=4
 # # resume after an interruption, rebuild the weights from the seed log, export for transformers:
-# zojax train --config configs/opt13b_sst2_lozo.yaml --resume
+# zojax train --config opt13b_sst2_lozo --resume
 # zojax replay --run runs/opt13b_sst2_lozo
 # zojax export --run runs/opt13b_sst2_lozo --output opt13b-sst2-lozo
 # ```
@@ -106,7 +98,7 @@ print((CONFIGS / "opt13b_sst2_lozo.yaml").read_text())
 
 # %%
 REAL_CONFIG = (
-    None  # e.g. CONFIGS / "opt1.3b_sst2_factorized.yaml" on a 16 GB GPU, "opt13b_sst2_lozo.yaml" on 40 GB+
+    None  # e.g. "opt1.3b_sst2_factorized" on a 16 GB GPU, "opt13b_sst2_lozo" on 40 GB+
 )
 
 if REAL_CONFIG is not None and not SMALL:

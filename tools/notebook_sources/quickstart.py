@@ -106,7 +106,7 @@ print(
 # ## 2. Configure the run
 #
 # A run is a `RunConfig`: model, task, ZO method, optimiser and training loop — the keys of the YAML files in
-# `configs/` and of the `key=value` overrides on the `zojax train` command line (`zojax train --help` lists
+# `zojax/configs/` and of the `key=value` overrides on the `zojax train` command line (`zojax train --help` lists
 # them all). `load_config(None, overrides)` starts from the built-in default run, the one `zojax train` runs
 # with no arguments:
 #
@@ -242,7 +242,7 @@ print("reloaded model gives the same predictions:", bool(np.allclose(again, afte
 # %% [markdown]
 # ## Next
 #
-# * `zojax train --help` lists every configuration key; `configs/` holds the paper setups
+# * `zojax train --help` lists every configuration key; `zojax configs` lists the bundled paper setups
 #   (see `paper_reproduction.ipynb`).
 # * `zojax replay --run runs/quickstart` rebuilds the trained weights from the base model and the seed log
 #   alone, bit for bit.
