@@ -13,7 +13,7 @@ The engine works with any pure ``loss_fn(params, batch) -> scalar`` over a pytre
 (8, 2)
 """
 
-from zojax import _rng, estimators, nn, noise
+from zojax import _rng, estimators, nn, nnx, noise
 from zojax.estimators import centered_rank, one_sided, shaped, sign, two_sided, zscore
 from zojax.fo import fo_step, make_fo_step
 from zojax.noise import (
@@ -41,6 +41,7 @@ from zojax.optim import (
     lozo_m,
     make_step,
     run_steps,
+    stack_batches,
     step,
     zo_sgd,
 )
@@ -56,6 +57,7 @@ __version__ = "0.1.0"
 __all__ = [
     "estimators",
     "nn",
+    "nnx",
     "noise",
     "Gaussian",
     "Rademacher",
@@ -86,6 +88,7 @@ __all__ = [
     "init",
     "step",
     "run_steps",
+    "stack_batches",
     "make_step",
     "forward_gradient",
     "compare_with_grad",

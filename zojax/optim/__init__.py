@@ -8,7 +8,7 @@ over it), :mod:`~zojax.optim.fused` (the fused, jitted step) and
 """
 
 from zojax.optim.diagnostics import compare_with_grad, forward_gradient
-from zojax.optim.fused import CompiledStep, StepInfo, ZOState, init, make_step, run_steps, step
+from zojax.optim.fused import CompiledStep, StepInfo, ZOState, init, make_step, run_steps, stack_batches, step
 from zojax.optim.gradient import ZOGrad, dense_gradient
 from zojax.optim.transforms import (
     AdapterState,
@@ -43,6 +43,7 @@ __all__ = [
     "init",
     "step",
     "run_steps",
+    "stack_batches",
     "make_step",
     "CompiledStep",
     "forward_gradient",

@@ -33,13 +33,21 @@ class ZOState(NamedTuple):
 
 
 class StepInfo(NamedTuple):
+    """What a step measured; from :func:`run_steps` every field has a leading step axis.
+
+    ``loss`` is the mean of the perturbed losses ``losses`` (the K members at theta + eps z and
+    theta - eps z), i.e. the loss of the batch near the weights *before* the update: an estimate of the
+    training loss that costs nothing extra (no evaluation at the updated weights).
+    """
+
     step: jax.Array  # the step these losses and coefficients belong to
-    losses: jax.Array  # (K, 2)
-    coeffs: jax.Array  # (K,)
+    losses: jax.Array  # (K, 2): member k's loss at theta + eps z_k and theta - eps z_k (one-sided: theta)
+    coeffs: jax.Array  # (K,): the estimator's coefficients, e.g. (L+ - L-) / (2 eps)
     applied: jax.Array  # bool: False when a non-finite loss made the step a no-op
 
     @property
     def loss(self):
+        """Mean perturbed loss of the step (over members and signs); shape () or (S,) from run_steps."""
         return self.losses.mean(axis=(-1, -2))
 
 
@@ -184,7 +192,8 @@ def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mic
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
 def run_steps(state: ZOState, frozen, batches, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None,
               rules=None):
-    """S steps in one compiled call: ``lax.scan`` over ``batches`` stacked on a leading axis.
+    """S steps in one compiled call: ``lax.scan`` over ``batches`` stacked on a leading axis
+    (:func:`stack_batches` stacks a list of batches).
 
     Returns the final state and the stacked :class:`StepInfo` (losses (S, K, 2), ...).
     """
@@ -196,6 +205,20 @@ def run_steps(state: ZOState, frozen, batches, *, loss_fn, spec: ZOSpec, optimiz
         )
 
     return jax.lax.scan(body, state, batches)
+
+
+def stack_batches(batches) -> PyTree:
+    """Stack a sequence of batches (pytrees of equal shapes) on a new leading axis, as
+    :func:`run_steps` and ``CompiledStep.run_steps`` take them: one step per batch.
+
+    >>> stacked = stack_batches([{"x": jnp.zeros(3)}, {"x": jnp.ones(3)}])
+    >>> stacked["x"].shape
+    (2, 3)
+    """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("stack_batches needs at least one batch")
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches)
 
 
 class CompiledStep(NamedTuple):
