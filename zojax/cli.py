@@ -32,6 +32,11 @@ _CONFIG_HELP = (
     "default: the offline default run, SmolLM2-135M on Rotten Tomatoes"
 )
 
+_DELTA_HELP = (
+    "a delta written by zojax export --delta (its directory or file): the config's base model with the "
+    "delta's trained leaves (refused unless the base weights are the ones it was trained from)"
+)
+
 # What the user asked for is refused (exit code 2); FileNotFoundError: a missing data or config file.
 _USER_ERRORS = (UserError, MeshError, FileNotFoundError, FileExistsError)
 
@@ -83,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         "(its best dev checkpoint if it was trained with train.keep_best).",
     )
     p.add_argument("--run", default=None, help="run directory whose latest checkpoint to evaluate (its config.yaml is used)")
+    p.add_argument("--delta", default=None, help=_DELTA_HELP)
     p = add(
         "replay",
         "rebuild trained weights from the base model and a seed log",
@@ -101,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory (holds config.yaml and checkpoints/)")
     p.add_argument("--output", required=True, help="output directory for the HF model (outside the run)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output model directory")
+    p.add_argument(
+        "--delta", action="store_true",
+        help="write only the trained leaves (delta.safetensors, with the base model's name and the hash of its "
+        "weights); apply it with zojax eval/generate --delta or zojax.models.apply_delta",
+    )
     p = add(
         "generate",
         "continue a prompt with a run's latest checkpoint (or the base model)",
@@ -109,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         "--temperature 0 (the default), sampled otherwise.",
     )
     p.add_argument("--run", default=None, help="run directory whose latest checkpoint to use (its config.yaml is used)")
+    p.add_argument("--delta", default=None, help=_DELTA_HELP)
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the K likeliest tokens (default 0: all)")
@@ -229,10 +241,18 @@ def _run_and_weights(args):
         cfg = load_config(args.config, args.overrides)
         _check_buildable(cfg)
     else:
+        if args.delta is not None:
+            raise ConfigError("--delta applies to the config's base model, --run uses the run's checkpoint: give one")
         cfg = _run_config(args)
         _require_checkpoint(args.run)
     run = build_run(cfg)
     params, step = (run.params, 0) if args.run is None else trained_params(run, args.run)
+    if args.delta is not None:
+        from flax import nnx
+
+        from zojax.models import apply_delta
+
+        params = nnx.split(apply_delta(nnx.merge(run.graphdef, params), args.delta))[1]
     return cfg, run, params, step
 
 
@@ -298,9 +318,27 @@ def _cmd_export(args) -> int:
     _require_checkpoint(args.run)
     run = build_run(cfg)
     params, step = trained_params(run, args.run)
+    if args.delta:
+        file = _save_delta(run, params, cfg.model.name, args.output, args.overwrite)
+        print(f"exported the trained leaves of step {step} of {args.run} to {file} ({file.stat().st_size} bytes)")
+        return 0
     save_pretrained(nnx.merge(run.graphdef, params), run.model_config, args.output, run.tokenizer, overwrite=args.overwrite)
     print(f"exported step {step} of {args.run} to {args.output}")
     return 0
+
+
+def _save_delta(run, params, base_model: str, output, overwrite: bool):
+    """The leaves the run's scope trains, as a delta of its base model."""
+    import jax
+    from flax import nnx
+
+    from zojax.models import save_delta, weights_hash
+    from zojax.noise import partition, path_str
+
+    trainable, _ = partition(params, run.spec.scope, run.spec.noise)
+    leaves = {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(trainable)[0]}
+    base_hash = weights_hash(nnx.merge(run.graphdef, run.params))
+    return save_delta(output, leaves, base_model=base_model, base_hash=base_hash, overwrite=overwrite)
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")

@@ -141,8 +141,8 @@ def check_output(output, cfg: RunConfig, run_dir, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise RunDirError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
-        if not (out / "config.json").is_file():
+        if not ((out / "config.json").is_file() or (out / "delta.safetensors").is_file()):
             raise RunDirError(
-                f"--output {output} is not a model directory (no config.json); --overwrite replaces only a "
-                "model directory, so choose a new or empty one"
+                f"--output {output} is not a model directory (no config.json or delta.safetensors); --overwrite "
+                "replaces only a model directory, so choose a new or empty one"
             )

@@ -8,6 +8,7 @@ does differently; the shared decoder is :mod:`zojax.models.decoder` (built from
 >>> model, config, tok = from_pretrained("smollm2-135m")                   # doctest: +SKIP
 """
 
+from zojax.models.delta import DeltaError, apply_delta, load_delta, save_delta, weights_hash
 from zojax.models.family import Family, projections, sharding_rules, stacked_paths
 from zojax.models.generate import generate
 from zojax.models.loading import (
@@ -20,6 +21,11 @@ from zojax.models.loading import (
 )
 
 __all__ = [
+    "DeltaError",
+    "apply_delta",
+    "load_delta",
+    "save_delta",
+    "weights_hash",
     "FAMILIES",
     "Family",
     "LoadError",

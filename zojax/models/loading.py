@@ -354,9 +354,18 @@ _ST_DTYPES = {
 }
 
 
-def _write_safetensors(path: Path, names: list[str], get: Callable[[str], np.ndarray]) -> None:
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _write_safetensors(
+    path: Path, names: list[str], get: Callable[[str], np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
     """Stream tensors into a safetensors file, one at a time (no second copy of the model)."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"} if metadata is None else metadata}
     offset = 0
     metas = []
     for n in names:  # first pass: shapes only (cheap: arrays are views until materialised)
@@ -414,6 +423,8 @@ def save_pretrained(
         return spec.to_hf(a if spec.layer is None else a[spec.layer])
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # mkdtemp makes it 0700; an exported model is shared like any directory the user makes (0755 under umask 022)
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         _write_safetensors(tmp / "model.safetensors", sorted(pmap), get)
         host.clear()

@@ -1,0 +1,47 @@
+"""zojax export --delta and eval/generate --delta (issue 24): only the trained leaves, applied to the base model."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from zojax.cli import main
+from zojax.models import load_delta
+
+from .runs import refused, tiny_config
+
+
+def _eval(capsys, argv):
+    capsys.readouterr()
+    assert main(["eval", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_delta_export_evaluates_as_the_run(assets, tmp_path, capsys):
+    out = tmp_path / "norm_run"
+    config = tiny_config(assets, out, zo__scope="norm", zo__method="mezo")  # a few 1-D leaves trained
+    assert main(["train", "--config", str(config)]) == 0
+    os.umask(old := os.umask(0o022))
+    try:
+        assert main(["export", "--run", str(out), "--output", str(tmp_path / "delta"), "--delta"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "delta").stat().st_mode) == 0o755
+    tensors, meta = load_delta(tmp_path / "delta")
+    assert tensors and all("norm" in name for name in tensors)  # the scope's leaves only
+    assert meta["base_model"] == str(assets / "model")
+
+    by_run = _eval(capsys, ["--run", str(out)])
+    by_delta = _eval(capsys, ["--config", str(config), "--delta", str(tmp_path / "delta")])
+    base = _eval(capsys, ["--config", str(config)])
+    assert by_delta["dev"] == by_run["dev"] and by_delta["test"] == by_run["test"]
+    assert by_delta["dev"] != base["dev"] or by_delta["test"] != base["test"]  # the delta changed something
+
+    assert main(["generate", "--config", str(config), "--delta", str(tmp_path / "delta"), "It was",
+                 "--max-new-tokens", "2"]) == 0
+    refused(capsys, main(["eval", "--run", str(out), "--delta", str(tmp_path / "delta")]), "give one")
+    # other base weights (here: stored in bfloat16) hash differently
+    refused(capsys, main(["eval", "--config", str(config), "--delta", str(tmp_path / "delta"), "model.param_dtype=bfloat16"]),
+            "load the delta's base model")
