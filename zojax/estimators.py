@@ -14,6 +14,8 @@ import jax.numpy as jnp
 __all__ = [
     "two_sided",
     "one_sided",
+    "fzoo",
+    "second_difference",
     "sign",
     "zscore",
     "centered_rank",
@@ -40,6 +42,33 @@ def one_sided(losses, eps):
     [1.0]
     """
     return (losses[:, 0] - losses[:, 1]) / eps
+
+
+def fzoo(losses, eps):
+    """FZOO's normalised one-sided step: ``(L(theta + eps z_k) - L(theta)) / std_k L(theta + eps z_k)``.
+
+    The spread of the K perturbed losses (population std, as the official code) stands in for
+    ``eps |g|``, so the step has a fixed size in parameter space whatever the loss scale; ``eps``
+    cancels and the result is unitless. Needs K >= 2 (one loss has no spread); equal losses
+    give zeros, not a division by zero.
+
+    >>> fzoo(jnp.array([[2.0, 1.0], [0.0, 1.0]]), 1e-3).tolist()
+    [1.0, -1.0]
+    """
+    del eps
+    perturbed = losses[:, 0]
+    spread = jnp.std(perturbed)
+    return (perturbed - losses[:, 1]) / jnp.where(spread > 0, spread, 1.0)
+
+
+def second_difference(losses, center, eps):
+    """Curvature along each direction, ``(L+ + L- - 2 L(theta)) / (2 eps^2)`` (HiZOO's estimate):
+    ``z^T H z / 2`` for a quadratic, from the two-sided losses and the loss at ``theta``.
+
+    >>> second_difference(jnp.array([[3.0, 1.0]]), jnp.array(1.0), 1.0).tolist()
+    [1.0]
+    """
+    return (losses[:, 0] + losses[:, 1] - 2.0 * center) / (2.0 * eps**2)
 
 
 def sign(coeffs):
@@ -104,6 +133,7 @@ def _sign_two_sided(losses, eps):
 ESTIMATORS = {
     "two_sided": two_sided,
     "one_sided": one_sided,
+    "fzoo": fzoo,
     "sign": _sign_two_sided,
     "zscore": shaped(zscore),
     "rank": shaped(centered_rank),
@@ -111,7 +141,7 @@ ESTIMATORS = {
 
 # The finite differences carry their own scale: each belongs to one kind of scoring (the other
 # would halve or double every step). Shaped and sign estimators are unitless and fit both.
-SIDED_ONLY = {"two_sided": "two", "one_sided": "one"}
+SIDED_ONLY = {"two_sided": "two", "one_sided": "one", "fzoo": "one"}
 
 
 def check_sided(name_or_fn, sided: str) -> None:

@@ -43,7 +43,7 @@ from zojax.noise import (
 )
 from zojax.types import PyTree
 
-__all__ = ["ZOSpec", "score", "perturb", "population"]
+__all__ = ["ZOSpec", "score", "center_loss", "perturb", "population", "scale_directions"]
 
 
 
@@ -72,6 +72,9 @@ class ZOSpec:
         :mod:`zojax.nn`: ``dense``/``embed``/``attend``/``materialize``). Under a layer scan a
         dense step then holds one layer's perturbed weights at a time instead of perturbed
         copies of the whole model: full-parameter MeZO at about inference memory.
+      center: also score ``theta`` itself once per step (two-sided only): the curvature along
+        each direction, ``(L+ + L- - 2 L(theta)) / (2 eps^2)``, reaches the optimiser as
+        ``ZOGrad.curvature`` (HiZOO's diagonal Hessian). One forward more per step.
       check_update: also skip a step whose update would leave a non-finite parameter or
         optimiser value (an overflow, a schedule gone to inf). Exact and memory-free, it costs
         one more pass of the update (a second draw of dense directions); ``False`` checks the
@@ -93,6 +96,7 @@ class ZOSpec:
     adapter: bool = False
     lazy_dense: bool = False
     check_update: bool = True
+    center: bool = False
 
     def __post_init__(self):
         if not isinstance(self.noise, (Gaussian, Rademacher, LowRank)):
@@ -107,6 +111,8 @@ class ZOSpec:
             not isinstance(self.chunk_size, int) or not self.chunk_size >= 1
         ):
             raise ValueError(f"ZOSpec: chunk_size must be None or an integer >= 1, got {self.chunk_size!r}")
+        if self.center and self.sided != "two":
+            raise ValueError("ZOSpec: center=True (curvature from L+, L- and L(theta)) needs sided='two'")
         get_estimator(self.coefficient_fn_name)
         check_sided(self.coefficient_fn_name, self.sided)
 
@@ -162,6 +168,23 @@ def _materialize_factors(dirs, step):
     return jax.tree.map(lambda d: next(done) if is_lr(d) else d, dirs, is_leaf=is_lr)
 
 
+def scale_directions(dirs: PyTree, scale: PyTree | None) -> PyTree:
+    """``s * z`` leaf by leaf: a per-coordinate direction scale (HiZOO's ``H^-1/2``, Sparse MeZO's
+    mask), ``None`` at a leaf (or as a whole) leaves its direction as drawn. Dense directions only: a
+    per-coordinate scale does not keep a low-rank direction low-rank."""
+    if scale is None:
+        return dirs
+
+    def one(d, s):
+        if s is None:
+            return d
+        if isinstance(d, LowRankDirection):
+            raise ValueError("a per-coordinate direction scale needs dense directions (Gaussian or Rademacher noise)")
+        return (d * s).astype(d.dtype)
+
+    return jax.tree.map(one, dirs, scale, is_leaf=lambda d: d is None or isinstance(d, LowRankDirection))
+
+
 def population(spec: ZOSpec) -> tuple[jax.Array, jax.Array]:
     """The (member, sign) pairs scored in one step, flattened to length 2K (or K one-sided).
 
@@ -185,6 +208,7 @@ def score(
     frozen: PyTree | None = None,
     mesh=None,
     base: PyTree | None = None,
+    scale: PyTree | None = None,
 ) -> jax.Array:
     """Losses at ``theta ± eps z_k`` for the K members of ``spec``, shape ``(K, 2)``.
 
@@ -203,6 +227,10 @@ def score(
     :class:`zojax.nn.Perturbed` ``W + V A^T`` there, while ``params`` keeps the plain
     ``W`` that directions are drawn for.
 
+    ``scale`` (default: none) multiplies every direction coordinate-wise before it is added
+    (:func:`scale_directions`): an optimiser's preconditioner or mask, one array per trainable
+    leaf (``None`` where a leaf is not scaled).
+
     >>> loss = lambda p, b: jnp.sum((p["w"] - b) ** 2)
     >>> losses = score(loss, {"w": jnp.zeros(3)}, jnp.ones(3), jax.random.PRNGKey(0), 0,
     ...                ZOSpec(members=4))
@@ -220,11 +248,15 @@ def score(
 
     signs = jnp.array([1.0, -1.0]) if spec.sided == "two" else jnp.ones((1,))
 
-    def score_members(members, trainable, base, frozen, batch, key, step):
+    if scale is not None and spec.lazy_dense:
+        raise ValueError("a direction scale (HiZOO, Sparse MeZO) needs lazy_dense=False: the model draws lazy directions itself")
+
+    def score_members(members, trainable, base, frozen, batch, key, step, scale):
         def evaluate(member):
             # A member's directions are drawn once and shared by its signs (vmapped inside),
             # so a dense direction is generated once per member, not once per (member, sign).
             dirs = _materialize_factors(directions(trainable, spec.noise, key, step, member), step)
+            dirs = scale_directions(dirs, scale)
 
             def one_sign(sign):
                 if spec.lazy_dense:
@@ -243,7 +275,7 @@ def score(
     from zojax import parallel
 
     if mesh is None or parallel.pop_size(mesh) == 1:
-        losses = score_members(members, trainable, base, frozen, batch, key, step)
+        losses = score_members(members, trainable, base, frozen, batch, key, step, scale)
     else:
         parallel.check_population(mesh, spec.members)
         # Manual over 'pop' only: each device scores its K/pop members; 'model' stays automatic
@@ -251,18 +283,24 @@ def score(
         sharded = jax.shard_map(
             score_members,
             mesh=mesh,
-            in_specs=(P(parallel.POP), P(), P(), P(), P(), P(), P()),
+            in_specs=(P(parallel.POP), P(), P(), P(), P(), P(), P(), P()),
             out_specs=P(parallel.POP),
             axis_names={parallel.POP},
             check_vma=False,
         )
-        losses = sharded(members, trainable, base, frozen, batch, key, jnp.asarray(step))
+        losses = sharded(members, trainable, base, frozen, batch, key, jnp.asarray(step), scale)
         # the K x 2 losses are all that crosses 'pop': every device gets all of them
         losses = jax.lax.with_sharding_constraint(losses, parallel.replicated(mesh))
     if spec.sided == "two":
         return losses
-    unperturbed = _scalar_loss(loss_fn(combine(base, frozen), batch))
+    unperturbed = center_loss(loss_fn, base, frozen, batch)
     return jnp.concatenate([losses, jnp.broadcast_to(unperturbed, losses.shape)], axis=1)
+
+
+def center_loss(loss_fn, base: PyTree, frozen: PyTree, batch) -> jax.Array:
+    """The loss at the unperturbed weights (one-sided scoring's reference, HiZOO's ``L(theta)``):
+    ``base`` is the trainable part (``None`` at frozen leaves), as :func:`score` takes it."""
+    return _scalar_loss(loss_fn(combine(base, frozen), batch))
 
 
 def _scalar_loss(loss) -> jax.Array:

@@ -155,13 +155,18 @@ class SeedLog:
         fields.update(overrides)
         return ZOSpec(**fields)
 
-    def record(self, steps, coeffs, applied) -> None:
-        """Append records for steps (arrays with a leading step axis, e.g. a scan's output)."""
+    def record(self, steps, coeffs, applied, curvature=None) -> None:
+        """Append records for steps (arrays with a leading step axis, e.g. a scan's output);
+        ``curvature`` (HiZOO's second differences, ``ZOSpec(center=True)``) is recorded when given."""
         steps = np.atleast_1d(np.asarray(steps))
         coeffs = np.asarray(coeffs, np.float32).reshape(len(steps), -1)
         applied = np.atleast_1d(np.asarray(applied))
-        for s, c, a in zip(steps, coeffs, applied):
-            self.entries.append({"step": int(s), "coeffs": [float(x) for x in c], "applied": bool(a)})
+        curv = None if curvature is None else np.asarray(curvature, np.float32).reshape(len(steps), -1)
+        for i, (s, c, a) in enumerate(zip(steps, coeffs, applied)):
+            entry = {"step": int(s), "coeffs": [float(x) for x in c], "applied": bool(a)}
+            if curv is not None:
+                entry["curvature"] = [float(x) for x in curv[i]]
+            self.entries.append(entry)
 
     def check_steps(self, num_steps: int, *, where, exact: bool) -> None:
         """Refuse a log that does not record steps ``0 .. num_steps-1`` in order (``exact``: and no more).
@@ -222,11 +227,11 @@ class SeedLog:
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer", "noise"), donate_argnames=("params", "opt_state"))
-def _apply(params, opt_state, key, step, coeffs, *, optimizer, noise):
+def _apply(params, opt_state, key, step, coeffs, curvature, *, optimizer, noise):
     # the same fold and update a training step makes (zojax.step), minus the scoring
     if isinstance(optimizer, ZOTransformation):
         params, opt_state = optimizer.fold(params, opt_state, key, step)
-    return apply_update(optimizer, ZOGrad(key, step, coeffs, noise), params, opt_state)
+    return apply_update(optimizer, ZOGrad(key, step, coeffs, noise, curvature), params, opt_state)
 
 
 def replay(base_params: Any, log: SeedLog, optimizer: optax.GradientTransformation, *, spec: ZOSpec | None = None):
@@ -262,6 +267,7 @@ def replay(base_params: Any, log: SeedLog, optimizer: optax.GradientTransformati
             key,
             jnp.int32(entry["step"]),
             jnp.asarray(entry["coeffs"], jnp.float32),
+            None if "curvature" not in entry else jnp.asarray(entry["curvature"], jnp.float32),
             optimizer=optimizer,
             noise=spec.noise,
         )

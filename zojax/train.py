@@ -539,7 +539,8 @@ def _loop(job: _Job) -> None:
         job.train_seconds += elapsed
         job.steps_done += n
         applied = np.asarray(info.applied)
-        job.seed_log.record(np.asarray(info.step), np.asarray(info.coeffs), applied)
+        job.seed_log.record(np.asarray(info.step), np.asarray(info.coeffs), applied,
+                            None if info.curvature is None else np.asarray(info.curvature))
         step = boundary
         for ok in applied:
             consecutive_skips = 0 if ok else consecutive_skips + 1

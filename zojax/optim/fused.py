@@ -17,8 +17,9 @@ import optax
 from zojax import accelerator
 from zojax.noise import partition
 from zojax.optim.gradient import PyTree, ZOGrad
-from zojax.optim.transforms import ZOTransformation, apply_update, update_bound
-from zojax.scoring import ZOSpec, score
+from zojax.estimators import second_difference
+from zojax.optim.transforms import ZOTransformation, apply_update, direction_scale, update_bound
+from zojax.scoring import ZOSpec, center_loss, score
 
 __all__ = ["ZOState", "StepInfo", "init", "step", "run_steps", "make_step", "compile_steps"]
 
@@ -44,6 +45,7 @@ class StepInfo(NamedTuple):
     losses: jax.Array  # (K, 2): member k's loss at theta + eps z_k and theta - eps z_k (one-sided: theta)
     coeffs: jax.Array  # (K,): the estimator's coefficients, e.g. (L+ - L-) / (2 eps)
     applied: jax.Array  # bool: False when a non-finite loss made the step a no-op
+    curvature: jax.Array | None = None  # (K,) with ZOSpec.center (HiZOO), else None
 
     @property
     def loss(self):
@@ -73,16 +75,23 @@ def init(params: PyTree, spec: ZOSpec, optimizer: optax.GradientTransformation, 
     return state, frozen
 
 
-def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batches: int, mesh=None, base=None):
+def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batches: int, mesh=None, base=None,
+              scale=None):
+    """``(losses, coeffs, curvature)`` of one step; curvature is None unless ``spec.center``."""
+
     def one(micro):
-        losses = score(loss_fn, state.params, micro, state.key, state.step, spec, frozen=frozen, mesh=mesh, base=base)
-        return losses, spec.coefficients(losses)
+        losses = score(loss_fn, state.params, micro, state.key, state.step, spec, frozen=frozen, mesh=mesh, base=base,
+                       scale=scale)
+        if not spec.center:
+            return losses, spec.coefficients(losses), None
+        center = center_loss(loss_fn, state.params if base is None else base, frozen, micro)
+        return losses, spec.coefficients(losses), second_difference(losses, center, spec.eps)
 
     if micro_batches == 1:
         return one(batch)
     # same directions for every micro-batch (same key and step); coefficients averaged
-    losses, coeffs = jax.lax.map(one, batch)
-    return losses.mean(0), coeffs.mean(0)
+    losses, coeffs, curvature = jax.lax.map(one, batch)
+    return losses.mean(0), coeffs.mean(0), None if curvature is None else curvature.mean(0)
 
 
 def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None,
@@ -100,10 +109,14 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
         params, opt_state = optimizer.fold(state.params, state.opt_state, state.key, state.step)
         state = state._replace(params=params, opt_state=opt_state)
         base = optimizer.view(params, opt_state, state.key, spec.adapter)
-    losses, coeffs = _estimate(loss_fn, state, frozen, batch, spec, micro_batches, mesh, base)
-    finite_losses = jnp.all(jnp.isfinite(losses))
+    # a preconditioner or mask the optimiser keeps (after the fold: a mask may be refreshed there)
+    scale = direction_scale(optimizer, state.opt_state, state.params)
+    losses, coeffs, curvature = _estimate(loss_fn, state, frozen, batch, spec, micro_batches, mesh, base, scale)
+    finite_losses = jnp.all(jnp.isfinite(losses)) & (True if curvature is None else jnp.all(jnp.isfinite(curvature)))
     coeffs = jnp.where(finite_losses, coeffs, 0.0)
-    grad = ZOGrad(state.key, state.step, coeffs, spec.noise)
+    if curvature is not None:
+        curvature = jnp.where(finite_losses, curvature, 0.0)
+    grad = ZOGrad(state.key, state.step, coeffs, spec.noise, curvature)
 
     def updated(_):
         return apply_update(optimizer, grad, state.params, state.opt_state)
@@ -124,7 +137,7 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
         finite = finite_losses
     params, opt_state = jax.lax.cond(finite, updated, kept, None)
     new_state = ZOState(params, opt_state, state.key, state.step + 1, state.skipped + (~finite).astype(jnp.int32))
-    info = StepInfo(state.step, losses, coeffs, finite)
+    info = StepInfo(state.step, losses, coeffs, finite, curvature)
     if mesh is not None:
         # every device applied the same update from the same keys and K coefficients
         new_state = parallel.constrain(new_state, parallel.state_shardings(new_state, mesh, rules))

@@ -20,7 +20,9 @@ __all__ = ["ZOGrad", "dense_gradient"]
 
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["key", "step", "coeffs"], meta_fields=["noise"])
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["key", "step", "coeffs", "curvature"], meta_fields=["noise"]
+)
 @dataclasses.dataclass(frozen=True)
 class ZOGrad:
     """The estimate ``g = mean_k coeffs[k] * z_k`` described by its seeds.
@@ -34,6 +36,9 @@ class ZOGrad:
     step: jax.Array
     coeffs: jax.Array
     noise: Noise
+    # (K,) second differences (L+ + L- - 2 L(theta)) / (2 eps^2) when the spec scores theta too
+    # (ZOSpec.center, HiZOO); None otherwise. The seed log records them: HiZOO's state needs them.
+    curvature: jax.Array | None = None
 
 
 def _map_trainable(fn, tree, *rest):

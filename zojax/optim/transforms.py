@@ -36,6 +36,7 @@ from zojax.optim.gradient import (
 
 __all__ = [
     "zo_sgd", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "effective_params", "apply_update", "update_bound",
+    "direction_scale",
 ]
 
 def _as_schedule(learning_rate: optax.ScalarOrSchedule, name: str) -> optax.Schedule:
@@ -232,12 +233,22 @@ class ZOTransformation(NamedTuple):
     ``view(params, state, key, adapter) -> params`` is what a step scores: the weights with
     the kept update, as :class:`zojax.nn.Perturbed` leaves on the adapter path.
     :func:`step` and :func:`zojax.replay` call both; :func:`effective_params` folds for export.
+    ``scale(state, params) -> pytree`` (optional) multiplies every scored direction coordinate-wise:
+    a preconditioner (HiZOO's ``H^-1/2``) or a mask (Sparse MeZO), one array per trainable leaf.
     """
 
     init: Callable
     update: Callable
     fold: Callable
     view: Callable
+    scale: Callable | None = None
+
+
+def direction_scale(optimizer, opt_state, params: PyTree) -> PyTree | None:
+    """The per-coordinate scale ``optimizer`` puts on the scored directions, or None (the directions as drawn)."""
+    if isinstance(optimizer, ZOTransformation) and optimizer.scale is not None:
+        return optimizer.scale(opt_state, params)
+    return None
 
 
 def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransformation:
