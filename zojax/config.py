@@ -127,8 +127,11 @@ class TaskConfig(_Strict):
 
 
 class ZOConfig(_Strict):
-    method: Literal["mezo", "lozo", "factorized", "fo"] = Field(
-        "lozo", description="dense Gaussian, low-rank LoZO, factorized high-rank, or fo: first-order baseline (jax.grad, same scope)"
+    method: Literal["mezo", "lozo", "factorized", "fzoo", "hizoo", "sparse_mezo", "fo"] = Field(
+        "lozo",
+        description="dense Gaussian (mezo), low-rank LoZO, factorized high-rank, fzoo (one-sided Rademacher, step / std of "
+        "the K losses), hizoo (diagonal-Hessian preconditioned, one forward more), sparse_mezo (small weights only), "
+        "or fo: first-order baseline (jax.grad, same scope); docs/optimisers.md",
     )
     rank: int = Field(2, ge=1, description="rank r of LoZO / factorized directions")
     refresh_every: int = Field(100, ge=1, description="LoZO: steps between resampling the lazy factor V")
@@ -137,9 +140,11 @@ class ZOConfig(_Strict):
     scope: str = Field(
         "lora", description=f"trainable leaves: all, {', '.join(SCOPE_PRESETS)}, or a regex on parameter paths"
     )
-    sided: Literal["two", "one"] = Field("two", description="two-sided (theta ± eps z) or one-sided differences")
+    sided: Literal["two", "one"] = Field(
+        "two", description="two-sided (theta ± eps z) or one-sided differences (default: one for fzoo, two otherwise)"
+    )
     estimator: EstimatorName | None = Field(
-        None, description="coefficient estimator (default: from 'sided')"
+        None, description="coefficient estimator (default: from 'sided'; fzoo for zo.method=fzoo)"
     )
     chunk_size: int | None = Field(None, ge=1, description="members scored at once (memory bound); None: all")
     adapter: bool = Field(True, description="score low-rank directions through zojax.nn without forming W + eps UV^T")
@@ -147,6 +152,30 @@ class ZOConfig(_Strict):
         False, description="draw dense directions inside the model, layer by layer (built-in models): full-parameter MeZO at inference memory"
     )
     vectors: Literal["dense", "exclude"] = Field("dense", description="LoZO: 1-D leaves get dense noise or stay frozen")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fzoo_is_one_sided(cls, data: Any) -> Any:
+        # FZOO scores K states and theta once: its default scoring is one-sided
+        if isinstance(data, dict) and data.get("method") == "fzoo" and "sided" not in data:
+            return {**data, "sided": "one"}
+        return data
+
+    @model_validator(mode="after")
+    def _method_fits_its_scoring(self):
+        m = self.method
+        if m == "fzoo":
+            if self.sided != "one":
+                raise ValueError("zo.method=fzoo scores theta + eps z_k and theta: it needs zo.sided=one (its default)")
+            if self.estimator not in (None, "fzoo"):
+                raise ValueError(f"zo.method=fzoo is the fzoo estimator; got zo.estimator={self.estimator}")
+            if self.members < 2:
+                raise ValueError(f"zo.method=fzoo divides by the spread of the K losses: it needs zo.members >= 2, got {self.members}")
+        if m == "hizoo" and (self.sided != "two" or self.estimator not in (None, "two_sided")):
+            raise ValueError("zo.method=hizoo needs two-sided scoring (zo.sided=two) and the two_sided estimator")
+        if m in ("hizoo", "sparse_mezo") and self.lazy_dense:
+            raise ValueError(f"zo.method={m} scales the directions it scores: it needs zo.lazy_dense=false")
+        return self
 
     @field_validator("scope")
     @classmethod
@@ -164,8 +193,16 @@ class OptimConfig(_Strict):
     name: Literal["zo_sgd", "lozo_m", "sgd", "adam", "adamw"] | None = Field(
         None,
         description="zo_sgd (lean MeZO/LoZO update), lozo_m (factored momentum), or an optax optimizer (after densify "
-        "for ZO); None: zo_sgd for ZO methods, adamw for zo.method=fo",
+        "for ZO); None: zo_sgd for ZO methods, adamw for zo.method=fo. zo.method=hizoo and sparse_mezo are their own "
+        "update (None or zo_sgd)",
     )
+    hessian_smooth: float = Field(
+        1e-6, ge=0, le=1, description="zo.method=hizoo: smoothing alpha of the diagonal Hessian estimate (0: H stays 1)"
+    )
+    sparsity: float = Field(
+        0.75, ge=0, lt=1, description="zo.method=sparse_mezo: share of each leaf (each layer of a stack) left frozen, the largest weights"
+    )
+    mask_every: int = Field(100, ge=1, description="zo.method=sparse_mezo: steps between recomputing the magnitude mask")
     lr: float = Field(1e-6, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="weight decay (skipped for 1-D leaves)")
     momentum: float = Field(0.9, ge=0, lt=1, description="lozo_m / sgd momentum")

@@ -41,16 +41,18 @@ from zojax.checkpoint import Checkpointer, TrainingError
 from zojax.config import DTYPE_NAMES, ConfigError, RunConfig
 from zojax.fo import make_fo_step
 from zojax.models import LoadError, projections, sharding_rules, stacked_paths
-from zojax.noise import Factorized, Gaussian, LowRank, combine
+from zojax.noise import Factorized, Gaussian, LowRank, Rademacher, combine
 from zojax.optim import (
     CompiledStep,
     ZOState,
     densify,
     effective_params,
+    hizoo,
     init,
     lozo_adapter,
     lozo_m,
     make_step,
+    sparse_mezo,
     zo_sgd,
 )
 from zojax.scoring import ZOSpec
@@ -74,8 +76,10 @@ def make_spec(cfg: RunConfig, model: Any = None) -> ZOSpec:
     stacked = None if model is None else stacked_paths(model)
     declared = None if model is None else projections(model)
     scope = declared.lora_scope if z.scope == "lora" and declared is not None else z.scope
-    if z.method in ("mezo", "fo"):  # fo: the spec only carries the scope (dense partition, no vectors rule)
-        noise: Gaussian | LowRank = Gaussian(stacked=stacked)
+    if z.method in ("mezo", "hizoo", "sparse_mezo", "fo"):  # fo: the spec only carries the scope (dense partition)
+        noise: Gaussian | Rademacher | LowRank = Gaussian(stacked=stacked)
+    elif z.method == "fzoo":
+        noise = Rademacher(stacked=stacked)
     elif z.method == "lozo":
         noise = LowRank(rank=z.rank, refresh_every=z.refresh_every, vectors=z.vectors, stacked=stacked)
     else:
@@ -86,10 +90,11 @@ def make_spec(cfg: RunConfig, model: Any = None) -> ZOSpec:
         members=z.members,
         scope=scope,
         sided=z.sided,
-        estimator=z.estimator,
+        estimator="fzoo" if z.method == "fzoo" else z.estimator,
         chunk_size=z.chunk_size,
         adapter=z.adapter,
         lazy_dense=z.lazy_dense,
+        center=z.method == "hizoo",  # HiZOO's curvature needs L(theta) too
     )
 
 
@@ -129,6 +134,12 @@ def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation
     lr = make_schedule(cfg)
     if fo and name in ("zo_sgd", "lozo_m"):
         raise ConfigError(f"optim.name={name} is a ZO update; zo.method=fo takes sgd, adam or adamw")
+    if cfg.zo.method in ("hizoo", "sparse_mezo"):
+        if name != "zo_sgd":
+            raise ConfigError(f"zo.method={cfg.zo.method} is its own update: optim.name must be null or zo_sgd, got {name}")
+        if cfg.zo.method == "hizoo":
+            return hizoo(lr, o.hessian_smooth, o.weight_decay)
+        return sparse_mezo(lr, o.sparsity, o.mask_every, o.weight_decay, stacked=spec.noise.stacked)
     if name == "zo_sgd":
         return zo_sgd_update(lr, spec, o.weight_decay, adapter_state=o.adapter_state)
     if name == "lozo_m":
