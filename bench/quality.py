@@ -62,7 +62,23 @@ ROWS: dict[str, tuple[list[str], list[float]]] = {
     "mezo_norm_k64_adam": (["zo.method=mezo", "zo.scope=^norm/", "zo.members=64", "optim.name=adam"], [1e-2]),
     # every RMSNorm scale (61 x 576): more capacity, 61x the dimensions, and no shared trunk
     "mezo_norms_all": (["zo.method=mezo", "zo.scope=norm"], [3e-3, 1e-2]),
+    # Past MeZO's plateau (issue 25, docs/optimisers.md). FZOO: K = 8 one-sided Rademacher members, a step of
+    # fixed size (lr / std of the K losses); its lr is in parameter units, not MeZO's
+    "fzoo_norm": (["zo.method=fzoo", "zo.scope=^norm/", "zo.members=8"], [1e-2, 3e-3, 3e-2]),
+    # HiZOO: H starts at 1 (MeZO's lr scale) and grows towards the curvature; alpha 1e-2, the paper's largest
+    "hizoo_norm": (["zo.method=hizoo", "zo.scope=^norm/", "optim.hessian_smooth=1e-2"], [3e-2, 1e-1]),
+    # Sparse MeZO: the 25% smallest of the 576 scales, 4x fewer dimensions (a larger lr), mask refreshed every 50 steps
+    "sparse_mezo_norm": (["zo.method=sparse_mezo", "zo.scope=^norm/", "optim.sparsity=0.75", "optim.mask_every=50"],
+                         [1e-1, 3e-2]),
+    # the same on the lora scope (~10^8 weights, dense directions): lr priors, not swept -- every ZO row on this
+    # scope stays at zero-shot in this budget, and a sweep there costs more than the table
+    "fzoo_lora": (["zo.method=fzoo", "zo.scope=lora", "zo.members=4"], [1e-5]),
+    "hizoo_lora": (["zo.method=hizoo", "zo.scope=lora", "optim.hessian_smooth=1e-6"], [1e-5]),
+    "sparse_mezo_lora": (["zo.method=sparse_mezo", "zo.scope=lora", "optim.sparsity=0.75"], [1e-5]),
 }
+# rows whose test split is not evaluated: the ZO rows on the lora scope, which stay at zero-shot on dev in this budget
+# (their dev curve says so) -- a test evaluation costs as much CPU as most of a row's training
+DEV_ONLY = {"fzoo_lora", "hizoo_lora", "sparse_mezo_lora"}
 LR_FROM = {"lozo_lora_k4": "lozo_lora_k1", "factorized_lora": "lozo_lora_k1", "lozo_m_lora": "lozo_lora_k1"}
 ICL = {"icl_k4": (4, 256), "icl_k16": (16, 1024)}  # k demonstrations, task.max_length that holds them
 BASE = [
@@ -121,11 +137,13 @@ def eval_row(model, k: int, max_length: int, dev_limit=None) -> dict:
 
 
 def forwards_per_step(cfg) -> int:
-    """Forward passes over one batch per step: ZO scores 2K (K+1 one-sided) perturbed copies; a
+    """Forward passes over one batch per step: ZO scores 2K (K+1 one-sided, 2K+1 HiZOO) perturbed copies; a
     first-order step is one forward and one backward, counted as 3 forward-equivalents."""
     z = cfg.zo
     if z.method == "fo":
         return 3
+    if z.method == "hizoo":
+        return 2 * z.members + 1  # and L(theta) for the curvature
     return z.members + 1 if z.sided == "one" else 2 * z.members
 
 
@@ -154,7 +172,7 @@ def train_row(model, overrides: list[str], lr: float, budget: float, *, dev_poin
               "compile_cpu_seconds": c1 - c0, "compile_wall_seconds": w1 - w0, "load_avg": [_load()]}
     fwd = forwards_per_step(cfg)
     marks = [budget * (i + 1) / dev_points for i in range(dev_points)]
-    curve, losses = [], []
+    curve, losses, curvature = [], [], []
     step, cpu, wall, skipped = 0, 0.0, 0.0, 0
     eval_cpu = eval_wall = 0.0
     while marks:
@@ -165,6 +183,8 @@ def train_row(model, overrides: list[str], lr: float, budget: float, *, dev_poin
         c1, w1 = _cpu_wall()
         cpu, wall, step = cpu + (c1 - c0), wall + (w1 - w0), step + steps_per_call
         losses.append(float(loss[np.asarray(info.applied)].mean()) if np.asarray(info.applied).any() else float("nan"))
+        if info.curvature is not None:
+            curvature.append(float(np.abs(np.asarray(info.curvature)).mean()))
         if not np.isfinite(losses[-1]) and len(losses) > 3 and not np.isfinite(losses[-3:]).any():
             record["diverged_at_step"] = step  # three calls in a row with no finite loss: stop early
             break
@@ -176,6 +196,8 @@ def train_row(model, overrides: list[str], lr: float, budget: float, *, dev_poin
                           "forward_passes": step * fwd, "dev_accuracy": dev["accuracy"], "dev_loss": dev["loss"]})
             print(f"  step {step}: {cpu:.0f} cpu-s, {wall:.0f} wall-s, dev {dev['accuracy']:.4f}", flush=True)
     skipped = int(state.skipped)
+    if curvature:  # HiZOO: how large the curvature along a direction is (what hessian_smooth is weighed against)
+        record["mean_abs_curvature"] = float(np.mean(curvature))
     record.update(steps=step, forward_passes=step * fwd, forwards_per_step=fwd, train_cpu_seconds=cpu,
                   train_wall_seconds=wall, skipped_steps=skipped, curve=curve, train_loss=losses,
                   dev_accuracy=curve[-1]["dev_accuracy"] if curve else None)
@@ -228,7 +250,8 @@ def chosen_lr(name: str, swept: dict) -> float:
     return swept.get("chosen", {}).get(source, ROWS[source][1][0])
 
 
-def table(rows: list[str], budget: float, out: Path, sweep_path: Path, dev_limit: int | None, resume: bool = False) -> dict:
+def table(rows: list[str], budget: float, out: Path, sweep_path: Path, dev_limit: int | None, resume: bool = False,
+          dev_points: int = 2) -> dict:
     swept = json.loads(sweep_path.read_text()) if sweep_path.exists() else {}
     model = _load_model(_config([]))
     data = {"budget_cpu_seconds_per_row": budget, "dev_examples": dev_limit or 500, "machine": _machine(),
@@ -245,7 +268,8 @@ def table(rows: list[str], budget: float, out: Path, sweep_path: Path, dev_limit
         elif name in ICL:
             rec = eval_row(model, *ICL[name], dev_limit)
         else:
-            rec = train_row(model, ROWS[name][0], chosen_lr(name, swept), budget, dev_limit=dev_limit)
+            rec = train_row(model, ROWS[name][0], chosen_lr(name, swept), budget, dev_limit=dev_limit,
+                            dev_points=dev_points, test=name not in DEV_ONLY)
         rec["row_wall_seconds"] = time.time() - t0 - sum(r.get("row_wall_seconds", 0) for r in data["rows"].values())
         data["rows"][name] = rec
         data["wall_seconds"] = time.time() - t0
@@ -275,7 +299,8 @@ def plot(data: dict, path: Path) -> None:
     axes[1].set_xscale("symlog", linthresh=10)  # ZO rows take ~5x more (cheaper) passes than first-order ones
     axes[1].set(xlabel="forward passes of a 16-review batch (fo: 3 per step)", ylabel=dev, xlim=(0, None))
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("SmolLM2-135M-Instruct, Rotten Tomatoes: equal CPU-time budget per row (load per row: quality.json)")
+    fig.suptitle("SmolLM2-135M-Instruct, Rotten Tomatoes: equal CPU-time budget per row; measured under load "
+                 "(load average per row: load_avg in the JSON)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -288,19 +313,40 @@ LABELS = {
     "fo_adamw_all": "first-order AdamW, all parameters", "fo_adamw_lora": "first-order AdamW, lora scope",
     "factorized_lora": "factorized r = 8, lora scope", "lozo_m_lora": "LoZO-M (momentum 0.9), lora scope",
     "fo_adamw_norm": "first-order AdamW, final norm", "mezo_norm_k16": "MeZO, final norm, K = 16",
+    "fzoo_norm": "FZOO, final norm, K = 8", "hizoo_norm": "HiZOO, final norm", "sparse_mezo_norm": "Sparse MeZO, final norm",
+    "fzoo_lora": "FZOO, lora scope, K = 4", "hizoo_lora": "HiZOO, lora scope", "sparse_mezo_lora": "Sparse MeZO, lora scope",
 }
+
+TARGET_DEV = 0.70  # issue 25: forward passes to reach 70% dev
+
+
+def forwards_to(record: dict, accuracy: float = TARGET_DEV) -> int | None:
+    """Forward passes at the first dev evaluation that reached ``accuracy`` (None: none did). The resolution is the
+    row's dev evaluations: the target may have been crossed anywhere since the previous one.
+
+    >>> forwards_to({"curve": [{"forward_passes": 40, "dev_accuracy": 0.65}, {"forward_passes": 80, "dev_accuracy": 0.71}]})
+    80
+    """
+    return next((p["forward_passes"] for p in record.get("curve", []) if p["dev_accuracy"] >= accuracy), None)
+
+
+def _reached(record: dict) -> str:
+    if record["kind"] == "eval":
+        return "–"
+    n = forwards_to(record)
+    return f"{n}" if n is not None else f"not in {record['forward_passes']}"
 
 
 def markdown(data: dict) -> str:
     """The README table of a results file (every number in it comes from the file)."""
     pct = lambda x: "–" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    lines = ["| row | lr | test acc. (1000) | dev acc. | steps | forward passes | train CPU s | train wall s | "
-             "eval wall s | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | lr | test acc. (1000) | dev acc. | steps | forward passes | fwd. passes to 70% dev | train CPU s | "
+             "train wall s | eval wall s | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in data["rows"].items():
         lr = f"{r['lr']:g}" if "lr" in r else "–"
         lines.append(
             f"| {LABELS.get(name, name)} | {lr} | {pct(r.get('test_accuracy'))} | {pct(r.get('dev_accuracy'))} | "
-            f"{r['steps']} | {r['forward_passes']} | {r.get('train_cpu_seconds', 0):.0f} | "
+            f"{r['steps']} | {r['forward_passes']} | {_reached(r)} | {r.get('train_cpu_seconds', 0):.0f} | "
             f"{r.get('train_wall_seconds', 0):.0f} | {r['eval_wall_seconds']:.0f} | "
             f"{'–'.join(f'{x:.1f}' for x in r['load_avg'])} |"
         )
@@ -314,7 +360,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=240.0, help="CPU seconds of training per trainable row")
     p.add_argument("--dev-limit", type=int, default=200,
                    help="dev reviews evaluated (the first N of 500; 0: all): the sweep's judge and the curves")
-    p.add_argument("--dev-points", type=int, default=1, help="with --sweep: dev evaluations along each budget")
+    p.add_argument("--dev-points", type=int, default=None,
+                   help="dev evaluations along each budget (default: 1 in a sweep, 2 in the table)")
     p.add_argument("--json", type=Path, default=RESULTS / "quality.json")
     p.add_argument("--sweep-json", type=Path, default=RESULTS / "quality_sweep.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "quality.png")
@@ -336,15 +383,15 @@ def main(argv=None) -> int:
         return 0
     if args.sweep:
         rows = args.rows.split(",") if args.rows else [n for n, (_, lrs) in ROWS.items() if len(lrs) > 1]
-        sweep(rows, args.budget, args.dev_limit or None, args.sweep_json, args.dev_points)
+        sweep(rows, args.budget, args.dev_limit or None, args.sweep_json, args.dev_points or 1)
         return 0
     order = ["zero_shot", "mezo_norm", "fo_adamw_all", "lozo_lora_k1", "icl_k4", "fo_adamw_lora", "mezo_all_lazy",
              "lozo_lora_k4", "factorized_lora", "lozo_m_lora", "icl_k16"]
     rows = args.rows.split(",") if args.rows else order
     unknown = [r for r in rows if r not in ROWS and r not in ICL and r != "zero_shot"]
     if unknown:
-        p.error(f"unknown rows {unknown}; known: {order}")
-    data = table(rows, args.budget, args.json, args.sweep_json, args.dev_limit or None, args.resume)
+        p.error(f"unknown rows {unknown}; known: {order + [r for r in ROWS if r not in order]}")
+    data = table(rows, args.budget, args.json, args.sweep_json, args.dev_limit or None, args.resume, args.dev_points or 2)
     plot(data, args.plot)
     return 0
 

@@ -106,9 +106,12 @@ def test_quality_bench_counts_forwards_and_renders_its_table():
     from bench import quality
 
     fo, mezo4, one = (quality._config(o) for o in (["zo.method=fo"], ["zo.members=4"], ["zo.sided=one", "zo.members=4"]))
-    assert [quality.forwards_per_step(c) for c in (fo, mezo4, one)] == [3, 8, 5]
+    hizoo = quality._config(["zo.method=hizoo", "zo.members=2"])
+    assert [quality.forwards_per_step(c) for c in (fo, mezo4, one, hizoo)] == [3, 8, 5, 5]
     assert quality.chosen_lr("lozo_lora_k4", {"chosen": {"lozo_lora_k1": 3e-6}}) == 3e-6  # K=4 follows K=1's sweep
     row = {"kind": "train", "lr": 1e-5, "test_accuracy": 0.8, "dev_accuracy": 0.75, "steps": 10, "forward_passes": 30,
            "train_cpu_seconds": 12.0, "train_wall_seconds": 30.0, "eval_wall_seconds": 5.0, "load_avg": [2.0, 3.0]}
     table = quality.markdown({"rows": {"fo_adamw_all": row}})
-    assert "| first-order AdamW, all parameters | 1e-05 | 80.0% | 75.0% | 10 | 30 | 12 | 30 | 5 | 2.0–3.0 |" in table
+    assert "| first-order AdamW, all parameters | 1e-05 | 80.0% | 75.0% | 10 | 30 | not in 30 | 12 | 30 | 5 | 2.0–3.0 |" in table
+    row["curve"] = [{"forward_passes": 12, "dev_accuracy": 0.69}, {"forward_passes": 24, "dev_accuracy": 0.70}]
+    assert "| 10 | 30 | 24 | 12 |" in quality.markdown({"rows": {"fo_adamw_all": row}})

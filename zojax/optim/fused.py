@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from zojax import accelerator
+from zojax.estimators import second_difference
 from zojax.noise import partition
 from zojax.optim.gradient import PyTree, ZOGrad
-from zojax.estimators import second_difference
 from zojax.optim.transforms import ZOTransformation, apply_update, direction_scale, update_bound
 from zojax.scoring import ZOSpec, center_loss, score
 
