@@ -75,10 +75,12 @@ ROWS: dict[str, tuple[list[str], list[float]]] = {
     "fzoo_lora": (["zo.method=fzoo", "zo.scope=lora", "zo.members=4"], [1e-5]),
     "hizoo_lora": (["zo.method=hizoo", "zo.scope=lora", "optim.hessian_smooth=1e-6"], [1e-5]),
     "sparse_mezo_lora": (["zo.method=sparse_mezo", "zo.scope=lora", "optim.sparsity=0.75"], [1e-5]),
+    # ZO-Muon: LoZO's rank-2 estimate orthogonalised; lr is a step length per direction (Muon's scale): a prior
+    "zo_muon_lora": (["zo.method=lozo", "zo.scope=lora", "optim.name=zo_muon"], [1e-1]),
 }
 # rows whose test split is not evaluated: the ZO rows on the lora scope, which stay at zero-shot on dev in this budget
 # (their dev curve says so) -- a test evaluation costs as much CPU as most of a row's training
-DEV_ONLY = {"fzoo_lora", "hizoo_lora", "sparse_mezo_lora"}
+DEV_ONLY = {"fzoo_lora", "hizoo_lora", "sparse_mezo_lora", "zo_muon_lora"}
 LR_FROM = {"lozo_lora_k4": "lozo_lora_k1", "factorized_lora": "lozo_lora_k1", "lozo_m_lora": "lozo_lora_k1"}
 ICL = {"icl_k4": (4, 256), "icl_k16": (16, 1024)}  # k demonstrations, task.max_length that holds them
 BASE = [
@@ -94,10 +96,13 @@ def _config(overrides):
 
 
 def _load_model(cfg):
+    from zojax.accelerator import resolve_dtype
     from zojax.models import from_pretrained
     from zojax.train import _DTYPES
 
-    return from_pretrained(cfg.model.name, dtype=_DTYPES[cfg.model.dtype], param_dtype=_DTYPES[cfg.model.param_dtype])
+    # model.dtype "auto": float32 on the CPU, as the trainer resolves it
+    return from_pretrained(cfg.model.name, dtype=_DTYPES[resolve_dtype(cfg.model.dtype)],
+                           param_dtype=_DTYPES[cfg.model.param_dtype])
 
 
 def _cpu_wall():
@@ -315,6 +320,7 @@ LABELS = {
     "fo_adamw_norm": "first-order AdamW, final norm", "mezo_norm_k16": "MeZO, final norm, K = 16",
     "fzoo_norm": "FZOO, final norm, K = 8", "hizoo_norm": "HiZOO, final norm", "sparse_mezo_norm": "Sparse MeZO, final norm",
     "fzoo_lora": "FZOO, lora scope, K = 4", "hizoo_lora": "HiZOO, lora scope", "sparse_mezo_lora": "Sparse MeZO, lora scope",
+    "zo_muon_lora": "ZO-Muon (LoZO r = 2, orthogonalised), lora scope",
 }
 
 TARGET_DEV = 0.70  # issue 25: forward passes to reach 70% dev

@@ -190,9 +190,10 @@ class ZOConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    name: Literal["zo_sgd", "lozo_m", "sgd", "adam", "adamw"] | None = Field(
+    name: Literal["zo_sgd", "lozo_m", "zo_muon", "sgd", "adam", "adamw"] | None = Field(
         None,
-        description="zo_sgd (lean MeZO/LoZO update), lozo_m (factored momentum), or an optax optimizer (after densify "
+        description="zo_sgd (lean MeZO/LoZO update), lozo_m (factored momentum), zo_muon (LoZO's estimate "
+        "orthogonalised, ZO-Muon), or an optax optimizer (after densify "
         "for ZO); None: zo_sgd for ZO methods, adamw for zo.method=fo. zo.method=hizoo and sparse_mezo are their own "
         "update (None or zo_sgd)",
     )

@@ -53,6 +53,7 @@ from zojax.optim import (
     lozo_m,
     make_step,
     sparse_mezo,
+    zo_muon,
     zo_sgd,
 )
 from zojax.scoring import ZOSpec
@@ -132,7 +133,7 @@ def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation
     """The update rule a config describes (lean zo_sgd, LoZO-M, or [densify +] an optax optimizer)."""
     o, name, fo = cfg.optim, optimizer_name(cfg), cfg.zo.method == "fo"
     lr = make_schedule(cfg)
-    if fo and name in ("zo_sgd", "lozo_m"):
+    if fo and name in ("zo_sgd", "lozo_m", "zo_muon"):
         raise ConfigError(f"optim.name={name} is a ZO update; zo.method=fo takes sgd, adam or adamw")
     if cfg.zo.method in ("hizoo", "sparse_mezo"):
         if name != "zo_sgd":
@@ -142,6 +143,10 @@ def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation
         return sparse_mezo(lr, o.sparsity, o.mask_every, o.weight_decay, stacked=spec.noise.stacked)
     if name == "zo_sgd":
         return zo_sgd_update(lr, spec, o.weight_decay, adapter_state=o.adapter_state)
+    if name == "zo_muon":
+        if not isinstance(spec.noise, LowRank):
+            raise ConfigError("optim.name=zo_muon orthogonalises a low-rank estimate: it needs zo.method=lozo or factorized")
+        return zo_muon(lr, o.weight_decay, noise=spec.noise)
     if name == "lozo_m":
         if not isinstance(spec.noise, LowRank):
             raise ConfigError("optim.name=lozo_m needs zo.method=lozo or factorized")

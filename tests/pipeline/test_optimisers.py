@@ -1,9 +1,10 @@
-"""FZOO, HiZOO and Sparse MeZO through the trainer: selected from the config, refused with clear errors, and HiZOO
+"""FZOO, HiZOO, Sparse MeZO and ZO-Muon through the trainer: selected from the config, refused with clear errors, and HiZOO
 (the one whose seed log carries more than coefficients) trained and replayed. Each method's step and replay are
 tested on a quadratic in tests/engine/test_past_mezo.py; one tiny run here keeps the suite fast."""
 
 import json
 
+import jax.numpy as jnp
 import pytest
 
 from zojax.cli import main
@@ -50,6 +51,12 @@ def test_each_method_builds_its_spec_and_update():
         spec = make_spec(cfg)
         assert type(spec.noise) is Gaussian and spec.center == (method == "hizoo")
         assert isinstance(make_optimizer(cfg, spec), ZOTransformation) and make_optimizer(cfg, spec).scale is not None
+    lozo = load_config(None, ["zo.method=lozo", "optim.name=zo_muon"])
+    muon = make_optimizer(lozo, make_spec(lozo))
+    assert muon.init({"w": jnp.ones((2, 2))}).count == 0
+    mezo = load_config(None, ["zo.method=mezo", "optim.name=zo_muon"])
+    with pytest.raises(ConfigError, match="zo_muon orthogonalises a low-rank estimate"):
+        make_optimizer(mezo, make_spec(mezo))
     cfg = load_config(None, ["zo.method=hizoo", "optim.name=adam"])
     with pytest.raises(ConfigError, match="zo.method=hizoo is its own update"):
         make_optimizer(cfg, make_spec(cfg))
