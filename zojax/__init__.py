@@ -14,7 +14,7 @@ The engine works with any pure ``loss_fn(params, batch) -> scalar`` over a pytre
 """
 
 from zojax import _rng, estimators, nn, nnx, noise
-from zojax.estimators import centered_rank, one_sided, shaped, sign, two_sided, zscore
+from zojax.estimators import centered_rank, fzoo, one_sided, shaped, sign, two_sided, zscore
 from zojax.fo import fo_step, make_fo_step
 from zojax.noise import (
     Factorized,
@@ -36,13 +36,16 @@ from zojax.optim import (
     densify,
     effective_params,
     forward_gradient,
+    hizoo,
     init,
     lozo_adapter,
     lozo_m,
     make_step,
     run_steps,
+    sparse_mezo,
     stack_batches,
     step,
+    zo_muon,
     zo_sgd,
 )
 from zojax.scoring import ZOSpec, score
@@ -71,6 +74,7 @@ __all__ = [
     "directions",
     "two_sided",
     "one_sided",
+    "fzoo",
     "sign",
     "zscore",
     "centered_rank",
@@ -83,6 +87,9 @@ __all__ = [
     "dense_gradient",
     "lozo_m",
     "lozo_adapter",
+    "hizoo",
+    "sparse_mezo",
+    "zo_muon",
     "ZOTransformation",
     "effective_params",
     "init",
