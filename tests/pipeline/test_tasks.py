@@ -768,3 +768,36 @@ def test_real_smollm2_tokenizer():
     assert copa.layout == "full"
     b = T.make_batch(copa, range(3))
     assert b.input_ids.max() < len(tk)
+
+
+def test_hf_source_any_dataset_offline(tmp_path, monkeypatch):
+    # task.source=hf:<dataset> (issue 24): a dataset of any layout, named by text_field / label_field / label_map
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # nothing below may reach the network
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    reviews = {"review": [f"review {i}" for i in range(40)], "stars": ["pos" if i % 2 else "neg" for i in range(40)]}
+    held = {"review": [f"held {i}" for i in range(10)], "stars": ["neg", "pos"] * 5}
+    saved = tmp_path / "saved"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(reviews), "test": datasets.Dataset.from_dict(held)}
+    ).save_to_disk(str(saved))
+    fields = dict(text_field="review", label_field="stars", label_map={"pos": 1, "neg": 0})
+    d = T.load_task_data("sst2", f"hf:{saved}", num_train=20, num_dev=10, num_test=None, **fields)
+    assert d.info["sizes"] == {"train": 20, "dev": 10, "test": 10} and d.info["source"] == f"hf:{saved}"
+    assert {e["sentence"] for e in d.test} == set(held["review"])
+    assert all(e["label"] == int(e["sentence"].split()[1]) % 2 for e in d.train)  # pos on odd reviews
+
+    # a local dataset directory of data files, read by datasets.load_dataset (the hub names' code path)
+    files = tmp_path / "files"
+    files.mkdir()
+    for split, rows in (("train", reviews), ("test", held)):
+        datasets.Dataset.from_dict(rows).to_csv(str(files / f"{split}.csv"))
+    d2 = T.load_task_data("sst2", f"hf:{files}", num_train=20, num_dev=10, num_test=None, **fields)
+    assert [e["sentence"] for e in d2.train] == [e["sentence"] for e in d.train]
+
+    with pytest.raises(T.DataError, match="template 'rte' reads 2"):
+        T.load_task_data("rte", f"hf:{saved}", **fields)
+    with pytest.raises(T.DataError, match="needs a dataset"):
+        T.load_task_data("sst2", "hf:")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
+        T.load_task_data("sst2", "hf:no-such-owner/no-such-dataset", **fields)

