@@ -125,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the K likeliest tokens (default 0: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument(
+        "--chat", action="store_true",
+        help="send PROMPT as a user message through the tokenizer's chat template (instruction-tuned models, "
+        "e.g. the default SmolLM2-135M-Instruct) instead of continuing it as plain text",
+    )
     sub.add_parser(
         "configs", help="list the bundled configs (name them with --config NAME)",
         description="List the configs shipped with zojax: the offline default run and the paper setups. "
@@ -264,7 +269,7 @@ def _cmd_eval(args) -> int:
     if cfg.task.icl_examples:
         report["icl"] = {k: run.data_info[k] for k in ("icl_examples", "icl_demonstrations_dropped")}
     for split in ("dev", "test"):
-        report[split] = evaluate(run, params, split, cfg.train.eval_examples if split == "test" else None)
+        report[split] = evaluate(run, params, split, cfg.train.eval_examples)  # the cap holds for dev too
     print(json.dumps(report, indent=2))
     return 0
 
@@ -360,12 +365,22 @@ def _cmd_generate(args) -> int:
         )
     _, run, params, _ = _run_and_weights(args)
     model = nnx.merge(run.graphdef, params)
+    prompt = _chat_prompt(run.tokenizer, prompts[0]) if args.chat else prompts[0]
     text = generate(
-        model, run.tokenizer, prompts[0], max_new_tokens=args.max_new_tokens,
+        model, run.tokenizer, prompt, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, seed=args.seed,
     )
     print(text)
     return 0
+
+
+def _chat_prompt(tokenizer, message: str) -> str:
+    """``message`` as the user's turn of the tokenizer's chat template, ready for the assistant's answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("--chat: this model's tokenizer has no chat template; without --chat the prompt is continued as text")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def _one_line(e: BaseException) -> str:

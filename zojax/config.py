@@ -237,7 +237,9 @@ class TrainConfig(_Strict):
         "load_best_model_at_end)",
     )
     eval_batch_size: int = Field(32, ge=1, description="examples per evaluation batch")
-    eval_examples: int | None = Field(None, ge=1, description="cap on test examples evaluated (None: all sampled)")
+    eval_examples: int | None = Field(
+        None, ge=1, description="cap on test examples evaluated (None: all sampled); zojax eval caps dev with it too"
+    )
     checkpoint_every: int = Field(0, ge=0, description="save a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept")
     objective: str = Field("ce", description="ZO objective: ce, error_rate, margin (non-differentiable ones work too)")

@@ -1,7 +1,9 @@
-"""zojax export --delta and eval/generate --delta (issue 24): only the trained leaves, applied to the base model."""
+"""zojax export --delta and eval/generate --delta (issue 24): only the trained leaves, applied to the base model;
+zojax eval's examples cap; generate --chat."""
 
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -36,6 +38,8 @@ def test_delta_export_evaluates_as_the_run(assets, tmp_path, capsys):
     by_run = _eval(capsys, ["--run", str(out)])
     by_delta = _eval(capsys, ["--config", str(config), "--delta", str(tmp_path / "delta")])
     base = _eval(capsys, ["--config", str(config)])
+    capped = _eval(capsys, ["--config", str(config), "train.eval_examples=7"])  # zojax eval caps dev too
+    assert capped["dev"]["examples"] == capped["test"]["examples"] == 7 < base["dev"]["examples"]
     assert by_delta["dev"] == by_run["dev"] and by_delta["test"] == by_run["test"]
     assert by_delta["dev"] != base["dev"] or by_delta["test"] != base["test"]  # the delta changed something
 
@@ -45,3 +49,18 @@ def test_delta_export_evaluates_as_the_run(assets, tmp_path, capsys):
     # other base weights (here: stored in bfloat16) hash differently
     refused(capsys, main(["eval", "--config", str(config), "--delta", str(tmp_path / "delta"), "model.param_dtype=bfloat16"]),
             "load the delta's base model")
+
+
+@pytest.mark.slow
+def test_generate_chat_uses_the_tokenizers_template(assets, tmp_path, capsys):
+    config = tiny_config(assets, tmp_path / "unused")
+    args = ["generate", "--config", str(config), "good", "--chat", "--max-new-tokens", "2"]
+    refused(capsys, main(args), "--chat: this model's tokenizer has no chat template")
+    model = tmp_path / "chat_model"
+    shutil.copytree(assets / "model", model)
+    tok_config = json.loads((model / "tokenizer_config.json").read_text())
+    tok_config["chat_template"] = "{% for m in messages %}{{ m['content'] }} It was{% endfor %}"
+    (model / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    capsys.readouterr()
+    assert main([*args, f"model.name={model}"]) == 0
+    assert capsys.readouterr().out.strip()
