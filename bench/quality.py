@@ -352,7 +352,7 @@ def _reached(record: dict) -> str:
 
 
 def markdown(data: dict) -> str:
-    """The README table of a results file (every number in it comes from the file)."""
+    """The docs/quality.md table of a results file (every number in it comes from the file)."""
     pct = lambda x: "–" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     lines = ["| row | lr | test acc. (1000) | dev acc. | steps | forward passes | fwd. passes to 70% dev | train CPU s | "
              "train wall s | eval wall s | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -382,7 +382,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=RESULTS / "quality.json")
     p.add_argument("--sweep-json", type=Path, default=RESULTS / "quality_sweep.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "quality.png")
-    p.add_argument("--report", action="store_true", help="print the README table of --json and redraw --plot")
+    p.add_argument("--report", action="store_true", help="print the docs/quality.md table of --json and redraw --plot")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --json, measure the others")
     p.add_argument("--merge", type=Path, action="append", default=[],
                    help="with --report: add the rows of this results file (e.g. measured by a parallel process) to --json")

@@ -6,7 +6,7 @@
     python bench/run.py --tiny --json /tmp/t.json                      # seconds; what the tests run
     python bench/run.py --device-suite --tiny --json /tmp/g.json       # the device suite at a tiny shape
 
-Measures (the README's Benchmarks section has what each compares and the latest numbers):
+Measures (docs/benchmarks.md has what each compares and the latest numbers):
   1. efficiency  one ZO step / one plain forward over the same 2·K·B sequences (LoZO, factorized, MeZO)
   2. torch       the official-style PyTorch MeZO / LoZO step time / zojax's step time
   3. memory      peak bytes of a dense MeZO step with K=16 / plain inference (XLA memory analysis)
