@@ -404,8 +404,8 @@ def describe() -> str:
     """Every configuration key with the value a bare run uses (the default config's), its choices and
     description (for --help).
 
-    >>> [line for line in describe().splitlines() if "zo.method " in line]  # doctest: +ELLIPSIS
-    ["  zo.method (default 'mezo'; one of: mezo, lozo, factorized, fo): ..."]
+    >>> [line for line in describe().splitlines() if "zo.sided " in line]  # doctest: +ELLIPSIS
+    ["  zo.sided (default 'two'; one of: two, one): ..."]
     """
     bare = load_config(None)
     lines = []

@@ -5,11 +5,12 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from zojax.cli import main
-from zojax.config import CONFIGS_DIR, ConfigError, RunConfig, bundled_configs, load_config
+from zojax.config import CONFIGS_DIR, ConfigError, RunConfig, ZOConfig, bundled_configs, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,8 @@ def test_train_help_shows_the_bare_runs_values_and_every_choice(capsys):
     for key in ("zo.method", "zo.scope", "optim.lr", "train.steps", "task.max_length"):
         section, name = key.split(".")
         assert f"{key} (default {getattr(getattr(bare, section), name)!r}" in help_text, key
-    assert "zo.method (default 'mezo'; one of: mezo, lozo, factorized, fo)" in help_text
+    methods = ", ".join(get_args(ZOConfig.model_fields["method"].annotation))
+    assert f"zo.method (default 'mezo'; one of: {methods})" in help_text and "lozo, factorized" in methods
     assert "optim.schedule (default 'constant'; one of: constant, linear, cosine)" in help_text
 
 
@@ -68,3 +70,46 @@ def test_wheel_carries_configs_license_and_type_marker(tmp_path):
     assert "zojax/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert {f"zojax/configs/{name}.yaml" for name in bundled_configs()} <= names
+
+
+NOTEBOOKS = ["quickstart", "custom_model", "paper_reproduction"]
+
+
+def _install_cell(name: str) -> str:
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_notebooks_have_a_colab_badge_and_no_placeholder_cells():
+    import nbformat
+
+    for name in NOTEBOOKS:
+        nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert "colab.research.google.com/github/" in nb.cells[0].source and f"notebooks/{name}.ipynb" in nb.cells[0].source
+        assert not any("_TBD_" in c.source for c in nb.cells), name
+
+
+def test_notebook_install_cell_finds_a_source_or_says_what_to_do(tmp_path, monkeypatch):
+    cells = {_install_cell(name) for name in NOTEBOOKS}
+    code = _install_cell("custom_model")
+    snippet = code[code.index("ZOJAX_SOURCE = "):code.index('if importlib.util.find_spec("zojax") is None:')]
+    assert all(snippet in cell for cell in cells)  # one install logic in every notebook
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+
+    def source(env=""):
+        monkeypatch.setenv("ZOJAX_SOURCE", env)
+        namespace: dict = {}
+        exec("import glob, os\n" + snippet, namespace)  # noqa: S102 - the project's own notebook cell
+        return namespace["zojax_source"]()
+
+    with pytest.raises(RuntimeError, match="set ZOJAX_SOURCE above.*upload a zojax wheel"):
+        source()
+    (tmp_path / "pyproject.toml").write_text("")
+    assert source() == ["-e", ".."]  # a clone
+    (tmp_path / "notebooks" / "zojax-0.1.0-py3-none-any.whl").write_text("")
+    assert source() == ["zojax-0.1.0-py3-none-any.whl"]  # an uploaded wheel wins
+    assert source("git+https://example.org/zojax") == ["git+https://example.org/zojax"]

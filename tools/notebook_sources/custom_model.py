@@ -16,6 +16,8 @@
 # %% [markdown]
 # # ZO-train your own model or any loss function with the zojax engine
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/custom_model.ipynb) (OWNER/REPO: the repository this notebook lives in)
+#
 # zojax's engine is not tied to language models. It needs only a pure function
 # `loss_fn(params, batch) -> scalar` over a pytree of parameters — a Flax NNX model split into
 # `(graphdef, state)`, a Linen/Equinox model, or a dict of arrays. This notebook walks through
@@ -31,17 +33,37 @@
 # Everything runs in well under a minute on a CPU.
 
 # %%
-# Install zojax (skipped when it is already importable).
+import glob
 import importlib.util
 import os
 import subprocess
 import sys
 
+# Install zojax, skipped when it is already importable. ZOJAX_SOURCE says where from (or set the environment
+# variable of that name): a pip requirement such as "git+https://github.com/OWNER/REPO", the repository you opened
+# this notebook from (on Colab: the OWNER/REPO after colab.research.google.com/github/ in the address bar).
+# Left empty, the cell takes a zojax-*.whl uploaded next to the notebook (Colab: the Files pane), else the
+# clone the notebook lives in, and otherwise stops and says what to do.
+ZOJAX_SOURCE = os.environ.get("ZOJAX_SOURCE", "")
+
+
+def zojax_source() -> list[str]:
+    if ZOJAX_SOURCE:
+        return [ZOJAX_SOURCE]
+    wheels = sorted(glob.glob("zojax-*.whl") + glob.glob("/content/zojax-*.whl"))
+    if wheels:
+        return [wheels[-1]]
+    if os.path.exists("../pyproject.toml"):  # notebooks/ of a clone
+        return ["-e", ".."]
+    raise RuntimeError(
+        "zojax is not installed and this cell found nowhere to install it from: set ZOJAX_SOURCE above to "
+        "'git+https://github.com/OWNER/REPO' (the repository this notebook came from), or upload a zojax wheel "
+        "(built with `pip wheel . -w dist --no-deps` in a clone) next to this notebook, and run the cell again"
+    )
+
+
 if importlib.util.find_spec("zojax") is None:
-    # In a clone of the repository this installs it in editable mode; elsewhere replace the argument
-    # with the repository URL, e.g. "git+https://github.com/<owner>/zojax".
-    source = ["-e", ".."] if os.path.exists("../pyproject.toml") else ["zojax"]
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *source])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *zojax_source()])
 
 # %%
 import tempfile

