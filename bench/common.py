@@ -23,10 +23,12 @@ from flax import nnx
 
 import zojax
 from zojax import accelerator
-from zojax.models import llama, opt, stacked_paths
+from zojax.config import load_config
+from zojax.models import llama, opt
+from zojax.optim import zo_sgd_update
+from zojax.run import make_spec
 from zojax.tasks import classification_loss
 from zojax.tasks.batching import Batch
-from zojax.train import zo_sgd_update
 
 # --- models -------------------------------------------------------------------------------
 
@@ -85,11 +87,11 @@ def _random_params(family, config, dtype, seed: int = 0) -> dict:
     shapes = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
     key = jax.random.PRNGKey(seed)
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    draw = jax.jit(lambda k, shape: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype),
+    draw = accelerator.program(lambda k, shape: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype),
                    static_argnums=1)
     leaves = []
     for i, (path, leaf) in enumerate(flat):
-        name = zojax.noise.path_str(path)
+        name = zojax.paths.path_str(path)
         if name.endswith("scale"):
             leaves.append(jnp.ones(leaf.shape, dtype))
         elif name.endswith("bias"):
@@ -239,13 +241,10 @@ def mezo_chunk_size(bundle: Bundle, members: int, budget_bytes: float | None) ->
     return int(max(1, min(members, budget_bytes // per_member)))
 
 
-# the benchmarks run zojax's own families, which declare the same stacked-layer leaves
-STACKED = stacked_paths(llama)
-
-
 def spec_for(method: str, members: int, *, bundle: Bundle | None = None, chunk_size: int | None = None,
              lozo_rank: int = 2, factorized_rank: int = 128) -> zojax.ZOSpec:
-    """The ZOSpec of a benchmark method.
+    """The ZOSpec of a benchmark method, as the trainer builds it (:func:`zojax.run.make_spec`) for
+    the bundle's family (Llama's without a bundle: the families declare the same stacked layers).
 
     * ``lozo``: LoZO, rank 2, V refreshed every 100 steps, the seed paper's "lora-only" scope
       (q/k/v/o + MLP kernels), scored on the adapter path (weights never perturbed in memory).
@@ -254,18 +253,18 @@ def spec_for(method: str, members: int, *, bundle: Bundle | None = None, chunk_s
     * ``mezo``: dense Gaussian MeZO over every parameter (full fine-tuning), generic path,
       ``chunk_size`` members at a time (default 1, see :func:`mezo_chunk_size`).
     """
-    if method == "lozo":
-        noise = zojax.LowRank(rank=lozo_rank, refresh_every=100, stacked=STACKED)
-        return zojax.ZOSpec(noise=noise, eps=1e-3, members=members, scope="lora", adapter=True)
-    if method == "factorized":
-        noise = zojax.Factorized(rank=factorized_rank, stacked=STACKED)
-        return zojax.ZOSpec(noise=noise, eps=1e-3, members=members, scope="lora", adapter=True)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+    zo = {"method": method, "members": members, "eps": 1e-3}
     if method == "mezo":
         if chunk_size is None:
             chunk_size = 1 if bundle is None else mezo_chunk_size(bundle, members, None)
-        return zojax.ZOSpec(noise=zojax.Gaussian(stacked=STACKED), eps=1e-3, members=members, scope=None,
-                            chunk_size=min(chunk_size, members), lazy_dense=True)
-    raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+        zo.update(scope="all", adapter=False, lazy_dense=True, chunk_size=min(chunk_size, members))
+    else:
+        zo.update(scope="lora", adapter=True, rank=lozo_rank if method == "lozo" else factorized_rank,
+                  refresh_every=100)
+    cfg = load_config(None, [f"zo.{k}={v}" for k, v in zo.items()])
+    return make_spec(cfg, llama if bundle is None else bundle.family)
 
 
 def optimizer(lr: float, spec: zojax.ZOSpec):

@@ -260,14 +260,14 @@ def forward_flops(bundle, sequences: int, seq_len: int, options: int = 2) -> flo
 
 
 def dense_draws(size: int, reps: int = 3, dtype: str = "bfloat16", log=print) -> dict:
-    """Dense Gaussian draws per second (bench/rng.py's programs): ``zojax._rng`` in each strategy
+    """Dense Gaussian draws per second (bench/rng.py's programs): ``zojax.random`` in each strategy
     and ``jax.random``, alone and fused into ``w - lr·c·z``. ``values_per_s`` is the draw that
-    dense MeZO runs (``zojax._rng.normal``, default strategy) fused into that update."""
-    from zojax import _rng
+    dense MeZO runs (``zojax.random.normal``, default strategy) fused into that update."""
+    from zojax import random as zrandom
 
     from . import rng
 
-    r = rng.run(size, reps, [dtype], strategies=_rng.STRATEGIES)  # "auto" is what zojax runs
+    r = rng.run(size, reps, [dtype], strategies=zrandom.STRATEGIES)  # "auto" is what zojax runs
     fused = {row["generator"]: row["values_per_s"] for row in r["rows"]
              if row["kind"] == "normal" and row["mode"] == "fused"}
     out = {"elements": r["elements"], "shape": r["shape"], "dtype": dtype,

@@ -98,7 +98,7 @@ def _config(overrides):
 def _load_model(cfg):
     from zojax.accelerator import resolve_dtype
     from zojax.models import from_pretrained
-    from zojax.train import _DTYPES
+    from zojax.run.build import _DTYPES
 
     # model.dtype "auto": float32 on the CPU, as the trainer resolves it
     return from_pretrained(cfg.model.name, dtype=_DTYPES[resolve_dtype(cfg.model.dtype)],
@@ -114,7 +114,7 @@ def _load():
 
 
 def _evaluate(run, params, split, limit=None):
-    from zojax.train import evaluate
+    from zojax.run import evaluate
 
     c0, w0 = _cpu_wall()
     out = evaluate(run, params, split, limit)
@@ -125,7 +125,7 @@ def _evaluate(run, params, split, limit=None):
 
 def eval_row(model, k: int, max_length: int, dev_limit=None) -> dict:
     """Zero-shot (k = 0) or in-context learning with k demonstrations: dev and test accuracy."""
-    from zojax.train import build_run
+    from zojax.run import build_run
 
     cfg = _config([f"task.icl_examples={k}", f"task.max_length={max_length}"])
     run = build_run(cfg, model=model)
@@ -160,7 +160,7 @@ def train_row(model, overrides: list[str], lr: float, budget: float, *, dev_poin
 
     from zojax import tasks
     from zojax.optim import init
-    from zojax.train import build_run, weights
+    from zojax.run import build_run, weights
 
     # train.steps sets the schedule's horizon only (constant lr here): the budget decides when to stop
     cfg = _config(overrides + [f"optim.lr={lr}", "train.steps=100000", f"train.steps_per_call={steps_per_call}"])

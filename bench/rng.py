@@ -1,4 +1,4 @@
-"""Dense direction generation: zojax._rng against jax.random, side by side in one process.
+"""Dense direction generation: zojax.random against jax.random, side by side in one process.
 
     python bench/rng.py                          # 16M elements, float32 and bfloat16, table
     python bench/rng.py --json bench/results/rng_cpu.json
@@ -10,9 +10,9 @@ shared), the median of ``--reps`` calls of
 * ``standalone``: the draw ``z`` alone (one array written), and
 * ``fused``: an update ``w - lr * c * z`` (one pass over ``w`` when the draw fuses),
 
-for ``jax.random`` (``normal``, and ``rademacher`` in the fused update; as zojax runs it: importing
-zojax makes jax lower large threefry calls on CPU as straight-line code, see
-``zojax.scoring._fuse_threefry_on_cpu``, 3-5x faster than stock jax there) and ``zojax._rng``
+for ``jax.random`` (``normal``, and ``rademacher`` in the fused update; as zojax runs it: zojax's
+programs lower large threefry calls on CPU as straight-line code, see
+``zojax.accelerator.cpu_lowering``, 3-5x faster than stock jax there) and ``zojax.random``
 in each strategy (same values; ``auto`` is buffered for signs, elementwise for normals):
 ``elementwise`` (each value hashes its own counter), ``grouped`` (one hash per 2/4/64 values
 along the last axis, left to XLA's fusion) and ``buffered`` (those hashes stored first). Values
@@ -35,7 +35,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench import common  # noqa: E402
-from zojax import _rng  # noqa: E402
+from zojax import accelerator  # noqa: E402
+from zojax import random as zrandom  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -48,7 +49,7 @@ def _shape(size: int) -> tuple[int, int]:
 
 def _draws(kind: str, strategies):
     """name -> draw(key, shape, dtype) for one kind of direction."""
-    ours = _rng.normal if kind == "normal" else _rng.rademacher
+    ours = zrandom.normal if kind == "normal" else zrandom.rademacher
     draws = {"jax.random": (lambda k, s, d: jax.random.normal(k, s, d)) if kind == "normal"
              else (lambda k, s, d: jax.random.rademacher(k, s, d))}
     for strategy in strategies:
@@ -65,17 +66,17 @@ def _programs(shape, dtype, strategies) -> dict[tuple[str, str, str], callable]:
     for kind, modes in (("normal", ("standalone", "fused")), ("rademacher", ("fused",))):
         for gen, draw in _draws(kind, strategies).items():
             if "standalone" in modes:
-                f = jax.jit(lambda k, draw=draw: draw(k, shape, dtype))
+                f = accelerator.program(lambda k, draw=draw: draw(k, shape, dtype))
                 out[(kind, "standalone", gen)] = lambda f=f: f(key)
             def update(w, k, lr, c, draw=draw):
                 return w - (lr * c).astype(w.dtype) * draw(k, w.shape, w.dtype)
 
-            g = jax.jit(update)
+            g = accelerator.program(update)
             out[(kind, "fused", gen)] = lambda g=g: g(w, key, lr, c)
     return out
 
 
-def run(size: int, reps: int, dtypes, strategies=_rng.STRATEGIES[1:]) -> dict:
+def run(size: int, reps: int, dtypes, strategies=zrandom.STRATEGIES[1:]) -> dict:
     shape = _shape(size)
     n = shape[0] * shape[1]
     results = {"machine": common.machine(), "shape": list(shape), "elements": n, "reps": reps, "rows": []}
@@ -115,8 +116,8 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=1 << 24, help="elements per array (default 16M)")
     p.add_argument("--reps", type=int, default=7, help="timed calls per program (median reported)")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--strategies", default=",".join(_rng.STRATEGIES[1:]),
-                   help="zojax._rng strategies to time (comma-separated)")
+    p.add_argument("--strategies", default=",".join(zrandom.STRATEGIES[1:]),
+                   help="zojax.random strategies to time (comma-separated)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     results = run(args.size, args.reps, args.dtypes.split(","), args.strategies.split(","))

@@ -544,7 +544,7 @@ def run_device(profile: str = "device", json_path: str | None = None, budget_s: 
       sequences (``inference_efficiency_*``); ``lozo_b{32,64,128}``: LoZO at larger batches
       (``lozo_step_s_opt13b_b*``; b16 is ``lozo_k1``); ``lozo_b64``'s forward (128 x 48 tokens)
       gives ``forward_mfu_b64`` over ``peak_tflops`` (default :data:`H200_BF16_PEAK_FLOPS`).
-    * ``rng``: bf16 normals per second fused into a weight update (``zojax._rng``) against
+    * ``rng``: bf16 normals per second fused into a weight update (``zojax.random``) against
       ``torch.normal`` alone.
     * ``unrolled``: the forward with the layer scan against unrolled layers.
     * ``xla_options``: the forward and a LoZO K = 1 step compiled without zojax's accelerator

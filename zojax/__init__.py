@@ -13,19 +13,10 @@ The engine works with any pure ``loss_fn(params, batch) -> scalar`` over a pytre
 (8, 2)
 """
 
-from zojax import _rng, estimators, nn, nnx, noise
+from zojax import directions, estimators, nn, nnx, paths, random, scope
+from zojax.directions import Factorized, Gaussian, LowRank, Rademacher, draw_directions
 from zojax.estimators import centered_rank, fzoo, one_sided, shaped, sign, two_sided, zscore
 from zojax.fo import fo_step, make_fo_step
-from zojax.noise import (
-    Factorized,
-    Gaussian,
-    LowRank,
-    Rademacher,
-    combine,
-    directions,
-    partition,
-    trainable_mask,
-)
 from zojax.optim import (
     StepInfo,
     ZOGrad,
@@ -48,12 +39,9 @@ from zojax.optim import (
     zo_muon,
     zo_sgd,
 )
+from zojax.scope import combine, partition, trainable_mask
 from zojax.scoring import ZOSpec, score
 from zojax.seedlog import SeedLog, replay
-
-# The one place zojax changes how jax lowers anything: threefry on CPU as straight-line code
-# (same bits, 3-5x faster large draws). A no-op on GPU/TPU.
-_rng.fuse_threefry_on_cpu()
 
 __version__ = "0.1.0"
 
@@ -61,7 +49,10 @@ __all__ = [
     "estimators",
     "nn",
     "nnx",
-    "noise",
+    "directions",
+    "paths",
+    "scope",
+    "random",
     "Gaussian",
     "Rademacher",
     "LowRank",
@@ -71,7 +62,7 @@ __all__ = [
     "partition",
     "combine",
     "trainable_mask",
-    "directions",
+    "draw_directions",
     "two_sided",
     "one_sided",
     "fzoo",

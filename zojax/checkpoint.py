@@ -21,25 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from zojax.config import UserError
+from zojax.errors import CheckpointMismatchError, NonFiniteError, TrainingError
 from zojax.optim import ZOState
 from zojax.optim.fused import all_finite as tree_all_finite
 
 __all__ = ["Checkpointer", "CheckpointMismatchError", "NonFiniteError", "TrainingError", "all_finite"]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot continue (e.g. too many consecutive non-finite losses)."""
-
-
-class NonFiniteError(TrainingError):
-    """Weights holding NaN or inf, which are never checkpointed."""
-
-
-class CheckpointMismatchError(UserError, ValueError):
-    """A readable checkpoint whose arrays differ from the run's: it was written under another config."""
 
 
 _finite = jax.jit(tree_all_finite)  # the step's own check, on the host's side of a checkpoint

@@ -22,8 +22,8 @@ import traceback
 import warnings
 from pathlib import Path
 
-from zojax.config import ConfigError, UserError, describe, load_config
-from zojax.parallel import MeshError
+from zojax.config import describe, load_config
+from zojax.errors import ConfigError, UserError
 
 __all__ = ["main"]
 
@@ -38,7 +38,7 @@ _DELTA_HELP = (
 )
 
 # What the user asked for is refused (exit code 2); FileNotFoundError: a missing data or config file.
-_USER_ERRORS = (UserError, MeshError, FileNotFoundError, FileExistsError)
+_USER_ERRORS = (UserError, FileNotFoundError, FileExistsError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,7 +182,7 @@ def _check_buildable(cfg) -> None:
     """Build what a config names but loads nothing (task, objective, spec, optimiser), so that a bad
     combination is a config error before any model or data is loaded."""
     from zojax import tasks
-    from zojax.train import make_optimizer, make_spec
+    from zojax.run import make_optimizer, make_spec
 
     if cfg.task.name.lower().replace("-", "_") not in tasks.TASKS:
         raise ConfigError(f"task.name {cfg.task.name!r} is not a task; known: {', '.join(sorted(tasks.TASKS))}")
@@ -206,7 +206,8 @@ def _run_config(args, *, replay: bool = False):
 
 
 def _require_checkpoint(run_dir) -> None:
-    from zojax.rundir import RunDirError, checkpoint_steps
+    from zojax.errors import RunDirError
+    from zojax.rundir import checkpoint_steps
 
     if not checkpoint_steps(Path(run_dir)):
         raise RunDirError(f"{run_dir} has no checkpoint (no {Path(run_dir) / 'checkpoints'}/N): nothing to read")
@@ -240,7 +241,7 @@ def _cmd_train(args) -> int:
 
 def _run_and_weights(args):
     """The run of ``--run`` with its latest checkpoint's weights, or the config's base model."""
-    from zojax.train import build_run, trained_params
+    from zojax.run import build_run, trained_params
 
     if args.run is None:
         cfg = load_config(args.config, args.overrides)
@@ -262,7 +263,7 @@ def _run_and_weights(args):
 
 
 def _cmd_eval(args) -> int:
-    from zojax.train import evaluate
+    from zojax.run import evaluate
 
     cfg, run, params, step = _run_and_weights(args)
     report = {"step": step}
@@ -280,9 +281,9 @@ def _cmd_replay(args) -> int:
     from flax import nnx
 
     from zojax.models import save_pretrained
+    from zojax.run import build_run, trained_params
     from zojax.rundir import check_output, checkpoint_steps
     from zojax.seedlog import SeedLog, replay
-    from zojax.train import build_run, trained_params
 
     cfg = _run_config(args, replay=True)
     if cfg.zo.method == "fo":
@@ -315,8 +316,8 @@ def _cmd_export(args) -> int:
     from flax import nnx
 
     from zojax.models import save_pretrained
+    from zojax.run import build_run, trained_params
     from zojax.rundir import check_output
-    from zojax.train import build_run, trained_params
 
     cfg = _run_config(args)
     check_output(args.output, cfg, args.run, args.overwrite)
@@ -338,7 +339,8 @@ def _save_delta(run, params, base_model: str, output, overwrite: bool):
     from flax import nnx
 
     from zojax.models import save_delta, weights_hash
-    from zojax.noise import partition, path_str
+    from zojax.paths import path_str
+    from zojax.scope import partition
 
     trainable, _ = partition(params, run.spec.scope, run.spec.noise)
     leaves = {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(trainable)[0]}
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     args = _parse(argv)
     debug = args.debug or os.environ.get("ZOJAX_DEBUG", "") not in ("", "0")
-    from zojax.checkpoint import TrainingError
+    from zojax.errors import TrainingError
 
     with warnings.catch_warnings():  # restores the caller's warning display when main() returns
         if not debug:

@@ -21,8 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from zojax.errors import ConfigError
 from zojax.estimators import ESTIMATORS
-from zojax.noise import SCOPE_PRESETS
+from zojax.scope import SCOPE_PRESETS
 
 #: Compute / storage dtypes a config may name (``jnp.dtype(name)`` of each).
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -43,8 +44,6 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "describe",
-    "ConfigError",
-    "UserError",
     "DEFAULT_CONFIG",
     "CONFIGS_DIR",
     "bundled_configs",
@@ -58,16 +57,6 @@ __all__ = [
 # The configs shipped in the package (the default run and the paper setups), named by file stem.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
-
-
-class UserError(Exception):
-    """Something the user asked for that zojax refuses (bad config, model, data or run directory).
-
-    The command line prints it as one line and exits with code 2, without a traceback."""
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration file or override that does not validate."""
 
 
 # Seeds feed numpy's RandomState and jax's PRNGKey, which both take 32-bit seeds.
@@ -348,7 +337,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     >>> load_config(None, ["zo.rnak=4"])
     Traceback (most recent call last):
     ...
-    zojax.config.ConfigError: invalid configuration (default + overrides): unknown key 'zo.rnak'; allowed here: method, rank, refresh_every, members, eps, scope, sided, estimator, chunk_size, adapter, lazy_dense, vectors
+    zojax.errors.ConfigError: invalid configuration (default + overrides): unknown key 'zo.rnak'; allowed here: method, rank, refresh_every, members, eps, scope, sided, estimator, chunk_size, adapter, lazy_dense, vectors
     """
     path = resolve_config(path)
     if not path.is_file():

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from zojax.noise import combine
 from zojax.optim import StepInfo, ZOState
 from zojax.optim.fused import CompiledStep, compile_steps
+from zojax.scope import combine
 
 __all__ = ["fo_step", "make_fo_step"]
 

@@ -21,8 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from zojax import _rng
-from zojax.noise import Noise, Rademacher, dense_direction
+from zojax import random as zrandom
+from zojax.directions import Noise, Rademacher, dense_direction
 
 __all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits"]
 
@@ -90,7 +90,7 @@ class Perturbed(_WeightLike):
 class Noisy(_WeightLike):
     """A weight ``base + scale * z`` whose dense direction ``z`` is drawn where it is used.
 
-    ``z = zojax.noise.dense_direction(noise, key, shape)`` is never stored: :func:`materialize`
+    ``z = zojax.directions.dense_direction(noise, key, shape)`` is never stored: :func:`materialize`
     draws it next to the matmul that consumes the weight, so a model that scans over stacked
     layers holds one layer's perturbed weight at a time, not the whole perturbed model (MeZO's
     memory, with the population still in one program). Values are exactly the generic path's.
@@ -100,7 +100,7 @@ class Noisy(_WeightLike):
     repeated), ``scale (n,)``, ``index (n,) = arange(n)``. A slice (``index`` a scalar) draws
     only its own rows of ``z``. 0-D and 1-D weights carry scalar fields and no ``index``.
 
-    >>> from zojax.noise import Gaussian
+    >>> from zojax.directions import Gaussian
     >>> w = Noisy.create(jnp.zeros((3, 2)), jax.random.PRNGKey(0), 1.0, Gaussian())
     >>> bool(jnp.all(materialize(w) == dense_direction(Gaussian(), jax.random.PRNGKey(0), (3, 2), jnp.float32)))
     True
@@ -144,20 +144,20 @@ class Noisy(_WeightLike):
 
 
 def dense_rows(noise, key, shape, dtype, rows) -> jax.Array:
-    """``zojax.noise.dense_direction(noise, key, shape, dtype)[rows]``, drawing only those rows.
+    """``zojax.directions.dense_direction(noise, key, shape, dtype)[rows]``, drawing only those rows.
 
     ``rows`` is an integer array (any shape) of indices into the leading axis. The value is
     bit for bit the full draw's (element ``i`` of the flattened draw is a pure function of
-    ``(key, i)``, see :mod:`zojax._rng`), at the cost of the rows alone.
+    ``(key, i)``, see :mod:`zojax.random`), at the cost of the rows alone.
 
-    >>> from zojax.noise import Gaussian, dense_direction
+    >>> from zojax.directions import Gaussian, dense_direction
     >>> k = jax.random.PRNGKey(3)
     >>> full = dense_direction(Gaussian(), k, (5, 4, 3), jnp.float32)
     >>> rows = jnp.array([4, 1])
     >>> bool(jnp.all(dense_rows(Gaussian(), k, (5, 4, 3), jnp.float32, rows) == full[rows]))
     True
     """
-    draw = _rng.rademacher_rows if isinstance(noise, Rademacher) else _rng.normal_rows
+    draw = zrandom.rademacher_rows if isinstance(noise, Rademacher) else zrandom.normal_rows
     return draw(key, jnp.asarray(rows), tuple(shape)[1:], dtype)
 
 

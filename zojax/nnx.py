@@ -40,9 +40,9 @@ from typing import Any, TypeVar
 import optax
 from flax import nnx
 
-from zojax.noise import combine
 from zojax.optim.fused import ZOState
 from zojax.optim.fused import init as _init
+from zojax.scope import combine
 from zojax.scoring import ZOSpec
 
 __all__ = ["init", "loss_fn", "update"]

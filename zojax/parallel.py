@@ -41,8 +41,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from zojax.errors import MeshError
 from zojax.layout import HF_PROJECTIONS
-from zojax.noise import path_str
+from zojax.paths import path_str
 from zojax.types import PyTree
 
 __all__ = [
@@ -80,10 +81,6 @@ MODEL = "model"
 #: replicated. These are the rules for Hugging Face's names; a model family declares its own
 #: (``zojax.models.sharding_rules``).
 DEFAULT_RULES: tuple[tuple[str, int], ...] = HF_PROJECTIONS.sharding_rules
-
-
-class MeshError(ValueError):
-    """A mesh that does not fit the devices or the population."""
 
 
 # --- meshes --------------------------------------------------------------------------------

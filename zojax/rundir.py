@@ -22,20 +22,15 @@ import jax
 from zojax.config import (
     RESUMABLE_KEYS,
     WEIGHT_KEYS,
-    ConfigError,
     RunConfig,
-    UserError,
     load_config,
     refused_changes,
 )
+from zojax.errors import ConfigError, RunDirError
 
 __all__ = ["RunDirError", "check_train_dir", "check_output", "checkpoint_steps", "run_config"]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "seeds.jsonl", "checkpoints", "best", "summary.json", "curves.png")
-
-
-class RunDirError(UserError, ValueError):
-    """A command that would destroy or corrupt a run directory."""
 
 
 def checkpoint_steps(run_dir: Path, kind: str = "checkpoints") -> list[int]:

@@ -27,20 +27,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from zojax import nn
-from zojax._rng import fusion_barrier
+from zojax.accelerator import fusion_barrier
+from zojax.directions import Gaussian, LowRank, LowRankDirection, Noise, Rademacher, draw_directions
 from zojax.estimators import check_sided, get_estimator
-from zojax.noise import (
-    Gaussian,
-    LowRank,
-    LowRankDirection,
-    Noise,
-    Rademacher,
-    combine,
-    directions,
-    leaf_key,
-    partition,
-    path_str,
-)
+from zojax.paths import leaf_key, path_str
+from zojax.scope import combine, partition
 from zojax.types import PyTree
 
 __all__ = ["ZOSpec", "score", "center_loss", "perturb", "population", "scale_directions"]
@@ -52,11 +43,11 @@ class ZOSpec:
     """Static description of how a step perturbs and scores parameters.
 
     Args:
-      noise: :class:`~zojax.noise.Gaussian` (MeZO), :class:`~zojax.noise.Rademacher`,
-        :class:`~zojax.noise.LowRank` (LoZO) or :class:`~zojax.noise.Factorized`.
+      noise: :class:`~zojax.directions.Gaussian` (MeZO), :class:`~zojax.directions.Rademacher`,
+        :class:`~zojax.directions.LowRank` (LoZO) or :class:`~zojax.directions.Factorized`.
       eps: perturbation scale, > 0.
       members: K, the number of directions per step, >= 1.
-      scope: which leaves are trainable (see :func:`zojax.noise.trainable_mask`).
+      scope: which leaves are trainable (see :func:`zojax.scope.trainable_mask`).
       sided: ``"two"`` scores ``theta ± eps z_k``; ``"one"`` scores ``theta + eps z_k`` and
         ``theta`` once (losses column 0 is always ``theta + eps z_k``).
       estimator: name in :data:`zojax.estimators.ESTIMATORS` or a callable
@@ -100,7 +91,7 @@ class ZOSpec:
 
     def __post_init__(self):
         if not isinstance(self.noise, (Gaussian, Rademacher, LowRank)):
-            raise TypeError(f"ZOSpec: noise must be a zojax.noise kind, got {self.noise!r}")
+            raise TypeError(f"ZOSpec: noise must be a zojax.directions kind, got {self.noise!r}")
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"ZOSpec: eps must be a finite number > 0, got {self.eps!r}")
         if not isinstance(self.members, int) or self.members < 1:
@@ -255,7 +246,7 @@ def score(
         def evaluate(member):
             # A member's directions are drawn once and shared by its signs (vmapped inside),
             # so a dense direction is generated once per member, not once per (member, sign).
-            dirs = _materialize_factors(directions(trainable, spec.noise, key, step, member), step)
+            dirs = _materialize_factors(draw_directions(trainable, spec.noise, key, step, member), step)
             dirs = scale_directions(dirs, scale)
 
             def one_sign(sign):

@@ -24,17 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zojax import noise as noise_lib
-from zojax.config import UserError
-from zojax.noise import combine
+from zojax import accelerator, directions, paths
+from zojax.errors import SeedLogError
 from zojax.optim import ZOGrad, ZOTransformation, apply_update, effective_params, init
+from zojax.scope import combine
 from zojax.scoring import ZOSpec
 
 __all__ = ["SeedLog", "SeedLogError", "replay", "noise_to_dict", "noise_from_dict", "read_jsonl"]
-
-
-class SeedLogError(UserError, ValueError):
-    """A seed log (or another run log) that is damaged or does not match the run's checkpoint."""
 
 
 def read_jsonl(path) -> list[dict]:
@@ -70,16 +66,13 @@ def _ranges(steps: list[int]) -> str:
             start = cur
     return ", ".join(runs)
 
-_NOISE_KINDS = {
-    cls.__name__: cls
-    for cls in (noise_lib.Gaussian, noise_lib.Rademacher, noise_lib.LowRank, noise_lib.Factorized)
-}
+_NOISE_KINDS = directions.KINDS
 
 
 def noise_to_dict(noise) -> dict:
     """A JSON-able description of a noise kind.
 
-    >>> noise_to_dict(noise_lib.LowRank(rank=2, refresh_every=50))
+    >>> noise_to_dict(directions.LowRank(rank=2, refresh_every=50))
     {'kind': 'LowRank', 'rank': 2, 'refresh_every': 50, 'vectors': 'dense', 'stacked': None}
     """
     return {"kind": type(noise).__name__, **dataclasses.asdict(noise)}
@@ -128,7 +121,7 @@ class SeedLog:
             "sided": spec.sided,
             # the key words mean nothing under another PRNG or another key derivation
             "prng_impl": _prng_impl(),
-            "key_derivation": noise_lib.KEY_DERIVATION,
+            "key_derivation": paths.KEY_DERIVATION,
             **extra,
         }
         return cls(header)
@@ -136,7 +129,7 @@ class SeedLog:
     def check_compatible(self) -> None:
         """Refuse a log whose directions this process would not regenerate identically."""
         recorded = (self.header.get("prng_impl"), self.header.get("key_derivation"))
-        current = (_prng_impl(), noise_lib.KEY_DERIVATION)
+        current = (_prng_impl(), paths.KEY_DERIVATION)
         if recorded != current:
             raise SeedLogError(
                 f"seed log was written with PRNG {recorded[0]!r} and key derivation {recorded[1]!r}; this "
@@ -226,7 +219,7 @@ class SeedLog:
         return cls(header, records[1:])
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "noise"), donate_argnames=("params", "opt_state"))
+@functools.partial(accelerator.program, static_argnames=("optimizer", "noise"), donate_argnames=("params", "opt_state"))
 def _apply(params, opt_state, key, step, coeffs, curvature, *, optimizer, noise):
     # the same fold and update a training step makes (zojax.step), minus the scoring
     if isinstance(optimizer, ZOTransformation):

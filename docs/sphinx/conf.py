@@ -44,7 +44,7 @@ markdown_anchor_sections = True
 markdown_flavor = "github"
 
 # Submodules listed in zojax.__all__: their names that zojax itself exports are documented once, under zojax.
-_SUBMODULES = ("zojax.estimators", "zojax.nn", "zojax.noise")
+_SUBMODULES = ("zojax.estimators", "zojax.nn", "zojax.directions", "zojax.scope", "zojax.paths")
 
 
 def _skip_member(app, what, name, obj, skip, options):

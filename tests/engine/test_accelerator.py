@@ -58,3 +58,23 @@ def test_auto_dtype_follows_the_backend(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert accelerator.resolve_dtype("auto") == "bfloat16"
     assert accelerator.resolve_dtype("float32") == "float32"
+
+
+def _threefry_loops(lowered) -> int:
+    return lowered.as_text().count("stablehlo.while")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is the CPU's")
+def test_straight_line_threefry_only_in_zojax_programs():
+    """zojax's programs lower a large threefry call without jax's CPU loop; a program of the host's,
+    lowered before or after one of zojax's, keeps jax's own lowering (and the same values)."""
+    key = jax.random.PRNGKey(0)
+
+    def host_program(k):
+        return jax.random.normal(k, (64, 128))
+
+    assert _threefry_loops(jax.jit(host_program).lower(key)) > 0  # jax's CPU rule: a while loop
+    ours = accelerator.program(lambda k: jax.random.normal(k, (64, 128)))
+    assert _threefry_loops(ours.lower(key)) == 0
+    assert _threefry_loops(jax.jit(lambda k: jax.random.normal(k, (64, 128))).lower(key)) > 0
+    assert bool(jnp.all(ours(key) == jax.jit(host_program)(key)))

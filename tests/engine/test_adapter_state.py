@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import zojax
 from zojax import nn
-from zojax.noise import LowRank
+from zojax.directions import LowRank
 from zojax.optim.fused import _step
 
 KEY = jax.random.PRNGKey(5)
@@ -97,9 +98,9 @@ def _weight_writing_conds(jaxpr, shape) -> tuple[int, int]:
 def _subjaxprs(eqn):
     for value in eqn.params.values():
         for item in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(item, jax.extend.core.ClosedJaxpr):
+            if isinstance(item, ClosedJaxpr):
                 yield item.jaxpr
-            elif isinstance(item, jax.extend.core.Jaxpr):
+            elif isinstance(item, Jaxpr):
                 yield item
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 import zojax
 from zojax import nn
-from zojax.noise import Factorized, Gaussian, LowRank, Rademacher, leaf_direction
+from zojax.directions import Factorized, Gaussian, LowRank, Rademacher, leaf_direction
 from zojax.toy import ToyMLP, toy_classification
 
 KEY = jax.random.PRNGKey(0)
@@ -36,17 +36,17 @@ def test_leaf_noise_independent_of_other_leaves_and_order():
     spec_noise = Gaussian()
     small = {"x": jnp.zeros((5, 3))}
     bigger = {"a_new": jnp.zeros(7), "x": jnp.zeros((5, 3)), "z": {"deep": jnp.zeros(2)}}
-    d1 = zojax.directions(small, spec_noise, KEY, 4, 1)["x"]
-    d2 = zojax.directions(bigger, spec_noise, KEY, 4, 1)["x"]
+    d1 = zojax.draw_directions(small, spec_noise, KEY, 4, 1)["x"]
+    d2 = zojax.draw_directions(bigger, spec_noise, KEY, 4, 1)["x"]
     np.testing.assert_array_equal(d1, d2)
     # a different member or step gives different noise
-    assert not np.allclose(d1, zojax.directions(small, spec_noise, KEY, 4, 2)["x"])
-    assert not np.allclose(d1, zojax.directions(small, spec_noise, KEY, 5, 1)["x"])
+    assert not np.allclose(d1, zojax.draw_directions(small, spec_noise, KEY, 4, 2)["x"])
+    assert not np.allclose(d1, zojax.draw_directions(small, spec_noise, KEY, 5, 1)["x"])
 
 
 def test_two_leaves_are_uncorrelated():
     tree = {"a": jnp.zeros(20000), "b": jnp.zeros(20000)}
-    d = zojax.directions(tree, Gaussian(), KEY, 0, 0)
+    d = zojax.draw_directions(tree, Gaussian(), KEY, 0, 0)
     corr = np.corrcoef(np.asarray(d["a"]), np.asarray(d["b"]))[0, 1]
     assert abs(corr) < 4 / np.sqrt(20000)
     assert abs(float(d["a"].std()) - 1.0) < 0.03
@@ -116,9 +116,9 @@ def test_vmapped_scoring_equals_sequential_loop(noise, chunk, sided):
     losses = jax.jit(lambda p: zojax.score(quadratic, p, QUAD_BATCH, KEY, 7, spec))(params)
     expected = []
     for k in range(spec.members):
-        d = zojax.directions(params, noise, KEY, 7, k)
-        dense = jax.tree.map(lambda x: x.dense() if isinstance(x, zojax.noise.LowRankDirection) else x, d,
-                             is_leaf=lambda x: isinstance(x, zojax.noise.LowRankDirection))
+        d = zojax.draw_directions(params, noise, KEY, 7, k)
+        dense = jax.tree.map(lambda x: x.dense() if isinstance(x, zojax.directions.LowRankDirection) else x, d,
+                             is_leaf=lambda x: isinstance(x, zojax.directions.LowRankDirection))
         plus = quadratic(jax.tree.map(lambda p, z: p + spec.eps * z, params, dense), QUAD_BATCH)
         if sided == "two":
             reference = quadratic(jax.tree.map(lambda p, z: p - spec.eps * z, params, dense), QUAD_BATCH)

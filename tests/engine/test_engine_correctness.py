@@ -14,8 +14,9 @@ from flax import nnx
 
 import zojax
 from zojax import nn
+from zojax.directions import Factorized, Gaussian, LowRank, LowRankDirection, leaf_direction
 from zojax.estimators import ESTIMATORS, centered_rank, shaped
-from zojax.noise import Factorized, Gaussian, LowRank, LowRankDirection, leaf_direction, path_hash
+from zojax.paths import path_hash
 
 KEY = jax.random.PRNGKey(3)
 
@@ -89,7 +90,7 @@ class ListedLayers(nnx.Module):
 def test_nnx_list_of_layers_is_not_guessed_to_be_stacked():
     params = nnx.state(ListedLayers(nnx.Rngs(0)), nnx.Param)
     noise = LowRank(rank=1)
-    dirs = zojax.directions(params, noise, KEY, 0, 0)
+    dirs = zojax.draw_directions(params, noise, KEY, 0, 0)
     kernel = dirs["layers"][0]["lin"]["kernel"]
     kernel = kernel.value if hasattr(kernel, "value") else kernel
     assert isinstance(kernel, LowRankDirection) and kernel.v.shape == (4, 1)
@@ -186,7 +187,7 @@ def test_update_uses_exactly_the_scored_directions(noise):
     eps = 0.25
     scored = []
     for m in range(3):
-        dirs = zojax.directions(params, noise, KEY, 4, m)
+        dirs = zojax.draw_directions(params, noise, KEY, 4, m)
         perturbed = zojax.scoring.perturb(params, dirs, eps)
         scored.append(jax.tree.map(lambda p, x: (p - x) / eps, perturbed, params))
     want = jax.tree.map(lambda *z: sum(c * zi for c, zi in zip(coeffs, z)) / 3, *scored)

@@ -387,8 +387,8 @@ def _worker_eight(root: Path) -> None:
     from zojax import parallel, tasks
     from zojax.cli import main
     from zojax.config import load_config
-    from zojax.noise import path_str
-    from zojax.train import build_run, trained_params, weights
+    from zojax.paths import path_str
+    from zojax.run import build_run, trained_params, weights
 
     assert jax.device_count() == 8
     timings = {}
@@ -485,7 +485,7 @@ def _worker_host(root: Path, out: Path, address: str, pid: int) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
     from zojax.cli import main
     from zojax.config import load_config
-    from zojax.train import build_run, trained_params
+    from zojax.run import build_run, trained_params
 
     overrides = [f"train.output_dir={out}", "mesh.pop=2", "mesh.model=2"]
     flags = ["--coordinator", address, "--num-processes", "2", "--process-id", str(pid)]

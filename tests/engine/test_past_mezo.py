@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import zojax
-from zojax.noise import Gaussian, LowRank, Rademacher, directions
+from zojax.directions import Gaussian, LowRank, Rademacher, directions
 from zojax.optim import hizoo, magnitude_mask, sparse_mezo
 from zojax.seedlog import SeedLog, replay
 

@@ -13,7 +13,7 @@ from flax import nnx
 from zojax.models import Family, llama, opt, stacked_paths
 from zojax.models import layers as zlayers
 from zojax.models.decoder import CausalLM
-from zojax.noise import path_str
+from zojax.paths import path_str
 
 # Three layers: no other dimension of these configs is 3, so a leading 3 means "stacked".
 CONFIGS = {

@@ -11,8 +11,9 @@ from flax import nnx
 from zojax.config import load_config
 from zojax.layout import HF_PROJECTIONS, Projections
 from zojax.models import llama, opt, projections, sharding_rules
-from zojax.noise import SCOPE_PRESETS, leaf_paths, partition
-from zojax.train import make_spec
+from zojax.paths import leaf_paths
+from zojax.run import make_spec
+from zojax.scope import SCOPE_PRESETS, partition
 
 FAMILIES = {
     "llama": (llama, llama.Config(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,

@@ -51,7 +51,7 @@ def metrics(run_dir) -> list[dict]:
 
 def checkpoint_params(run_dir):
     """The leaves of the weights ``zojax eval --run`` reads (the latest checkpoint, or train.keep_best's), and their step."""
-    from zojax.train import build_run, trained_params
+    from zojax.run import build_run, trained_params
 
     cfg = load_config(Path(run_dir) / "config.yaml")
     params, step = trained_params(build_run(cfg), run_dir)

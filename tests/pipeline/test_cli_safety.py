@@ -131,7 +131,7 @@ def test_5_non_finite_weights_are_never_checkpointed_nor_finished(assets, tmp_pa
     line = refused(capsys, rc, "Lower optim.lr", code=1)
     assert "skipped" in line or "NaN or inf" in line
     assert not (out / "summary.json").exists()
-    from zojax.train import build_run, trained_params
+    from zojax.run import build_run, trained_params
 
     if list((out / "checkpoints").glob("[0-9]*")):
         params, _ = trained_params(build_run(load_config(out / "config.yaml")), out)

@@ -9,8 +9,9 @@ import pytest
 
 from zojax.cli import main
 from zojax.config import ConfigError, load_config
+from zojax.run import build_run, trained_params
 from zojax.seedlog import SeedLog, replay
-from zojax.train import build_run, train, trained_params
+from zojax.train import train
 
 from .runs import checkpoint_params, metrics, write_config
 

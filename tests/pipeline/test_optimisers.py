@@ -40,7 +40,7 @@ def test_config_errors_name_the_culprit(overrides, culprit):
 
 
 def test_each_method_builds_its_spec_and_update():
-    from zojax.noise import Gaussian, Rademacher
+    from zojax.directions import Gaussian, Rademacher
     from zojax.optim import ZOTransformation
     from zojax.train import make_optimizer, make_spec
 

@@ -26,7 +26,7 @@ def fo_run(assets, tmp_path_factory):
 
 
 def test_fo_descends_writes_the_run_and_respects_the_scope(assets, fo_run):
-    from zojax.train import build_run, trained_params
+    from zojax.run import build_run, trained_params
 
     summary = json.loads((fo_run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 12 and summary["skipped_steps"] == 0
@@ -56,7 +56,7 @@ def test_fo_resume_is_bitwise(assets, fo_run, tmp_path):
 
 
 def test_fo_config_errors(assets, fo_run, tmp_path, capsys):
-    from zojax.train import make_optimizer, make_spec
+    from zojax.run import make_optimizer, make_spec
 
     cfg = load_config(_fo_config(assets, tmp_path / "x"), ["optim.name=zo_sgd"])
     with pytest.raises(ValueError, match="optim.name=zo_sgd is a ZO update; zo.method=fo takes"):
@@ -93,7 +93,7 @@ def test_eval_with_icl_examples(assets, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["icl"]["icl_demonstrations_dropped"] == 3 * (40 + 60)
     with pytest.raises(ValueError, match="icl_examples=500 but the train split holds only 120"):
-        from zojax.train import build_run
+        from zojax.run import build_run
 
         build_run(load_config(cfg, ["task.icl_examples=500"]))
 

@@ -120,7 +120,7 @@ def test_config_errors_name_the_key(assets, tmp_path):
 
 
 def test_every_shipped_config_loads_and_builds_its_spec():
-    from zojax.train import make_spec
+    from zojax.run import make_spec
 
     for name in bundled_configs():
         spec = make_spec(load_config(name))
@@ -163,7 +163,7 @@ def test_truncation_is_counted_and_non_finite_losses_stop_the_run(assets, tmp_pa
     cfg = load_config(write_config(assets, out, train__objective="flip_for_test", train__max_consecutive_skips=3, train__eval_every=0))
     with pytest.raises(TrainingError, match="3 consecutive steps had non-finite losses.*step 4"):
         train(cfg, resume=True)
-    from zojax.train import build_run, trained_params
+    from zojax.run import build_run, trained_params
 
     _, step = trained_params(build_run(cfg), out)  # the last good checkpoint is intact and restorable
     assert step == 4

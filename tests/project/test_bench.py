@@ -21,7 +21,7 @@ import pytest
 
 import zojax
 from zojax import nn
-from zojax.noise import Gaussian, Rademacher, dense_direction
+from zojax.directions import Gaussian, Rademacher, dense_direction
 from zojax.tasks import classification_loss
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,7 +243,7 @@ def test_attribution_floor_parts_are_the_steps_parts():
     spec = common.spec_for("mezo", 1, bundle=bundle)
     update = attribution.UpdateRunner(bundle, spec, common.optimizer(1e-3, spec))
     before = jax.tree.map(jnp.copy, update.state.params)
-    z = zojax.directions(before, spec.noise, update.state.key, 0, 0)
+    z = zojax.draw_directions(before, spec.noise, update.state.key, 0, 0)
     after = update()
     for b, a, d in zip(jax.tree.leaves(before), jax.tree.leaves(after), jax.tree.leaves(z)):
         np.testing.assert_allclose(np.asarray(a - b), np.asarray(-1e-3 * d), atol=1e-6)

@@ -55,17 +55,18 @@ def test_every_public_name_is_documented(rendered):
     import zojax
     import zojax.config
     import zojax.models
+    import zojax.run
     import zojax.tasks
     import zojax.train
 
     anchors = set(re.findall(r'<a id="([^"]+)"></a>', rendered))
-    for module in (zojax, zojax.models, zojax.tasks, zojax.train, zojax.config):
+    for module in (zojax, zojax.models, zojax.tasks, zojax.run, zojax.train, zojax.config):
         for name in module.__all__:
             qualified = f"{module.__name__}.{name}"
             assert qualified in anchors or f"module-{qualified}" in anchors, (
                 f"{qualified} is missing from docs/api.md"
             )
-    for sub in (zojax.estimators, zojax.nn, zojax.noise):  # names zojax exports are documented under zojax
+    for sub in (zojax.estimators, zojax.nn, zojax.directions, zojax.scope, zojax.paths, zojax.random, zojax.errors):  # names zojax exports are documented under zojax
         for name in sub.__all__:
             assert f"{sub.__name__}.{name}" in anchors or f"zojax.{name}" in anchors, (
                 f"{sub.__name__}.{name} is missing from docs/api.md"

@@ -98,7 +98,8 @@ import zojax
 from zojax import tasks
 from zojax.config import load_config
 from zojax.models import from_pretrained, save_pretrained
-from zojax.train import build_run, train, trained_params
+from zojax.run import build_run, trained_params
+from zojax.train import train
 
 # ZOJAX_NOTEBOOK_SMALL=1 is the test suite's mode: the same cells, with tiny step and example counts.
 SMALL = os.environ.get("ZOJAX_NOTEBOOK_SMALL") == "1"

@@ -15,13 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zojax.config import UserError
+from zojax.errors import LoadError
 
 __all__ = ["LoadError", "TensorSource", "build_model", "flatten_tree"]
-
-
-class LoadError(UserError, ValueError):
-    """A checkpoint could not be loaded (missing/unknown/mis-shaped tensors, bad files, ...)."""
 
 
 # Tensors that checkpoints may carry but that are not params.

@@ -197,7 +197,7 @@ class CausalLM(nnx.Module):
     """
 
     parts: ClassVar[Parts]
-    # Regex over param paths (``zojax.noise.path_str`` of ``nnx.state(model, nnx.Param)``) matching
+    # Regex over param paths (``zojax.paths.path_str`` of ``nnx.state(model, nnx.Param)``) matching
     # exactly the leaves with a leading stacked-layer axis: see zojax.models.stacked_paths.
     stacked_paths: ClassVar[str] = r"^layers/"
     # The attention and MLP projections by name: the lora scope and the tensor-parallel split

@@ -147,7 +147,7 @@ class FamilyConfig(Protocol):
 class FamilyModel(Protocol):
     """A family's Flax NNX model (see :class:`zojax.models.decoder.CausalLM`)."""
 
-    # Regex over param paths (``zojax.noise.path_str`` of ``nnx.state(model, nnx.Param)``,
+    # Regex over param paths (``zojax.paths.path_str`` of ``nnx.state(model, nnx.Param)``,
     # ``re.search``) that matches exactly the leaves with a leading stacked-layer axis.
     stacked_paths: ClassVar[str]
     config: Any
@@ -196,7 +196,7 @@ def stacked_paths(model: Any) -> str | None:
     """The regex naming the params with a leading stacked-layer axis, as the model declares it.
 
     ``model`` is a family model, its class, or a family module. Paths are those of
-    :func:`zojax.noise.path_str` over ``nnx.state(model, nnx.Param)`` (e.g.
+    :func:`zojax.paths.path_str` over ``nnx.state(model, nnx.Param)`` (e.g.
     ``layers/self_attn/q_proj/kernel``); a leaf is stacked iff ``re.search(regex, path)``. Returns
     None for a model that declares nothing (then no leaf should be taken as stacked).
 

@@ -26,12 +26,14 @@ from zojax.optim.transforms import (
     lozo_m,
     update_bound,
     zo_sgd,
+    zo_sgd_update,
 )
 
 __all__ = [
     "ZOGrad",
     "dense_gradient",
     "zo_sgd",
+    "zo_sgd_update",
     "densify",
     "lozo_m",
     "lozo_adapter",

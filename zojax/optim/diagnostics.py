@@ -6,8 +6,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from zojax.noise import combine, directions, partition
+from zojax.directions import draw_directions
 from zojax.optim.gradient import PyTree, ZOGrad, dense_gradient
+from zojax.scope import combine, partition
 from zojax.scoring import ZOSpec, perturb, score
 
 __all__ = ["forward_gradient", "compare_with_grad"]
@@ -22,7 +23,7 @@ def forward_gradient(loss_fn, params: PyTree, batch, key, step, spec: ZOSpec, *,
         params, frozen = partition(params, spec.scope, spec.noise)
 
     def member(m):
-        dirs = directions(params, spec.noise, key, step, m)
+        dirs = draw_directions(params, spec.noise, key, step, m)
         tangent = perturb(jax.tree.map(jnp.zeros_like, params), dirs, 1.0)
         f = lambda p: loss_fn(combine(p, frozen), batch)  # noqa: E731
         return jax.jvp(f, (params,), (tangent,))[1]

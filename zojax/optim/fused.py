@@ -16,9 +16,9 @@ import optax
 
 from zojax import accelerator
 from zojax.estimators import second_difference
-from zojax.noise import partition
 from zojax.optim.gradient import PyTree, ZOGrad
 from zojax.optim.transforms import ZOTransformation, apply_update, direction_scale, update_bound
+from zojax.scope import partition
 from zojax.scoring import ZOSpec, center_loss, score
 
 __all__ = ["ZOState", "StepInfo", "init", "step", "run_steps", "make_step", "compile_steps"]
@@ -168,7 +168,7 @@ def all_finite(tree: PyTree) -> jax.Array:
 _STATIC = ("loss_fn", "spec", "optimizer", "micro_batches", "mesh", "rules")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+@functools.partial(accelerator.program, static_argnames=_STATIC, donate_argnames=("state",))
 def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None,
          rules=None):
     """Score + estimate + update, one jitted program; ``state`` is donated.
@@ -202,7 +202,7 @@ def step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mic
     )
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+@functools.partial(accelerator.program, static_argnames=_STATIC, donate_argnames=("state",))
 def run_steps(state: ZOState, frozen, batches, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None,
               rules=None):
     """S steps in one compiled call: ``lax.scan`` over ``batches`` stacked on a leading axis

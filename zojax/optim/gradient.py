@@ -12,8 +12,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from zojax._rng import fusion_barrier
-from zojax.noise import LowRank, Noise, dense_direction, leaf_direction, leaf_key, path_str
+from zojax.accelerator import fusion_barrier
+from zojax.directions import LowRank, Noise, dense_direction, leaf_direction
+from zojax.paths import leaf_key, path_str
 from zojax.types import PyTree
 
 __all__ = ["ZOGrad", "dense_gradient"]

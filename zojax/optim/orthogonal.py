@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from zojax.noise import LowRank
+from zojax.directions import LowRank
 from zojax.optim.gradient import ZOGrad, _leaf_gradient, _map_trainable, _member_directions
 from zojax.optim.transforms import ScheduleState, _as_schedule, _decays, _require_lowrank
 
@@ -51,7 +51,7 @@ def zo_muon(learning_rate, weight_decay: float = 0.0, decay_mask=None, *, noise:
     keeps. An orthogonalised step has unit singular values, so ``lr`` is a step length per direction
     (Muon's scale), not MeZO's.
 
-    >>> from zojax.noise import LowRank
+    >>> from zojax.directions import LowRank
     >>> opt = zo_muon(0.1, noise=LowRank(rank=1))
     >>> p = {"w": jnp.zeros((4, 3))}
     >>> g = ZOGrad(jax.random.PRNGKey(0), jnp.int32(0), jnp.array([2.0]), LowRank(rank=1))

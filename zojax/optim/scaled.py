@@ -23,7 +23,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from zojax.noise import LowRank, Noise, dense_direction, leaf_key
+from zojax.directions import LowRank, Noise, dense_direction
+
+from zojax.paths import leaf_key
 from zojax.optim.gradient import PyTree, ZOGrad, _leaf_gradient, _map_trainable, _unzip
 from zojax.optim.transforms import ZOTransformation, _as_schedule, _decays
 
@@ -62,7 +64,7 @@ def hizoo(learning_rate, smooth: float = 1e-6, weight_decay: float = 0.0, decay_
     (K = 1 is the paper's step; K members average.) ``smooth`` is the paper's Hessian smoothing
     ``alpha`` (0 keeps ``H = 1``: MeZO with one forward more).
 
-    >>> from zojax.noise import Gaussian
+    >>> from zojax.directions import Gaussian
     >>> opt = hizoo(0.1, smooth=0.5)
     >>> p = {"w": jnp.ones(3)}
     >>> g = ZOGrad(jax.random.PRNGKey(0), jnp.int32(0), jnp.ones(1), Gaussian(), curvature=jnp.zeros(1))

@@ -15,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from zojax import nn
-from zojax.noise import LowRank, Noise, leaf_direction
+from zojax.directions import LowRank, Noise, leaf_direction
 from zojax.optim.gradient import (
     PyTree,
     ZOGrad,
@@ -34,8 +34,11 @@ from zojax.optim.gradient import (
     dense_gradient,
 )
 
+if TYPE_CHECKING:
+    from zojax.scoring import ZOSpec
+
 __all__ = [
-    "zo_sgd", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "effective_params", "apply_update", "update_bound",
+    "zo_sgd", "zo_sgd_update", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "effective_params", "apply_update", "update_bound",
     "direction_scale",
 ]
 
@@ -63,7 +66,7 @@ def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=None):
     directions as one rank-Kr matmul), so no whole-model dense gradient is kept.
     ``learning_rate`` is a float or an optax schedule; ``decay_mask(path, leaf)`` picks
     the leaves that get weight decay (default: matrices, as the noise's ``stacked``
-    declaration sees them; see :func:`zojax.noise.is_matrix`).
+    declaration sees them; see :func:`zojax.paths.is_matrix`).
 
     >>> opt = zo_sgd(0.1)
     >>> p = {"w": jnp.zeros(3)}
@@ -111,7 +114,7 @@ def update_bound(optimizer, grad: ZOGrad, opt_state, params) -> jax.Array | None
     The fused step uses it to skip its finiteness check's second update pass: when the bound is
     far below the dtype's largest value, no updated weight can overflow.
 
-    >>> import jax.random as jr; from zojax.noise import Rademacher
+    >>> import jax.random as jr; from zojax.directions import Rademacher
     >>> p = {"w": jnp.full(3, 2.0)}
     >>> g = ZOGrad(jr.PRNGKey(0), jnp.int32(0), jnp.array([0.5]), Rademacher())
     >>> round(float(update_bound(zo_sgd(0.1), g, zo_sgd(0.1).init(p), p)), 4)  # 2 + 0.1 * 0.5 * 1
@@ -340,3 +343,12 @@ def apply_update(optimizer, grad: ZOGrad, params: PyTree, opt_state) -> tuple[Py
         lambda u, p: p if u is None else (p + u).astype(p.dtype), updates, params, is_leaf=lambda u: u is None
     )
     return params, opt_state
+
+
+def zo_sgd_update(lr, spec: ZOSpec, weight_decay: float = 0.0, *, adapter_state: bool = True):
+    """``zo_sgd``, kept as the dynamic adapter state (``lozo_adapter``, the same steps) where that
+    applies: LoZO directions on the adapter path with a lazy V and no weight decay."""
+    noise = spec.noise
+    if adapter_state and spec.adapter and not weight_decay and isinstance(noise, LowRank) and noise.refresh_every > 1:
+        return lozo_adapter(lr, noise=noise, members=spec.members)
+    return zo_sgd(lr, weight_decay)

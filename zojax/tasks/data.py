@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from zojax.config import UserError
+from zojax.errors import DataError, DataKeyError, HubError, MissingColumnsError
 from zojax.tasks.templates import Template, get_template
 
 __all__ = [
@@ -142,25 +142,6 @@ class TaskData:
 
 # ---------------------------------------------------------------------------------------------------
 # reading and converting
-
-
-class DataError(UserError, ValueError):
-    """Data that cannot be used as asked (bad file, rows, labels or split sizes), naming the culprit."""
-
-
-class DataKeyError(UserError, KeyError):
-    """An unknown task, split or column (a KeyError whose message prints unquoted)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class MissingColumnsError(DataKeyError):
-    """A source lacks columns the template needs."""
-
-
-class HubError(UserError, RuntimeError):
-    """The Hugging Face hub could not provide a dataset (offline, no such dataset, ...)."""
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:

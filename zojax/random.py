@@ -58,7 +58,6 @@ import numpy as np
 from jax import lax
 
 __all__ = [
-    "fusion_barrier", "fuse_threefry_on_cpu",
     "normal", "normal_rows", "rademacher", "rademacher_rows", "STRATEGIES", "values_per_hash", "key_words",
     "threefry2x32",
 ]
@@ -407,49 +406,3 @@ def rademacher_rows(key, rows, row_shape, dtype=jnp.int32, *, strategy: str = "a
     """``rademacher(key, (n,) + row_shape, dtype)[rows]``, drawing only those rows."""
     row_shape, dtype = _static(row_shape, dtype)
     return _draw(key, rows, kind="sign", shape=row_shape, dtype=dtype, strategy=strategy)
-
-
-# --- compiler plumbing shared by the engine -------------------------------------------------
-
-
-def fusion_barrier(tree, step):
-    """``tree`` as buffers that XLA cannot fuse into their consumers.
-
-    Low-rank factors are read once per element of a much larger array (an outer product
-    in the update, a broadcast in :func:`zojax.nn.dense`); fused there, XLA would redraw
-    their random numbers for every element. A conditional on a runtime predicate
-    (``step >= 0``: always true, unknown to the compiler) is a fusion boundary that
-    survives optimisation (``lax.optimization_barrier`` does not, on CPU).
-    """
-    return jax.lax.cond(
-        jnp.asarray(step) >= 0, lambda t: t, lambda t: jax.tree.map(jnp.zeros_like, t), tree
-    )
-
-
-def fuse_threefry_on_cpu() -> None:
-    """Lower large threefry2x32 calls on CPU as straight-line code (what GPU/TPU get).
-
-    jax lowers threefry on CPU as a 5-iteration ``while`` loop to save compile time; each
-    iteration is then a separate pass over the whole counter array, which makes large
-    ``jax.random`` draws (LoZO/factorized factors; dense directions before they moved to this
-    module's own hash) 3-5x slower than the straight-line form, which XLA fuses into a single
-    elementwise loop with the uniform/normal transform. Same bits, same values: only the
-    lowering changes. Small calls (the scalar ``fold_in`` key derivations, dozens per
-    step) keep the compact loop, so compile time does not grow. Skipped quietly if jax's
-    internals move.
-    """
-    try:
-        import math
-
-        from jax._src.interpreters import mlir
-        from jax._src.random import threefry2x32 as _tf
-
-        rolled, unrolled = _tf._threefry2x32_cpu_lowering_rule, _tf._threefry2x32_lowering_rule
-
-        def rule(ctx, *args):
-            size = max(math.prod(a.shape) for a in ctx.avals_in)
-            return (unrolled if size >= 4096 else rolled)(ctx, *args)
-
-        mlir.register_lowering(_tf.threefry2x32_p, rule, platform="cpu")
-    except (ImportError, AttributeError):  # pragma: no cover - depends on the jax version
-        pass

@@ -1,4 +1,4 @@
-"""zojax._rng: distribution, independence, addressing (rows / layers / chunks / mesh), fusion.
+"""zojax.random: distribution, independence, addressing (rows / layers / chunks / mesh), fusion.
 
 Statistical checks use fixed keys and bounds of about 5 standard errors, so they are
 deterministic and far from flaky, yet catch any real bias (a wrong scale, a lane reused, a
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry2x32_p
 
-from zojax import _rng
-from zojax.noise import leaf_key
+from zojax import random as zrandom
+from zojax.paths import leaf_key
 
 KEY = jax.random.PRNGKey(42)
 N = 1 << 20  # 1M values: standard errors 1e-3
@@ -57,7 +57,7 @@ def _corr(a, b) -> float:
 
 def _lanes16(key, n):
     """The 16-bit lanes behind a 16-bit-dtype draw of n values."""
-    return _rng._bits(_rng.key_words(key), 16, (n,), 0, None, (n,), False)
+    return zrandom._bits(zrandom.key_words(key), 16, (n,), 0, None, (n,), False)
 
 
 # --- the hash -----------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def _lanes16(key, n):
 def test_threefry_is_jax_threefry():
     k = jax.random.PRNGKey(123)
     x = jax.random.bits(KEY, (2, 1000), jnp.uint32)
-    ours = jax.jit(_rng.threefry2x32)(k[0], k[1], x[0], x[1])
+    ours = jax.jit(zrandom.threefry2x32)(k[0], k[1], x[0], x[1])
     theirs = threefry2x32_p.bind(k[0], k[1], x[0], x[1])
     for a, b in zip(ours, theirs):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -75,19 +75,19 @@ def test_threefry_is_jax_threefry():
 def test_addresses_are_64_bit():
     """Element i takes lane i % g of hash (tag ^ hi(i // g), lo(i // g)): checked against
     Python integers at indices that cross 2**32 and 2**33."""
-    k0, k1 = (int(w) for w in _rng.key_words(KEY))
+    k0, k1 = (int(w) for w in zrandom.key_words(KEY))
     row_shape = (6,)
     rows = np.array([0, 2**31 // 3, 715827882, 715827883, 2**32 // 3 + 5])  # row * 6 crosses 2**32
-    got = np.asarray(_rng.normal_rows(KEY, jnp.asarray(rows, jnp.uint32), row_shape, jnp.bfloat16))
+    got = np.asarray(zrandom.normal_rows(KEY, jnp.asarray(rows, jnp.uint32), row_shape, jnp.bfloat16))
     flat = rows[:, None].astype(object) * 6 + np.arange(6)[None, :]
     ctr = flat // 4
-    hi = np.array([int(c >> 32) ^ _rng._TAGS[16] for c in ctr.ravel()], np.uint32)
+    hi = np.array([int(c >> 32) ^ zrandom._TAGS[16] for c in ctr.ravel()], np.uint32)
     lo = np.array([int(c & 0xFFFFFFFF) for c in ctr.ravel()], np.uint32)
     y0, y1 = (np.asarray(y) for y in threefry2x32_p.bind(np.uint32(k0), np.uint32(k1), hi, lo))
     lane = np.array([int(f % 4) for f in flat.ravel()])
     word = np.where(lane < 2, y0, y1)
     bits = (word >> (16 * (lane % 2)).astype(np.uint32)) & 0xFFFF
-    want = _rng._table16(jnp.bfloat16)[bits].reshape(got.shape)
+    want = zrandom._table16(jnp.bfloat16)[bits].reshape(got.shape)
     assert (flat.max() >= 2**32) and (flat.min() < 2**32)
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
 
@@ -96,7 +96,7 @@ def test_addresses_are_64_bit():
 
 
 def test_float32_is_gaussian():
-    z = _rng.normal(KEY, (N,), jnp.float32)
+    z = zrandom.normal(KEY, (N,), jnp.float32)
     m, var, kurt = _moments(z)
     se = 1 / math.sqrt(N)
     assert abs(m) < 5 * se
@@ -114,7 +114,7 @@ def test_float32_inverse_cdf_accuracy():
     """Every 32-bit lane maps to its bin's quantile: relative error 1e-6 up to 5.5 sigma
     (beyond, probability 4e-8, still 4e-4), finite and monotone at the extremes."""
     t = np.unique(np.concatenate([np.arange(0, 2**31, 104729), 2 ** np.arange(0, 31), np.arange(64)]))
-    z = np.asarray(jax.jit(_rng._normal32)(jnp.asarray(t, jnp.uint32)), np.float64)  # sign bit clear
+    z = np.asarray(jax.jit(zrandom._normal32)(jnp.asarray(t, jnp.uint32)), np.float64)  # sign bit clear
     q = (t + 0.5) * 2.0**-31  # two-sided tail mass
     nd = statistics.NormalDist()
     exact = np.array([nd.inv_cdf(1 - qq / 2) for qq in q])
@@ -123,18 +123,18 @@ def test_float32_inverse_cdf_accuracy():
     assert np.all(err[core] <= 1e-6 * np.maximum(exact[core], 0.05))
     assert np.all(err <= 4e-4 * exact + 1e-7)
     assert 6.3 < z[0] < 6.4 and np.all(np.diff(z) <= 0)
-    neg = np.asarray(jax.jit(_rng._normal32)(jnp.asarray(t, jnp.uint32) | jnp.uint32(1 << 31)))
+    neg = np.asarray(jax.jit(zrandom._normal32)(jnp.asarray(t, jnp.uint32) | jnp.uint32(1 << 31)))
     np.testing.assert_array_equal(neg, -z.astype(np.float32))
 
 
 def test_16bit_table():
     """The 65536 values a 16-bit lane maps to: symmetric equal-probability bin midpoints."""
-    t = _rng._quantiles16()
+    t = zrandom._quantiles16()
     assert t.shape == (65536,) and abs(t.mean()) < 1e-12 and abs(np.mean(t * t) - 1) < 1e-12
     assert 2.99 < np.mean(t**4) < 3.0 and 4.32 < t.max() < 4.33
     np.testing.assert_array_equal(t[:32768], -t[32768:])
     for dtype in (jnp.bfloat16, jnp.float16):
-        td = _rng._table16(dtype)
+        td = zrandom._table16(dtype)
         assert td.dtype == jnp.dtype(dtype)
         assert abs(np.mean(td.astype(np.float64) ** 2) - 1) < 1e-4
 
@@ -148,8 +148,8 @@ def test_16bit_is_gaussian(dtype):
     chi2 = np.sum((counts - e) ** 2 / e)
     assert abs(chi2 - 65535) < 5 * math.sqrt(2 * 65535)
     # the dtype's draw is the lane's exact quantile, rounded to the dtype
-    z = _rng.normal(KEY, (N,), dtype)
-    exact = _rng._quantiles16()[np.asarray(lanes)]
+    z = zrandom.normal(KEY, (N,), dtype)
+    exact = zrandom._quantiles16()[np.asarray(lanes)]
     np.testing.assert_array_equal(np.asarray(z), exact.astype(jnp.dtype(dtype)))
     se = 1 / math.sqrt(N)
     assert _ks(exact) < 1.95 * se
@@ -163,12 +163,12 @@ def test_16bit_is_gaussian(dtype):
 
 
 def test_rademacher_uses_every_bit():
-    s = _rng.rademacher(KEY, (N,), jnp.float32)
+    s = zrandom.rademacher(KEY, (N,), jnp.float32)
     assert set(np.unique(np.asarray(s)).tolist()) == {-1.0, 1.0}
     per_bit = _f64(s).reshape(-1, 64).mean(axis=0)  # one column per bit of the hash
     assert np.all(np.abs(per_bit) < 5 / math.sqrt(N / 64))
     assert abs(_f64(s).mean()) < 5 / math.sqrt(N)
-    assert _rng.rademacher(KEY, (3,)).dtype == jnp.int32
+    assert zrandom.rademacher(KEY, (3,)).dtype == jnp.int32
 
 
 # --- independence -------------------------------------------------------------------------
@@ -176,11 +176,11 @@ def test_rademacher_uses_every_bit():
 
 @pytest.mark.parametrize("kind", ["float32", "bfloat16", "sign"])
 def test_independent_across_keys(kind):
-    """Members, leaves and steps get keys from zojax.noise.leaf_key: their draws are uncorrelated."""
+    """Members, leaves and steps get keys from zojax.paths.leaf_key: their draws are uncorrelated."""
     draw = (
-        (lambda k: _rng.rademacher(k, (N // 4,), jnp.float32))
+        (lambda k: zrandom.rademacher(k, (N // 4,), jnp.float32))
         if kind == "sign"
-        else (lambda k: _rng.normal(k, (N // 4,), jnp.dtype(kind)))
+        else (lambda k: zrandom.normal(k, (N // 4,), jnp.dtype(kind)))
     )
     keys = [leaf_key(KEY, 0, 0, "a/kernel"), leaf_key(KEY, 0, 1, "a/kernel"),
             leaf_key(KEY, 1, 0, "a/kernel"), leaf_key(KEY, 0, 0, "b/kernel")]
@@ -197,9 +197,9 @@ def test_independent_across_keys(kind):
 def test_independent_neighbours(kind):
     """Values that share a hash (lanes) or sit side by side are uncorrelated, also in square."""
     if kind == "sign":
-        z = _f64(_rng.rademacher(KEY, (N,), jnp.float32))
+        z = _f64(zrandom.rademacher(KEY, (N,), jnp.float32))
     else:
-        z = _f64(_rng.normal(KEY, (N,), jnp.dtype(kind)))
+        z = _f64(zrandom.normal(KEY, (N,), jnp.dtype(kind)))
     bound = 5 / math.sqrt(N)
     for lag in (1, 2, 3, 4, 32, 64):
         assert abs(_corr(z[:-lag], z[lag:])) < bound, lag
@@ -217,7 +217,7 @@ CASES = [((5, 4, 8), "float32"), ((5, 4, 8), "bfloat16"), ((7, 10), "float16"), 
 def _rows_variants(shape, kind):
     """Everything a caller can draw of one leaf, in one program: (full draw, {name: (draw, rows)})."""
     sign = kind == "sign"
-    draw, draw_rows = (_rng.rademacher, _rng.rademacher_rows) if sign else (_rng.normal, _rng.normal_rows)
+    draw, draw_rows = (zrandom.rademacher, zrandom.rademacher_rows) if sign else (zrandom.normal, zrandom.normal_rows)
     dtype = jnp.float32 if sign else jnp.dtype(kind)
 
     def full_fn(k, st):
@@ -233,8 +233,8 @@ def _rows_variants(shape, kind):
     # float32 logs on the host, 1 ulp away from the compiled code (16-bit and signs are exact).
     @jax.jit
     def draws(k, layer):
-        out = {f"full {st}": full_fn(k, st) for st in _rng.STRATEGIES[1:]}
-        for g in _rng.STRATEGIES:
+        out = {f"full {st}": full_fn(k, st) for st in zrandom.STRATEGIES[1:]}
+        for g in zrandom.STRATEGIES:
             out[f"ids {g}"] = (rows_fn(k, ids, g), ids)
             out[f"layer {g}"] = (rows_fn(k, layer, g), layer)  # a traced scalar, as in the layer scan
             layers = jax.lax.scan(lambda c, i, g=g: (c, rows_fn(k, i, g)), 0, jnp.arange(n))[1]
@@ -251,7 +251,7 @@ def _rows_variants(shape, kind):
 @pytest.mark.parametrize("shape,kind", CASES)
 def test_rows_are_the_full_draw(shape, kind):
     full, draws = _rows_variants(shape, kind)
-    for st in _rng.STRATEGIES[1:]:
+    for st in zrandom.STRATEGIES[1:]:
         np.testing.assert_array_equal(np.asarray(draws.pop(f"full {st}")), full, err_msg=st)
     for name, (got, rows) in draws.items():
         np.testing.assert_array_equal(np.asarray(got), full[np.asarray(rows)], err_msg=name)
@@ -260,42 +260,42 @@ def test_rows_are_the_full_draw(shape, kind):
 def test_rows_do_not_depend_on_row_factoring():
     """A stack of matrices and the same rows as a flat matrix are one draw (64-bit offsets)."""
     big = 2**30 + 7  # big * 32 > 2**34
-    a = _rng.normal_rows(KEY, jnp.array([big], jnp.uint32), (2, 16), jnp.float32)
-    b = _rng.normal_rows(KEY, jnp.array([2 * big, 2 * big + 1], jnp.uint32), (16,), jnp.float32)
+    a = zrandom.normal_rows(KEY, jnp.array([big], jnp.uint32), (2, 16), jnp.float32)
+    b = zrandom.normal_rows(KEY, jnp.array([2 * big, 2 * big + 1], jnp.uint32), (16,), jnp.float32)
     np.testing.assert_array_equal(np.asarray(a).reshape(-1), np.asarray(b).reshape(-1))
 
 
 def test_keys_typed_raw_and_vmapped():
     typed = jax.random.wrap_key_data(KEY)
-    same = _rng.normal(typed, (4, 4)) == _rng.normal(KEY, (4, 4))
+    same = zrandom.normal(typed, (4, 4)) == zrandom.normal(KEY, (4, 4))
     assert bool(jnp.all(same))
     keys = jax.random.split(KEY, 3)
-    batched = jax.vmap(lambda k: _rng.normal(k, (4, 8), jnp.bfloat16))(keys)
+    batched = jax.vmap(lambda k: zrandom.normal(k, (4, 8), jnp.bfloat16))(keys)
     for i in range(3):
-        alone = _rng.normal(keys[i], (4, 8), jnp.bfloat16)
+        alone = zrandom.normal(keys[i], (4, 8), jnp.bfloat16)
         np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(alone))
     rbg = jax.random.key(0, impl="rbg")  # not threefry: still a pure function of the key
-    np.testing.assert_array_equal(np.asarray(_rng.normal(rbg, (8,))), np.asarray(_rng.normal(rbg, (8,))))
+    np.testing.assert_array_equal(np.asarray(zrandom.normal(rbg, (8,))), np.asarray(zrandom.normal(rbg, (8,))))
 
 
 def test_deterministic_eager_and_jit():
     for dtype in FLOATS:
-        eager = _rng.normal(KEY, (33, 17), dtype)
-        again = _rng.normal(KEY, (33, 17), dtype)
-        traced = jax.jit(lambda k: _rng.normal(k, (33, 17), dtype) * 1)(KEY)  # noqa: B023
+        eager = zrandom.normal(KEY, (33, 17), dtype)
+        again = zrandom.normal(KEY, (33, 17), dtype)
+        traced = jax.jit(lambda k: zrandom.normal(k, (33, 17), dtype) * 1)(KEY)  # noqa: B023
         np.testing.assert_array_equal(np.asarray(eager), np.asarray(again))
         np.testing.assert_array_equal(np.asarray(eager), np.asarray(traced))
 
 
 def test_dtypes_and_shapes():
     for dtype in FLOATS:
-        z = _rng.normal(KEY, (3, 5), dtype)
+        z = zrandom.normal(KEY, (3, 5), dtype)
         assert z.dtype == jnp.dtype(dtype) and z.shape == (3, 5) and bool(jnp.all(jnp.isfinite(z)))
-    assert _rng.normal(KEY, ()).shape == () and _rng.normal(KEY, 4).shape == (4,)
-    assert _rng.normal(KEY, (0, 3)).shape == (0, 3)
-    assert _rng.rademacher(KEY, (5,), jnp.bfloat16).dtype == jnp.bfloat16
+    assert zrandom.normal(KEY, ()).shape == () and zrandom.normal(KEY, 4).shape == (4,)
+    assert zrandom.normal(KEY, (0, 3)).shape == (0, 3)
+    assert zrandom.rademacher(KEY, (5,), jnp.bfloat16).dtype == jnp.bfloat16
     with pytest.raises(TypeError):
-        _rng.normal(KEY, (3,), jnp.int32)
+        zrandom.normal(KEY, (3,), jnp.int32)
 
 
 # --- fusion and mesh ----------------------------------------------------------------------
@@ -306,7 +306,7 @@ def test_fuses_into_the_update(kind):
     """``w - lr * c * z`` compiles to one pass over ``w``: no direction-sized buffer (signs
     store their hashes first: 1/8 byte per value)."""
     dtype = jnp.float32 if kind == "sign" else jnp.dtype(kind)
-    draw = _rng.rademacher if kind == "sign" else _rng.normal
+    draw = zrandom.rademacher if kind == "sign" else zrandom.normal
     w = jnp.zeros((512, 1024), dtype)
 
     def update(w, key, c):
@@ -320,12 +320,12 @@ def test_fuses_into_the_update(kind):
 _MESH_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from zojax import _rng
+from zojax import random as zrandom
 key = jax.random.PRNGKey(5)
 mesh = jax.make_mesh((2,), ("x",))
-draws = {"f32": lambda k: _rng.normal(k, (8, 128), jnp.float32),
-         "bf16": lambda k: _rng.normal(k, (8, 128), jnp.bfloat16),
-         "sign": lambda k: _rng.rademacher(k, (8, 128), jnp.float32)}
+draws = {"f32": lambda k: zrandom.normal(k, (8, 128), jnp.float32),
+         "bf16": lambda k: zrandom.normal(k, (8, 128), jnp.bfloat16),
+         "sign": lambda k: zrandom.rademacher(k, (8, 128), jnp.float32)}
 for name, draw in draws.items():
     want = np.asarray(jax.jit(draw)(key))
     for spec in (P("x", None), P(None, "x")):
