@@ -20,6 +20,7 @@ __all__ = [
     "MissingColumnsError",
     "HubError",
     "LoadError",
+    "DeltaError",
     "MeshError",
     "SeedLogError",
     "RunDirError",
@@ -60,6 +61,10 @@ class HubError(UserError, RuntimeError):
 
 class LoadError(UserError, ValueError):
     """A checkpoint could not be loaded (missing/unknown/mis-shaped tensors, bad files, ...)."""
+
+
+class DeltaError(UserError, ValueError):
+    """A delta that cannot be applied: not a delta file, or made for other base weights or leaves."""
 
 
 class MeshError(UserError, ValueError):

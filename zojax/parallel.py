@@ -113,7 +113,7 @@ def make_mesh(pop: int = 1, model: int = 1, devices: Sequence | None = None) -> 
     >>> make_mesh(3, 1, jax.devices() * 4)
     Traceback (most recent call last):
     ...
-    zojax.parallel.MeshError: mesh pop=3 x model=1 = 3 devices does not divide the 4 devices available; choose sizes whose product divides the device count (-1 on one axis takes the rest)
+    zojax.errors.MeshError: mesh pop=3 x model=1 = 3 devices does not divide the 4 devices available; choose sizes whose product divides the device count (-1 on one axis takes the rest)
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from zojax import nn as znn
-from zojax.config import UserError
+from zojax.errors import DeltaError
 from zojax.models.builder import flatten_tree
 
 __all__ = ["DELTA_FILE", "DeltaError", "apply_delta", "load_delta", "param_names", "save_delta", "weights_hash"]
@@ -30,10 +30,6 @@ __all__ = ["DELTA_FILE", "DeltaError", "apply_delta", "load_delta", "param_names
 #: The file a delta directory holds.
 DELTA_FILE = "delta.safetensors"
 _FORMAT = "zojax-delta/1"
-
-
-class DeltaError(UserError, ValueError):
-    """A delta that cannot be applied: not a delta file, or made for other base weights or leaves."""
 
 
 def param_names(model: nnx.Module) -> dict[str, tuple]:

@@ -24,10 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from zojax.directions import LowRank, Noise, dense_direction
-
-from zojax.paths import leaf_key
 from zojax.optim.gradient import PyTree, ZOGrad, _leaf_gradient, _map_trainable, _unzip
 from zojax.optim.transforms import ZOTransformation, _as_schedule, _decays
+from zojax.paths import leaf_key
 
 __all__ = ["hizoo", "HiZOOState", "sparse_mezo", "SparseState", "magnitude_mask"]
 
