@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import zojax
-from zojax.directions import Gaussian, LowRank, Rademacher, directions
+from zojax.directions import Gaussian, LowRank, Rademacher, draw_directions
 from zojax.optim import hizoo, magnitude_mask, sparse_mezo
 from zojax.seedlog import SeedLog, replay
 
@@ -23,7 +23,7 @@ def _start():
 
 
 def _z(noise, step, member, w):
-    return np.asarray(directions({"w": jnp.asarray(w, jnp.float32)}, noise, KEY, step, member)["w"], np.float64)
+    return np.asarray(draw_directions({"w": jnp.asarray(w, jnp.float32)}, noise, KEY, step, member)["w"], np.float64)
 
 
 def _loss(w, target):
@@ -138,7 +138,7 @@ def test_zo_muon_steps_by_the_polar_factor_of_the_low_rank_estimate_and_descends
     tgt = np.asarray(target, np.float64)
     for t in range(3):  # the reference: the estimate formed densely, its polar factor by a full SVD
         w = history[t]
-        zs = [np.asarray(directions({"w": jnp.asarray(w, jnp.float32)}, noise, KEY, t, m)["w"].dense(), np.float64)
+        zs = [np.asarray(draw_directions({"w": jnp.asarray(w, jnp.float32)}, noise, KEY, t, m)["w"].dense(), np.float64)
               for m in range(k)]
         cs = [(np.sum((w + eps * z - tgt) ** 2) - np.sum((w - eps * z - tgt) ** 2)) / (2 * eps) for z in zs]
         left, s, right = np.linalg.svd(sum(c * z for c, z in zip(cs, zs)) / k)
