@@ -42,7 +42,7 @@ def test_config_errors_name_the_culprit(overrides, culprit):
 def test_each_method_builds_its_spec_and_update():
     from zojax.directions import Gaussian, Rademacher
     from zojax.optim import ZOTransformation
-    from zojax.train import make_optimizer, make_spec
+    from zojax.run import make_optimizer, make_spec
 
     fzoo = make_spec(load_config(None, ["zo.method=fzoo", "zo.members=8"]))
     assert (type(fzoo.noise), fzoo.sided, fzoo.estimator, fzoo.center) == (Rademacher, "one", "fzoo", False)
