@@ -17,12 +17,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-from zojax import random as zrandom
-from zojax.directions import Noise, Rademacher, dense_direction
 
 __all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits"]
 
@@ -90,7 +88,7 @@ class Perturbed(_WeightLike):
 class Noisy(_WeightLike):
     """A weight ``base + scale * z`` whose dense direction ``z`` is drawn where it is used.
 
-    ``z = zojax.directions.dense_direction(noise, key, shape)`` is never stored: :func:`materialize`
+    ``z = noise.dense(key, shape, dtype)`` (its direction kind's draw) is never stored: :func:`materialize`
     draws it next to the matmul that consumes the weight, so a model that scans over stacked
     layers holds one layer's perturbed weight at a time, not the whole perturbed model (MeZO's
     memory, with the population still in one program). Values are exactly the generic path's.
@@ -102,7 +100,7 @@ class Noisy(_WeightLike):
 
     >>> from zojax.directions import Gaussian
     >>> w = Noisy.create(jnp.zeros((3, 2)), jax.random.PRNGKey(0), 1.0, Gaussian())
-    >>> bool(jnp.all(materialize(w) == dense_direction(Gaussian(), jax.random.PRNGKey(0), (3, 2), jnp.float32)))
+    >>> bool(jnp.all(materialize(w) == Gaussian().dense(jax.random.PRNGKey(0), (3, 2), jnp.float32)))
     True
     """
 
@@ -111,7 +109,7 @@ class Noisy(_WeightLike):
     scale: jax.Array
     index: jax.Array | None
     shape: tuple
-    noise: Noise
+    noise: Any  # the zojax.directions kind that draws z (its dense and dense_rows)
 
     @classmethod
     def create(cls, base, key, scale, noise) -> Noisy:
@@ -125,40 +123,22 @@ class Noisy(_WeightLike):
 
     def direction(self, rows=None) -> jax.Array:
         """``z`` for this weight (or slice), or only its leading-axis ``rows``: only the
-        requested rows of the full leaf's direction are drawn (:func:`dense_rows`)."""
+        requested rows of the full leaf's direction are drawn (the kind's ``dense_rows``)."""
         dtype = self.base.dtype
         if self.index is None:
-            z = dense_direction(self.noise, self.key, self.shape, dtype)
+            z = self.noise.dense(self.key, self.shape, dtype)
             return z if rows is None else z[rows]
         if self.index.ndim == 0:  # one slice of the leading axis (inside a layer scan)
-            z = dense_rows(self.noise, self.key, self.shape, dtype, self.index)
+            z = self.noise.dense_rows(self.key, self.shape, dtype, self.index)
             return z if rows is None else z[rows]
         key = self.key[0]
         if rows is None:
-            return dense_direction(self.noise, key, self.shape, dtype)
-        return dense_rows(self.noise, key, self.shape, dtype, rows)
+            return self.noise.dense(key, self.shape, dtype)
+        return self.noise.dense_rows(key, self.shape, dtype, rows)
 
     def _scale(self):
         s = self.scale if self.scale.ndim == 0 else self.scale[0]  # (n,) only for an unsliced stack
         return s.astype(self.base.dtype)
-
-
-def dense_rows(noise, key, shape, dtype, rows) -> jax.Array:
-    """``zojax.directions.dense_direction(noise, key, shape, dtype)[rows]``, drawing only those rows.
-
-    ``rows`` is an integer array (any shape) of indices into the leading axis. The value is
-    bit for bit the full draw's (element ``i`` of the flattened draw is a pure function of
-    ``(key, i)``, see :mod:`zojax.random`), at the cost of the rows alone.
-
-    >>> from zojax.directions import Gaussian, dense_direction
-    >>> k = jax.random.PRNGKey(3)
-    >>> full = dense_direction(Gaussian(), k, (5, 4, 3), jnp.float32)
-    >>> rows = jnp.array([4, 1])
-    >>> bool(jnp.all(dense_rows(Gaussian(), k, (5, 4, 3), jnp.float32, rows) == full[rows]))
-    True
-    """
-    draw = zrandom.rademacher_rows if isinstance(noise, Rademacher) else zrandom.normal_rows
-    return draw(key, jnp.asarray(rows), tuple(shape)[1:], dtype)
 
 
 def is_perturbed(x) -> bool:

@@ -16,7 +16,7 @@ import jax
 
 from zojax.types import PyTree
 
-__all__ = ["path_str", "leaf_paths", "check_leaf_identity", "is_matrix", "path_hash", "leaf_key", "KEY_DERIVATION"]
+__all__ = ["path_str", "leaf_paths", "map_with_paths", "check_leaf_identity", "is_matrix", "path_hash", "leaf_key", "KEY_DERIVATION"]
 
 
 def path_str(keypath) -> str:
@@ -44,6 +44,16 @@ def path_str(keypath) -> str:
 def leaf_paths(tree: PyTree) -> list[str]:
     """Path names of the (non-None) leaves of ``tree`` in flattening order."""
     return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def map_with_paths(fn, tree: PyTree, *rest: PyTree) -> PyTree:
+    """``jax.tree.map`` over the (non-None) leaves of ``tree``, calling ``fn(path, leaf, *rest_leaves)``
+    with each leaf's :func:`path_str`.
+
+    >>> map_with_paths(lambda path, x: f"{path}={x}", {"a": [1, None]})
+    {'a': ['a/0=1', None]}
+    """
+    return jax.tree_util.tree_map_with_path(lambda p, x, *r: fn(path_str(p), x, *r), tree, *rest)
 
 
 def check_leaf_identity(tree: PyTree) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from zojax.directions import LowRank, Noise
+from zojax.directions import Noise
 from zojax.layout import HF_PROJECTIONS
 from zojax.paths import check_leaf_identity, leaf_paths, path_str
 from zojax.types import PyTree
@@ -45,7 +45,7 @@ def _scope_predicate(scope) -> Callable[[str, Any], bool]:
 def _is_trainable(path: str, leaf, predicate, noise) -> bool:
     if leaf is None or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
         return False
-    if isinstance(noise, LowRank) and noise.vectors == "exclude" and not noise.is_matrix(path, jnp.shape(leaf)):
+    if noise is not None and not noise.trains(path, jnp.shape(leaf)):
         return False
     return bool(predicate(path, leaf))
 

@@ -26,15 +26,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from zojax import nn
 from zojax.accelerator import fusion_barrier
-from zojax.directions import Gaussian, LowRank, LowRankDirection, Noise, Rademacher, draw_directions
+from zojax.directions import DirectionKind, Gaussian, Noise, draw_directions, is_factored
 from zojax.estimators import check_sided, get_estimator
 from zojax.paths import leaf_key, path_str
 from zojax.scope import combine, partition
 from zojax.types import PyTree
 
-__all__ = ["ZOSpec", "score", "center_loss", "perturb", "population", "scale_directions"]
+__all__ = ["ZOSpec", "score", "center_loss", "perturb", "scale_directions"]
 
 
 
@@ -43,8 +42,9 @@ class ZOSpec:
     """Static description of how a step perturbs and scores parameters.
 
     Args:
-      noise: :class:`~zojax.directions.Gaussian` (MeZO), :class:`~zojax.directions.Rademacher`,
-        :class:`~zojax.directions.LowRank` (LoZO) or :class:`~zojax.directions.Factorized`.
+      noise: a direction kind (:mod:`zojax.directions`): :class:`~zojax.directions.Gaussian` (MeZO),
+        :class:`~zojax.directions.Rademacher`, :class:`~zojax.directions.LowRank` (LoZO),
+        :class:`~zojax.directions.Factorized`, ...
       eps: perturbation scale, > 0.
       members: K, the number of directions per step, >= 1.
       scope: which leaves are trainable (see :func:`zojax.scope.trainable_mask`).
@@ -90,7 +90,7 @@ class ZOSpec:
     center: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.noise, (Gaussian, Rademacher, LowRank)):
+        if not isinstance(self.noise, DirectionKind):
             raise TypeError(f"ZOSpec: noise must be a zojax.directions kind, got {self.noise!r}")
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"ZOSpec: eps must be a finite number > 0, got {self.eps!r}")
@@ -118,45 +118,38 @@ class ZOSpec:
         return get_estimator(self.coefficient_fn_name)(losses, self.eps)
 
 
-def perturb(trainable: PyTree, dirs: PyTree, scale, adapter: bool = False) -> PyTree:
-    """``theta + scale * z`` leaf by leaf; low-rank directions become ``Perturbed`` if ``adapter``.
+def perturb(trainable: PyTree, dirs: PyTree, scale, noise: Noise, adapter: bool = False) -> PyTree:
+    """``theta + scale * z`` leaf by leaf, as the direction kind ``noise`` perturbs a weight
+    (:meth:`zojax.directions.DirectionKind.perturb`: low-rank directions become ``Perturbed``
+    if ``adapter``).
 
     A leaf of ``trainable`` may be a :class:`zojax.nn.Perturbed` already (weights carrying
     an accumulated low-rank update); on the adapter path the direction nests around it.
     """
 
     def one(d, x):
-        if isinstance(d, LowRankDirection):
-            if adapter:
-                return nn.Perturbed(x, d.v, d.u, jnp.broadcast_to(jnp.asarray(scale, jnp.float32), x.shape[:-2]))
-            u = d.u * jnp.asarray(scale, d.u.dtype)
-            return (nn.materialize(x) + jnp.einsum("...ir,...or->...io", d.v, u)).astype(x.dtype)
-        return (nn.materialize(x) + jnp.asarray(scale, x.dtype) * d).astype(x.dtype)
+        return noise.perturb(x, d, scale, adapter=adapter)
 
     # directions lead: a Perturbed leaf of ``trainable`` is one subtree at a direction's place
-    return jax.tree.map(one, dirs, trainable, is_leaf=lambda d: isinstance(d, LowRankDirection))
+    return jax.tree.map(one, dirs, trainable, is_leaf=is_factored)
 
 
 def _perturb_lazy(trainable, dirs, scale, spec, key, step, member):
     """:func:`perturb` with every dense direction left to the model (a :class:`zojax.nn.Noisy`)."""
 
     def one(path, d, x):
-        if isinstance(d, LowRankDirection):
-            return perturb(x, d, scale, spec.adapter)
-        # the dense draw ``d`` is unused here (dead code, removed by XLA): the model draws it
-        return nn.Noisy.create(x, leaf_key(key, step, member, path_str(path)), scale, spec.noise)
+        # a dense draw ``d`` is unused (dead code, removed by XLA): the model draws it from the leaf key
+        return spec.noise.perturb(x, d, scale, adapter=spec.adapter, key=leaf_key(key, step, member, path_str(path)))
 
-    is_lr = lambda d: isinstance(d, LowRankDirection)  # noqa: E731
-    return jax.tree_util.tree_map_with_path(one, dirs, trainable, is_leaf=is_lr)
+    return jax.tree_util.tree_map_with_path(one, dirs, trainable, is_leaf=is_factored)
 
 
 def _materialize_factors(dirs, step):
-    is_lr = lambda d: isinstance(d, LowRankDirection)  # noqa: E731
-    factors = [d for d in jax.tree.leaves(dirs, is_leaf=is_lr) if is_lr(d)]
+    factors = [d for d in jax.tree.leaves(dirs, is_leaf=is_factored) if is_factored(d)]
     if not factors:
         return dirs
     done = iter(fusion_barrier(factors, step))
-    return jax.tree.map(lambda d: next(done) if is_lr(d) else d, dirs, is_leaf=is_lr)
+    return jax.tree.map(lambda d: next(done) if is_factored(d) else d, dirs, is_leaf=is_factored)
 
 
 def scale_directions(dirs: PyTree, scale: PyTree | None) -> PyTree:
@@ -169,23 +162,11 @@ def scale_directions(dirs: PyTree, scale: PyTree | None) -> PyTree:
     def one(d, s):
         if s is None:
             return d
-        if isinstance(d, LowRankDirection):
+        if is_factored(d):
             raise ValueError("a per-coordinate direction scale needs dense directions (Gaussian or Rademacher noise)")
         return (d * s).astype(d.dtype)
 
-    return jax.tree.map(one, dirs, scale, is_leaf=lambda d: d is None or isinstance(d, LowRankDirection))
-
-
-def population(spec: ZOSpec) -> tuple[jax.Array, jax.Array]:
-    """The (member, sign) pairs scored in one step, flattened to length 2K (or K one-sided).
-
-    >>> [a.tolist() for a in population(ZOSpec(members=2))]
-    [[0, 0, 1, 1], [1.0, -1.0, 1.0, -1.0]]
-    """
-    k = spec.members
-    if spec.sided == "two":
-        return jnp.repeat(jnp.arange(k), 2), jnp.tile(jnp.array([1.0, -1.0]), k)
-    return jnp.arange(k), jnp.ones((k,))
+    return jax.tree.map(one, dirs, scale, is_leaf=lambda d: d is None or is_factored(d))
 
 
 def score(
@@ -253,7 +234,7 @@ def score(
                 if spec.lazy_dense:
                     perturbed = _perturb_lazy(base, dirs, sign * eps, spec, key, step, member)
                 else:
-                    perturbed = perturb(base, dirs, sign * eps, spec.adapter)
+                    perturbed = perturb(base, dirs, sign * eps, spec.noise, spec.adapter)
                 return _scalar_loss(loss_fn(combine(perturbed, frozen), batch))
 
             return jax.vmap(one_sign)(signs)

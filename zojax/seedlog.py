@@ -24,13 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zojax import accelerator, directions, paths
+from zojax import accelerator, paths
+from zojax.directions import kind_from_dict
 from zojax.errors import SeedLogError
-from zojax.optim import ZOGrad, ZOTransformation, apply_update, effective_params, init
+from zojax.optim import ZOGrad, apply_update, effective_params, fold, init
 from zojax.scope import combine
 from zojax.scoring import ZOSpec
 
-__all__ = ["SeedLog", "SeedLogError", "replay", "noise_to_dict", "noise_from_dict", "read_jsonl"]
+__all__ = ["SeedLog", "SeedLogError", "replay", "read_jsonl"]
 
 
 def read_jsonl(path) -> list[dict]:
@@ -66,26 +67,6 @@ def _ranges(steps: list[int]) -> str:
             start = cur
     return ", ".join(runs)
 
-_NOISE_KINDS = directions.KINDS
-
-
-def noise_to_dict(noise) -> dict:
-    """A JSON-able description of a noise kind.
-
-    >>> noise_to_dict(directions.LowRank(rank=2, refresh_every=50))
-    {'kind': 'LowRank', 'rank': 2, 'refresh_every': 50, 'vectors': 'dense', 'stacked': None}
-    """
-    return {"kind": type(noise).__name__, **dataclasses.asdict(noise)}
-
-
-def noise_from_dict(d: dict):
-    d = dict(d)
-    kind = d.pop("kind")
-    if kind not in _NOISE_KINDS:
-        raise ValueError(f"unknown noise kind {kind!r} in seed log; known: {sorted(_NOISE_KINDS)}")
-    return _NOISE_KINDS[kind](**d)
-
-
 def _prng_impl() -> str:
     return str(jax.config.jax_default_prng_impl)  # type: ignore[attr-defined]  # config options are dynamic
 
@@ -114,7 +95,7 @@ class SeedLog:
         header = {
             "format": "zojax-seedlog-1",
             "key": _key_data(key),
-            "noise": noise_to_dict(spec.noise),
+            "noise": spec.noise.to_dict(),
             "eps": spec.eps,
             "members": spec.members,
             "scope": spec.scope if (spec.scope is None or isinstance(spec.scope, str)) else repr(spec.scope),
@@ -144,7 +125,7 @@ class SeedLog:
     def spec(self, **overrides) -> ZOSpec:
         """The ZOSpec recorded in the header (pass ``scope=`` if it was a callable)."""
         h = self.header
-        fields = dict(noise=noise_from_dict(h["noise"]), eps=h["eps"], members=h["members"], scope=h["scope"], sided=h["sided"])
+        fields = dict(noise=kind_from_dict(h["noise"]), eps=h["eps"], members=h["members"], scope=h["scope"], sided=h["sided"])
         fields.update(overrides)
         return ZOSpec(**fields)
 
@@ -222,8 +203,7 @@ class SeedLog:
 @functools.partial(accelerator.program, static_argnames=("optimizer", "noise"), donate_argnames=("params", "opt_state"))
 def _apply(params, opt_state, key, step, coeffs, curvature, *, optimizer, noise):
     # the same fold and update a training step makes (zojax.step), minus the scoring
-    if isinstance(optimizer, ZOTransformation):
-        params, opt_state = optimizer.fold(params, opt_state, key, step)
+    params, opt_state = fold(optimizer, params, opt_state, key, step)
     return apply_update(optimizer, ZOGrad(key, step, coeffs, noise, curvature), params, opt_state)
 
 

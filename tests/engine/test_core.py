@@ -11,7 +11,7 @@ from flax import nnx
 
 import zojax
 from zojax import nn
-from zojax.directions import Factorized, Gaussian, LowRank, Rademacher, leaf_direction
+from zojax.directions import Factorized, Gaussian, LowRank, Rademacher
 from zojax.toy import ToyMLP, toy_classification
 
 KEY = jax.random.PRNGKey(0)
@@ -54,7 +54,7 @@ def test_two_leaves_are_uncorrelated():
 
 def test_lowrank_v_is_lazy_and_u_fresh():
     noise = LowRank(rank=2, refresh_every=4)
-    get = lambda t: leaf_direction(noise, KEY, t, 0, "w", (6, 5), jnp.float32)  # noqa: E731
+    get = lambda t: noise.draw(KEY, t, 0, "w", (6, 5), jnp.float32)  # noqa: E731
     d0, d3, d4 = get(0), get(3), get(4)
     np.testing.assert_array_equal(d0.v, d3.v)
     assert not np.allclose(d0.u, d3.u)
@@ -63,12 +63,12 @@ def test_lowrank_v_is_lazy_and_u_fresh():
 
 
 def test_factorized_has_unit_marginal_variance():
-    d = leaf_direction(Factorized(rank=128), KEY, 0, 0, "w", (64, 64), jnp.float32)
+    d = Factorized(rank=128).draw(KEY, 0, 0, "w", (64, 64), jnp.float32)
     assert abs(float(d.dense().var()) - 1.0) < 0.1
 
 
 def test_stacked_leaves_get_independent_factors_per_layer():
-    d = leaf_direction(LowRank(rank=1), KEY, 0, 0, "w", (3, 4, 5), jnp.float32)
+    d = LowRank(rank=1).draw(KEY, 0, 0, "w", (3, 4, 5), jnp.float32)
     assert d.v.shape == (3, 4, 1)
     assert not np.allclose(d.v[0], d.v[1])
 
@@ -325,7 +325,7 @@ def test_lowrank_update_matches_dense_formula():
     noise = LowRank(rank=2)
     coeffs = jnp.array([0.5, -2.0])
     grad = zojax.ZOGrad(KEY, jnp.int32(3), coeffs, noise)
-    expected = sum(c * leaf_direction(noise, KEY, 3, k, "w", (5, 4), jnp.float32).dense() for k, c in enumerate(coeffs)) / 2
+    expected = sum(c * noise.draw(KEY, 3, k, "w", (5, 4), jnp.float32).dense() for k, c in enumerate(coeffs)) / 2
     np.testing.assert_allclose(zojax.dense_gradient(grad, params)["w"], expected, rtol=1e-5)
 
 

@@ -14,7 +14,7 @@ from flax import nnx
 
 import zojax
 from zojax import nn
-from zojax.directions import Factorized, Gaussian, LowRank, LowRankDirection, leaf_direction
+from zojax.directions import Factorized, Gaussian, LowRank, LowRankDirection
 from zojax.estimators import ESTIMATORS, SIDED_ONLY, centered_rank, shaped
 from zojax.paths import path_hash
 
@@ -104,11 +104,11 @@ def test_nnx_list_of_layers_is_not_guessed_to_be_stacked():
 
 def test_declared_stacks_decide_matrix_or_vector():
     stacked = LowRank(rank=1, stacked=r"^blocks/")
-    d = leaf_direction(stacked, KEY, 0, 0, "blocks/norm/scale", (5, 8), jnp.float32)
+    d = stacked.draw(KEY, 0, 0, "blocks/norm/scale", (5, 8), jnp.float32)
     assert not isinstance(d, LowRankDirection) and d.shape == (5, 8)  # 5 layers of vectors
-    d = leaf_direction(stacked, KEY, 0, 0, "blocks/lin/kernel", (5, 8, 3), jnp.float32)
+    d = stacked.draw(KEY, 0, 0, "blocks/lin/kernel", (5, 8, 3), jnp.float32)
     assert d.v.shape == (5, 8, 1)  # 5 layers of matrices, one factor each
-    d = leaf_direction(LowRank(rank=1), KEY, 0, 0, "blocks/norm/scale", (5, 8), jnp.float32)
+    d = LowRank(rank=1).draw(KEY, 0, 0, "blocks/norm/scale", (5, 8), jnp.float32)
     assert isinstance(d, LowRankDirection)  # undeclared: a (5, 8) matrix
 
 
@@ -135,7 +135,7 @@ def _reference_lozo_m(leaves, coeff_steps, *, noise, lr, beta, wd):
     for step, coeffs in enumerate(coeff_steps):
         k = len(coeffs)
         for path, x in w.items():
-            dirs = [leaf_direction(noise, KEY, step, m, path, x.shape, jnp.float32) for m in range(k)]
+            dirs = [noise.draw(KEY, step, m, path, x.shape, jnp.float32) for m in range(k)]
             if isinstance(dirs[0], LowRankDirection):
                 v = [np.asarray(d.v, np.float64) for d in dirs]
                 u = [np.asarray(d.u, np.float64) for d in dirs]
@@ -144,7 +144,7 @@ def _reference_lozo_m(leaves, coeff_steps, *, noise, lr, beta, wd):
                 else:
                     n = momentum[path]
                     if step // noise.refresh_every != last // noise.refresh_every:
-                        v_old = [np.asarray(leaf_direction(noise, KEY, last, m, path, x.shape, jnp.float32).v)
+                        v_old = [np.asarray(noise.draw(KEY, last, m, path, x.shape, jnp.float32).v)
                                  for m in range(k)]
                         n = [n[m] @ v_old[m].T @ v[m] / x.shape[0] for m in range(k)]
                     n = [beta * n[m] + (1 - beta) * coeffs[m] * u[m] for m in range(k)]
@@ -227,7 +227,8 @@ def test_non_finite_eps_and_learning_rates_are_refused():
             make(float("nan"))
 
 
-@pytest.mark.parametrize("optimizer", [zojax.zo_sgd(1e38), zojax.zo_sgd(lambda count: jnp.inf)], ids=["overflow", "schedule"])
+@pytest.mark.parametrize("optimizer", [zojax.zo_sgd(1e38), zojax.zo_sgd(lambda count: jnp.inf), optax.chain(zojax.zo_sgd(1e38))],
+                         ids=["overflow", "schedule", "chained"])
 def test_update_that_leaves_non_finite_weights_is_skipped(optimizer):
     spec = zojax.ZOSpec(members=2)
     start = {"w": jnp.ones(3)}
@@ -255,6 +256,19 @@ def test_zo_sgd_bounds_its_new_weights_without_regenerating_directions(noise):
             new = optax.apply_updates(params, updates)
             largest = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(new))
             assert largest <= float(update_bound(opt, grad, opt.init(params), params))
+
+
+def test_the_bound_is_zo_sgds_own_and_a_wrapper_drops_it():
+    """zo_sgd's bound is a typed capability (BoundedTransformation); optax.chain and masked give a plain
+    transformation without one, and the step then checks the update exactly (the "chained" case above)."""
+    from zojax.optim import BoundedTransformation, update_bound
+
+    opt, params = zojax.zo_sgd(0.1), {"w": jnp.ones(3)}
+    grad = zojax.ZOGrad(KEY, jnp.int32(0), jnp.ones(2), Gaussian())
+    assert isinstance(opt, BoundedTransformation)
+    assert update_bound(opt, grad, opt.init(params), params) is not None
+    for wrapped in (optax.chain(opt), optax.masked(opt, {"w": True})):
+        assert update_bound(wrapped, grad, wrapped.init(params), params) is None
 
 
 def test_a_bound_too_large_falls_back_to_the_exact_check():

@@ -21,7 +21,7 @@ import pytest
 
 import zojax
 from zojax import nn
-from zojax.directions import Gaussian, Rademacher, dense_direction
+from zojax.directions import Gaussian, Rademacher
 from zojax.tasks import classification_loss
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,11 +96,11 @@ def test_torch_baseline_has_zojax_weights_and_loss():
 def test_dense_rows_are_the_full_draws_rows(noise, dtype):
     key = jax.random.fold_in(jax.random.PRNGKey(0), 11)
     shape = (5, 7, 3)
-    full = dense_direction(noise, key, shape, dtype)
+    full = noise.dense(key, shape, dtype)
     rows = jnp.array([[4, 0], [2, 2]])
-    got = nn.dense_rows(noise, key, shape, dtype, rows)
+    got = noise.dense_rows(key, shape, dtype, rows)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(full[rows], np.float32))
-    one = jax.jit(lambda i: nn.dense_rows(noise, key, shape, dtype, i))(jnp.int32(3))
+    one = jax.jit(lambda i: noise.dense_rows(key, shape, dtype, i))(jnp.int32(3))
     np.testing.assert_array_equal(np.asarray(one, np.float32), np.asarray(full[3], np.float32))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from zojax.directions.lowrank import LowRank
 
@@ -19,6 +20,12 @@ class Factorized(LowRank):
 
     rank: int = 128
     refresh_every: int = 1
+
+    method: ClassVar[str | None] = "factorized"
+
+    @classmethod
+    def from_config(cls, zo, stacked: str | None) -> Factorized:
+        return cls(rank=zo.rank, vectors=zo.vectors, stacked=stacked)
 
     @property
     def scale(self) -> float:

@@ -3,17 +3,52 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from zojax.directions.base import NORMAL_MAX, _Layout
+from zojax import nn
+from zojax import random as zrandom
+from zojax.accelerator import fusion_barrier
+from zojax.directions.base import ELEMENTWISE_MAX_TERMS, NORMAL_MAX, DirectionKind
+from zojax.paths import leaf_key
 
-__all__ = ["LowRank", "LowRankDirection"]
+__all__ = ["LowRank", "LowRankDirection", "sum_outer"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LowRankDirection:
+    """A direction ``v @ u.T`` kept as factors (``u`` already carries any scale)."""
+
+    v: jax.Array
+    u: jax.Array
+
+    def dense(self) -> jax.Array:
+        return jnp.einsum("...ir,...or->...io", self.v, self.u)
+
+
+def sum_outer(v, u, step) -> jax.Array:
+    """``sum_k v_k u_k^T`` for factors ``(K, ..., d_in, r)`` and ``(K, ..., d_out, r)``."""
+    k, rank = v.shape[0], v.shape[-1]
+    if k * rank <= ELEMENTWISE_MAX_TERMS:
+        # A few outer products summed elementwise: XLA fuses them with the caller's
+        # ``theta - lr * g`` into one pass over the weight, where a contraction-(K r) dot
+        # writes g first and runs memory-bound (5x slower at LoZO's K r = 2 on CPU).
+        v, u = fusion_barrier((v, u), step)
+        acc = v[0, ..., :, 0, None] * u[0, ..., None, :, 0]
+        for m in range(k):
+            for j in range(rank):
+                if m or j:
+                    acc = acc + v[m, ..., :, j, None] * u[m, ..., None, :, j]
+        return acc
+    # one matmul over the concatenated rank axis
+    return jnp.einsum("k...ir,k...or->...io", v, u)
 
 
 @dataclasses.dataclass(frozen=True)
-class LowRank(_Layout):
+class LowRank(DirectionKind):
     """LoZO directions ``Z = V U^T`` for every matrix leaf.
 
     For a weight stored ``(..., d_in, d_out)``, ``V`` (``d_in x rank``) is resampled only
@@ -31,6 +66,10 @@ class LowRank(_Layout):
     are drawn row by row for the looked-up tokens, so cost and variance do not pick a
     side; zojax keeps one rule for every matrix.
 
+    Every kind with factored directions derives from this class (LoZO-M and the dynamic adapter
+    state need ``rank`` and ``refresh_every``); a subclass changes what differs, e.g. the values
+    of a factor (:meth:`factor`) or its scale (:attr:`scale`).
+
     >>> LowRank(rank=2, refresh_every=100).rank
     2
     """
@@ -39,6 +78,8 @@ class LowRank(_Layout):
     refresh_every: int = 100
     vectors: str = "dense"
     stacked: str | None = None
+
+    method: ClassVar[str | None] = "lozo"
 
     def __post_init__(self):
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -50,6 +91,10 @@ class LowRank(_Layout):
         if self.vectors not in ("dense", "exclude"):
             raise ValueError(f"LowRank: vectors must be 'dense' or 'exclude', got {self.vectors!r}")
 
+    @classmethod
+    def from_config(cls, zo, stacked: str | None) -> LowRank:
+        return cls(rank=zo.rank, refresh_every=zo.refresh_every, vectors=zo.vectors, stacked=stacked)
+
     @property
     def scale(self) -> float:
         return 1.0
@@ -60,14 +105,49 @@ class LowRank(_Layout):
         (and the dense normals of 1-D leaves)."""
         return max(self.rank * NORMAL_MAX**2 * self.scale, NORMAL_MAX)
 
+    def trains(self, path: str, shape) -> bool:
+        return self.vectors == "dense" or self.is_matrix(path, shape)
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class LowRankDirection:
-    """A direction ``v @ u.T`` kept as factors (``u`` already carries any scale)."""
+    # the dense draws of 1-D leaves: Gaussian, as in the official LoZO
+    def dense(self, key, shape, dtype) -> jax.Array:
+        return zrandom.normal(key, shape, dtype)
 
-    v: jax.Array
-    u: jax.Array
+    def dense_rows(self, key, shape, dtype, rows) -> jax.Array:
+        return zrandom.normal_rows(key, jnp.asarray(rows), tuple(shape)[1:], dtype)
 
-    def dense(self) -> jax.Array:
-        return jnp.einsum("...ir,...or->...io", self.v, self.u)
+    def factor(self, key, shape, dtype) -> jax.Array:
+        """The values of one factor (``V`` or ``U`` before scaling)."""
+        return jax.random.normal(key, shape, dtype)
+
+    def draw(self, key, step, member, path: str, shape, dtype):
+        if not self.is_matrix(path, shape):
+            return super().draw(key, step, member, path, shape, dtype)
+        lead, d_in, d_out = tuple(shape[:-2]), shape[-2], shape[-1]
+        step = jnp.asarray(step)
+        v_step = (step // self.refresh_every) * self.refresh_every
+        v = self.factor(jax.random.fold_in(leaf_key(key, v_step, member, path), 1), lead + (d_in, self.rank), dtype)
+        u = self.factor(jax.random.fold_in(leaf_key(key, step, member, path), 0), lead + (d_out, self.rank), dtype)
+        if self.scale != 1.0:
+            u = u * jnp.asarray(self.scale, dtype)
+        return LowRankDirection(v, u)
+
+    def second_moment(self, path: str, shape) -> float:
+        # each entry of V U^T sums rank products of two unit-variance factors, times scale
+        return self.rank * self.scale**2 if self.is_matrix(path, shape) else 1.0
+
+    def perturb(self, x, d, scale, *, adapter: bool = False, key=None):
+        if not isinstance(d, LowRankDirection):
+            return super().perturb(x, d, scale, adapter=adapter, key=key)
+        if adapter:
+            return nn.Perturbed(x, d.v, d.u, jnp.broadcast_to(jnp.asarray(scale, jnp.float32), x.shape[:-2]))
+        u = d.u * jnp.asarray(scale, d.u.dtype)
+        return (nn.materialize(x) + jnp.einsum("...ir,...or->...io", d.v, u)).astype(x.dtype)
+
+    def gradient(self, key, step, coeffs, path: str, x) -> jax.Array:
+        if not self.is_matrix(path, x.shape):
+            return super().gradient(key, step, coeffs, path, x)
+        k = coeffs.shape[0]
+        c = coeffs.astype(jnp.float32) / k
+        d = self.draw_members(key, step, k, path, x.shape, x.dtype)
+        cv = d.v * c.astype(x.dtype).reshape((k,) + (1,) * (d.v.ndim - 1))
+        return sum_outer(cv, d.u, step)

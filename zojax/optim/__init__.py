@@ -15,6 +15,7 @@ from zojax.optim.orthogonal import polar_from_factors, zo_muon
 from zojax.optim.scaled import HiZOOState, SparseState, hizoo, magnitude_mask, sparse_mezo
 from zojax.optim.transforms import (
     AdapterState,
+    BoundedTransformation,
     LozoMState,
     ScheduleState,
     ZOTransformation,
@@ -22,6 +23,7 @@ from zojax.optim.transforms import (
     densify,
     direction_scale,
     effective_params,
+    fold,
     lozo_adapter,
     lozo_m,
     update_bound,
@@ -46,6 +48,8 @@ __all__ = [
     "HiZOOState",
     "SparseState",
     "ZOTransformation",
+    "BoundedTransformation",
+    "fold",
     "effective_params",
     "apply_update",
     "update_bound",

@@ -24,7 +24,7 @@ def forward_gradient(loss_fn, params: PyTree, batch, key, step, spec: ZOSpec, *,
 
     def member(m):
         dirs = draw_directions(params, spec.noise, key, step, m)
-        tangent = perturb(jax.tree.map(jnp.zeros_like, params), dirs, 1.0)
+        tangent = perturb(jax.tree.map(jnp.zeros_like, params), dirs, 1.0, spec.noise)
         f = lambda p: loss_fn(combine(p, frozen), batch)  # noqa: E731
         return jax.jvp(f, (params,), (tangent,))[1]
 

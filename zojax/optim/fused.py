@@ -17,7 +17,7 @@ import optax
 from zojax import accelerator
 from zojax.estimators import second_difference
 from zojax.optim.gradient import PyTree, ZOGrad
-from zojax.optim.transforms import ZOTransformation, apply_update, direction_scale, update_bound
+from zojax.optim.transforms import ZOTransformation, apply_update, direction_scale, fold, update_bound
 from zojax.scope import partition
 from zojax.scoring import ZOSpec, center_loss, score
 
@@ -103,12 +103,10 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
         # weights stay where the mesh puts them: replicated over 'pop', sharded over 'model'
         state = parallel.constrain(state, parallel.state_shardings(state, mesh, rules))
         frozen = parallel.constrain(frozen, parallel.param_shardings(frozen, mesh, rules))
-    base = None
-    if isinstance(optimizer, ZOTransformation):
-        # a new V window folds the kept update into the weights before anything is scored
-        params, opt_state = optimizer.fold(state.params, state.opt_state, state.key, state.step)
-        state = state._replace(params=params, opt_state=opt_state)
-        base = optimizer.view(params, opt_state, state.key, spec.adapter)
+    # a new V window folds the kept update into the weights before anything is scored
+    params, opt_state = fold(optimizer, state.params, state.opt_state, state.key, state.step)
+    state = state._replace(params=params, opt_state=opt_state)
+    base = optimizer.view(params, opt_state, state.key, spec.adapter) if isinstance(optimizer, ZOTransformation) else None
     # a preconditioner or mask the optimiser keeps (after the fold: a mask may be refreshed there)
     scale = direction_scale(optimizer, state.opt_state, state.params)
     losses, coeffs, curvature = _estimate(loss_fn, state, frozen, batch, spec, micro_batches, mesh, base, scale)

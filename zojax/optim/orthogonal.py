@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import optax
 
 from zojax.directions import LowRank
-from zojax.optim.gradient import ZOGrad, _leaf_gradient, _map_trainable, _member_directions
+from zojax.optim.gradient import ZOGrad
 from zojax.optim.transforms import ScheduleState, _as_schedule, _decays, _require_lowrank
+from zojax.paths import map_with_paths
 
 __all__ = ["zo_muon", "polar_from_factors"]
 
@@ -75,9 +76,9 @@ def zo_muon(learning_rate, weight_decay: float = 0.0, decay_mask=None, *, noise:
 
         def one(path, x):
             if not grad.noise.is_matrix(path, x.shape):
-                g = _leaf_gradient(grad, path, x)
+                g = grad.leaf_gradient(path, x)
             else:
-                d = _member_directions(grad, path, x)
+                d = grad.member_directions(path, x)
                 # the K members' factors side by side: one rank-(K r) matrix, its coefficients on U
                 side = lambda f: jnp.moveaxis(f, 0, -2).reshape(f.shape[1:-1] + (k * f.shape[-1],))  # noqa: E731
                 u = d.u.astype(jnp.float32) * c.reshape((k,) + (1,) * (d.u.ndim - 1))
@@ -86,6 +87,6 @@ def zo_muon(learning_rate, weight_decay: float = 0.0, decay_mask=None, *, noise:
                 g = g + weight_decay * x
             return (-lr * g).astype(x.dtype)
 
-        return _map_trainable(one, params), ScheduleState(state.count + 1)
+        return map_with_paths(one, params), ScheduleState(state.count + 1)
 
     return optax.GradientTransformation(init, update)

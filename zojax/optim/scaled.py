@@ -23,10 +23,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from zojax.directions import LowRank, Noise, dense_direction
-from zojax.optim.gradient import PyTree, ZOGrad, _leaf_gradient, _map_trainable, _unzip
-from zojax.optim.transforms import ZOTransformation, _as_schedule, _decays
-from zojax.paths import leaf_key
+from zojax.directions import LowRank, Noise
+from zojax.optim.gradient import ZOGrad
+from zojax.optim.transforms import ZOTransformation, _as_schedule, _decays, _unzip
+from zojax.paths import leaf_key, map_with_paths
+from zojax.types import PyTree
 
 __all__ = ["hizoo", "HiZOOState", "sparse_mezo", "SparseState", "magnitude_mask"]
 
@@ -76,7 +77,7 @@ def hizoo(learning_rate, smooth: float = 1e-6, weight_decay: float = 0.0, decay_
         raise ValueError(f"hizoo: smooth must be in [0, 1], got {smooth!r}")
 
     def init(params):
-        hessian = _map_trainable(lambda path, x: jnp.ones(x.shape, jnp.float32), params)
+        hessian = map_with_paths(lambda path, x: jnp.ones(x.shape, jnp.float32), params)
         return HiZOOState(jnp.zeros([], jnp.int32), hessian)
 
     def scale(state: HiZOOState, params):
@@ -96,12 +97,12 @@ def hizoo(learning_rate, smooth: float = 1e-6, weight_decay: float = 0.0, decay_
         def one(path, x, h):
             z2 = sum(curvature[m] * jnp.square(_direction(grad, m, path, x)) for m in range(k))
             h = (1.0 - smooth) * h + smooth * h * z2
-            g = _leaf_gradient(grad, path, x).astype(jnp.float32) * jax.lax.rsqrt(h)
+            g = grad.leaf_gradient(path, x).astype(jnp.float32) * jax.lax.rsqrt(h)
             if weight_decay and _decays(decay_mask, grad.noise, path, x):
                 g = g + weight_decay * x
             return (-lr * g).astype(x.dtype), h
 
-        updates, hessian = _unzip(_map_trainable(one, params, state.hessian))
+        updates, hessian = _unzip(map_with_paths(one, params, state.hessian))
         return updates, HiZOOState(state.count + 1, hessian)
 
     return ZOTransformation(init, update, _unchanged_fold, _plain_view, scale)
@@ -109,7 +110,7 @@ def hizoo(learning_rate, smooth: float = 1e-6, weight_decay: float = 0.0, decay_
 
 def _direction(grad: ZOGrad, member: int, path: str, x) -> jax.Array:
     # member m's dense direction of one leaf, as scoring drew it (before any scale)
-    return dense_direction(grad.noise, leaf_key(grad.key, grad.step, member, path), x.shape, jnp.float32)
+    return grad.noise.dense(leaf_key(grad.key, grad.step, member, path), x.shape, jnp.float32)
 
 
 class SparseState(NamedTuple):
@@ -154,7 +155,7 @@ def sparse_mezo(learning_rate, sparsity: float = 0.75, refresh_every: int = 100,
         def one(path, x):
             return magnitude_mask(x, sparsity, stacked is not None and re.search(stacked, path) is not None)
 
-        return _map_trainable(one, params)
+        return map_with_paths(one, params)
 
     def init(params):
         return SparseState(jnp.zeros([], jnp.int32), masks(params))
@@ -176,11 +177,11 @@ def sparse_mezo(learning_rate, sparsity: float = 0.75, refresh_every: int = 100,
         lr = schedule(state.count)
 
         def one(path, x, m):
-            g = _leaf_gradient(grad, path, x)
+            g = grad.leaf_gradient(path, x)
             if weight_decay and _decays(decay_mask, grad.noise, path, x):
                 g = g + weight_decay * x
             return (-lr * m * g).astype(x.dtype)
 
-        return _map_trainable(one, params, state.mask), SparseState(state.count + 1, state.mask)
+        return map_with_paths(one, params, state.mask), SparseState(state.count + 1, state.mask)
 
     return ZOTransformation(init, update, fold, _plain_view, scale)

@@ -22,23 +22,18 @@ import jax.numpy as jnp
 import optax
 
 from zojax import nn
-from zojax.directions import LowRank, Noise, leaf_direction
-from zojax.optim.gradient import (
-    PyTree,
-    ZOGrad,
-    _leaf_gradient,
-    _map_trainable,
-    _member_directions,
-    _sum_outer,
-    _unzip,
-    dense_gradient,
-)
+from zojax.directions import LowRank, Noise
+from zojax.directions.lowrank import sum_outer
+from zojax.optim.gradient import ZOGrad, dense_gradient
+from zojax.paths import map_with_paths
+from zojax.types import PyTree
 
 if TYPE_CHECKING:
     from zojax.scoring import ZOSpec
 
 __all__ = [
-    "zo_sgd", "zo_sgd_update", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "effective_params", "apply_update", "update_bound",
+    "zo_sgd", "zo_sgd_update", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "BoundedTransformation",
+    "effective_params", "fold", "apply_update", "update_bound",
     "direction_scale",
 ]
 
@@ -53,6 +48,30 @@ def _as_schedule(learning_rate: optax.ScalarOrSchedule, name: str) -> optax.Sche
 def _decays(decay_mask, noise: Noise, path: str, x) -> bool:
     # MeZO skips weight decay for biases and norm weights: the 1-D leaves, stacks declared by the noise.
     return decay_mask(path, x) if decay_mask is not None else noise.is_matrix(path, x.shape)
+
+
+def _unzip(pairs: PyTree) -> tuple[PyTree, PyTree]:
+    """A pytree of ``(a, b)`` pairs (one per trainable leaf) as two pytrees."""
+    is_pair = lambda t: isinstance(t, tuple)  # noqa: E731
+    return (
+        jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair),
+        jax.tree.map(lambda t: t[1], pairs, is_leaf=is_pair),
+    )
+
+
+class BoundedTransformation(NamedTuple):
+    """An optax ``GradientTransformation`` that also bounds the weights its update leaves, cheaply.
+
+    ``bound(grad, state, params) -> scalar`` is an upper bound on every ``|theta|`` after
+    ``update`` (see :func:`update_bound`); the fused step uses it to skip its exact finiteness
+    check. The bound is a capability of this transformation alone: wrapping it (``optax.chain``,
+    ``optax.masked``, ...) gives a plain ``GradientTransformation`` without one, and the step then
+    checks the update exactly -- one more pass, never a wrong answer.
+    """
+
+    init: Callable
+    update: Callable
+    bound: Callable
 
 
 class ScheduleState(NamedTuple):
@@ -87,29 +106,27 @@ def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=None):
         lr = schedule(state.count)
 
         def one(path, x):
-            g = _leaf_gradient(grad, path, x)
+            g = grad.leaf_gradient(path, x)
             if weight_decay and _decays(decay_mask, grad.noise, path, x):
                 g = g + weight_decay * x
             return (-lr * g).astype(x.dtype)
 
-        return _map_trainable(one, params), ScheduleState(state.count + 1)
+        return map_with_paths(one, params), ScheduleState(state.count + 1)
 
     def bound(grad: ZOGrad, state: ScheduleState, params) -> jax.Array:
         # |theta'| <= max|theta| + |lr| (mean_k |c_k| max|z| + |wd| max|theta|), from scalars and one
         # read-only pass over the weights: no direction is regenerated (see update_bound)
         lr = jnp.abs(jnp.asarray(schedule(state.count), jnp.float32))
         p_max = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(params)]))
-        max_abs = getattr(grad.noise, "max_abs", math.inf)  # a noise kind with no bound: always the exact check
-        g_max = jnp.mean(jnp.abs(grad.coeffs.astype(jnp.float32))) * max_abs
+        g_max = jnp.mean(jnp.abs(grad.coeffs.astype(jnp.float32))) * grad.noise.max_abs
         return p_max + lr * (g_max + abs(weight_decay) * p_max)
 
-    update.bound = bound  # type: ignore[attr-defined]  # an optional hook on optax's update function
-    return optax.GradientTransformation(init, update)
+    return BoundedTransformation(init, update, bound)
 
 
 def update_bound(optimizer, grad: ZOGrad, opt_state, params) -> jax.Array | None:
     """An upper bound on ``|theta|`` after ``optimizer``'s update, when the optimiser offers a cheap
-    one (``zo_sgd`` does), else None.
+    one (a :class:`BoundedTransformation`: ``zo_sgd``), else None.
 
     The fused step uses it to skip its finiteness check's second update pass: when the bound is
     far below the dtype's largest value, no updated weight can overflow.
@@ -121,9 +138,12 @@ def update_bound(optimizer, grad: ZOGrad, opt_state, params) -> jax.Array | None
     2.05
     >>> update_bound(densify(), g, None, p) is None
     True
+    >>> update_bound(optax.chain(zo_sgd(0.1)), g, optax.chain(zo_sgd(0.1)).init(p), p) is None  # wrapped: dropped
+    True
     """
-    bound = getattr(optimizer.update, "bound", None)
-    return None if bound is None else bound(grad, opt_state, params)
+    if not isinstance(optimizer, BoundedTransformation):
+        return None
+    return optimizer.bound(grad, opt_state, params)
 
 
 def densify():
@@ -163,7 +183,7 @@ def _factor_state(params, noise: LowRank, members: int, vector_state):
             return jnp.zeros((members,) + x.shape[:-2] + (x.shape[-1], noise.rank), x.dtype)
         return vector_state(x)
 
-    return _map_trainable(one, params)
+    return map_with_paths(one, params)
 
 
 class LozoMState(NamedTuple):
@@ -203,10 +223,10 @@ def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise
 
         def one(path, x, n):
             if not noise.is_matrix(path, x.shape):
-                n = accumulate(n, _leaf_gradient(grad, path, x))
+                n = accumulate(n, grad.leaf_gradient(path, x))
                 return (-lr * n).astype(x.dtype), n
-            d = _member_directions(grad, path, x)
-            old = _member_directions(dataclasses.replace(grad, step=state.last_step), path, x)
+            d = grad.member_directions(path, x)
+            old = dataclasses.replace(grad, step=state.last_step).member_directions(path, x)
             refreshed = (grad.step // noise.refresh_every) != (state.last_step // noise.refresh_every)
             reproject = jnp.einsum("k...ir,k...is->k...rs", old.v, d.v) / x.shape[-2]
             n = jnp.where(refreshed, jnp.einsum("k...or,k...rs->k...os", n, reproject), n)
@@ -216,7 +236,7 @@ def lozo_m(learning_rate, beta: float = 0.9, weight_decay: float = 0.0, *, noise
                 upd = upd + weight_decay * x
             return (-lr * upd).astype(x.dtype), n
 
-        updates, momentum = _unzip(_map_trainable(one, params, state.momentum))
+        updates, momentum = _unzip(map_with_paths(one, params, state.momentum))
         return updates, LozoMState(state.count + 1, jnp.asarray(grad.step, jnp.int32), momentum)
 
     return optax.GradientTransformation(init, update)
@@ -276,7 +296,7 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
     def window_factors(key, window, path, x):
         # V of every member for the window the accumulators belong to
         v_step = window * noise.refresh_every
-        return jax.vmap(lambda m: leaf_direction(noise, key, v_step, m, path, x.shape, x.dtype).v)(jnp.arange(members))
+        return noise.draw_members(key, v_step, members, path, x.shape, x.dtype).v
 
     def update(grad: ZOGrad, state: AdapterState, params=None):
         if params is None:
@@ -286,11 +306,11 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
 
         def one(path, x, acc):
             if acc is None:
-                return (-lr * _leaf_gradient(grad, path, x)).astype(x.dtype), None
-            u = _member_directions(grad, path, x).u
+                return (-lr * grad.leaf_gradient(path, x)).astype(x.dtype), None
+            u = grad.member_directions(path, x).u
             return None, acc - (lr * c.reshape((-1,) + (1,) * (acc.ndim - 1))).astype(x.dtype) * u
 
-        updates, acc = _unzip(_map_trainable(one, params, state.acc))
+        updates, acc = _unzip(map_with_paths(one, params, state.acc))
         return updates, AdapterState(state.count + 1, state.window, acc)
 
     def fold(params, state: AdapterState, key, step, force=False):
@@ -304,9 +324,9 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
                 if a is None:
                     return x
                 v = window_factors(key, state.window, path, x)
-                return (x + _sum_outer(v, a, step)).astype(x.dtype)
+                return (x + sum_outer(v, a, step)).astype(x.dtype)
 
-            return _map_trainable(one, params, acc), jax.tree.map(jnp.zeros_like, acc)
+            return map_with_paths(one, params, acc), jax.tree.map(jnp.zeros_like, acc)
 
         params, acc = jax.lax.cond(due, folded, lambda operands: operands, (params, state.acc))
         return params, AdapterState(state.count, window, acc)
@@ -317,22 +337,30 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
                 return x
             v = window_factors(key, state.window, path, x)
             if not adapter:
-                return (x + _sum_outer(v, a, state.window)).astype(x.dtype)
+                return (x + sum_outer(v, a, state.window)).astype(x.dtype)
             # the K members' factors side by side: one rank-(K r) term
             merge = lambda f: jnp.moveaxis(f, 0, -2).reshape(f.shape[1:-1] + (members * noise.rank,))  # noqa: E731
             return nn.Perturbed(x, merge(v), merge(a))
 
-        return _map_trainable(one, params, state.acc)
+        return map_with_paths(one, params, state.acc)
 
     return ZOTransformation(init, update, fold, view)
+
+
+def fold(optimizer, params: PyTree, opt_state, key, step, *, force: bool = False) -> tuple[PyTree, Any]:
+    """``(params, opt_state)`` with what the optimiser keeps outside the weights folded in where
+    ``step`` needs it (a new V window of the dynamic adapter state), or always with ``force``.
+    Plain optax optimisers keep nothing outside: both come back as they are. A training step
+    (:func:`zojax.step`) and a replayed one (:func:`zojax.replay`) fold first, then update."""
+    if not isinstance(optimizer, ZOTransformation):
+        return params, opt_state
+    return optimizer.fold(params, opt_state, key, step, force)
 
 
 def effective_params(optimizer, params: PyTree, opt_state, key, step) -> PyTree:
     """The trainable weights a run stands for: ``params`` with anything the optimiser keeps
     outside them (the dynamic adapter state) folded in. Plain optax optimisers: ``params``."""
-    if not isinstance(optimizer, ZOTransformation):
-        return params
-    return optimizer.fold(params, opt_state, key, step, force=True)[0]
+    return fold(optimizer, params, opt_state, key, step, force=True)[0]
 
 
 def apply_update(optimizer, grad: ZOGrad, params: PyTree, opt_state) -> tuple[PyTree, Any]:

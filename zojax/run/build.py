@@ -14,7 +14,7 @@ from flax import nnx
 
 from zojax import accelerator, parallel, tasks
 from zojax.config import DTYPE_NAMES, RunConfig
-from zojax.directions import Factorized, Gaussian, LowRank, Rademacher
+from zojax.directions import METHODS, Gaussian, LowRank, Rademacher
 from zojax.errors import ConfigError, LoadError
 from zojax.fo import make_fo_step
 from zojax.models import projections, sharding_rules, stacked_paths
@@ -36,14 +36,10 @@ def make_spec(cfg: RunConfig, model: Any = None) -> ZOSpec:
     stacked = None if model is None else stacked_paths(model)
     declared = None if model is None else projections(model)
     scope = declared.lora_scope if z.scope == "lora" and declared is not None else z.scope
-    if z.method in ("mezo", "hizoo", "sparse_mezo", "fo"):  # fo: the spec only carries the scope (dense partition)
-        noise: Gaussian | Rademacher | LowRank = Gaussian(stacked=stacked)
-    elif z.method == "fzoo":
-        noise = Rademacher(stacked=stacked)
-    elif z.method == "lozo":
-        noise = LowRank(rank=z.rank, refresh_every=z.refresh_every, vectors=z.vectors, stacked=stacked)
-    else:
-        noise = Factorized(rank=z.rank, vectors=z.vectors, stacked=stacked)
+    if z.method in METHODS:  # a direction kind's own method (the registry): mezo, lozo, factorized
+        noise = METHODS[z.method].from_config(z, stacked)
+    else:  # methods over a dense kind: FZOO's signs; HiZOO's, Sparse MeZO's and fo's Gaussian (fo: only the scope)
+        noise = (Rademacher if z.method == "fzoo" else Gaussian)(stacked=stacked)
     return ZOSpec(
         noise=noise,
         eps=z.eps,
