@@ -187,7 +187,7 @@ def test_update_uses_exactly_the_scored_directions(noise):
     scored = []
     for m in range(3):
         dirs = zojax.draw_directions(params, noise, KEY, 4, m)
-        perturbed = zojax.scoring.perturb(params, dirs, eps)
+        perturbed = zojax.scoring.perturb(params, dirs, eps, noise)
         scored.append(jax.tree.map(lambda p, x: (p - x) / eps, perturbed, params))
     want = jax.tree.map(lambda *z: sum(c * zi for c, zi in zip(coeffs, z)) / 3, *scored)
     got = zojax.dense_gradient(zojax.ZOGrad(KEY, jnp.int32(4), coeffs, noise), params)
