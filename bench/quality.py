@@ -260,7 +260,7 @@ def chosen_lr(name: str, swept: dict) -> float:
 
 
 def table(rows: list[str], budget: float, out: Path, sweep_path: Path, dev_limit: int | None, resume: bool = False,
-          dev_points: int = 2, unit: str = "cpu") -> dict:
+          dev_points: int = 2, unit: str = "cpu", test: bool = True) -> dict:
     swept = json.loads(sweep_path.read_text()) if sweep_path.exists() else {}
     model = _load_model(_config([]))
     data = {("budget_cpu_seconds_per_row" if unit == "cpu" else "budget_forward_passes_per_row"): budget,
@@ -279,7 +279,7 @@ def table(rows: list[str], budget: float, out: Path, sweep_path: Path, dev_limit
             rec = eval_row(model, *ICL[name], dev_limit)
         else:
             rec = train_row(model, ROWS[name][0], chosen_lr(name, swept), budget, dev_limit=dev_limit,
-                            dev_points=dev_points, test=name not in DEV_ONLY, unit=unit)
+                            dev_points=dev_points, test=test and name not in DEV_ONLY, unit=unit)
             rec["lr_source"] = "sweep" if LR_FROM.get(name, name) in swept.get("chosen", {}) else "prior"
         rec["row_wall_seconds"] = time.time() - t0 - sum(r.get("row_wall_seconds", 0) for r in data["rows"].values())
         data["rows"][name] = rec
@@ -305,6 +305,12 @@ def plot(data: dict, path: Path) -> None:
         pts = ([{"train_cpu_seconds": 0, "forward_passes": 0, "dev_accuracy": zero}] if zero is not None else []) + rec["curve"]
         axes[0].plot([p["train_cpu_seconds"] for p in pts], [p["dev_accuracy"] for p in pts], "o-", label=name)
         axes[1].plot([p["forward_passes"] for p in pts], [p["dev_accuracy"] for p in pts], "o-", label=name)
+    for name, rec in data.get("references", {}).items():  # rows of another table (another budget), dashed
+        label = f"{name} ({rec['measured_in']})"
+        axes[0].plot([p["train_cpu_seconds"] for p in rec["curve"]], [p["dev_accuracy"] for p in rec["curve"]], "x--",
+                     label=label)
+        axes[1].plot([p["forward_passes"] for p in rec["curve"]], [p["dev_accuracy"] for p in rec["curve"]], "x--",
+                     label=label)
     dev = f"dev accuracy ({data.get('dev_examples', 500)} reviews)"
     axes[0].set(xlabel="training CPU seconds (process time, 2 shared cores)", ylabel=dev)
     axes[1].set_xscale("symlog", linthresh=10)  # ZO rows take ~5x more (cheaper) passes than first-order ones
@@ -312,8 +318,11 @@ def plot(data: dict, path: Path) -> None:
     axes[0].legend(fontsize=7, loc="upper left")
     budget = ("equal CPU-time budget per row" if "budget_cpu_seconds_per_row" in data
               else f"equal budget of {data.get('budget_forward_passes_per_row')} forward passes per row")
-    fig.suptitle(f"SmolLM2-135M-Instruct, Rotten Tomatoes: {budget}; measured under load "
-                 "(load average per row: load_avg in the JSON)", fontsize=9)
+    loads = [x for r in data["rows"].values() if r["kind"] == "train" for x in r["load_avg"]]
+    cores = data.get("machine", {}).get("cpus") or 2
+    load = (f"measured under load (load average up to {max(loads):.0f} on {cores} cores; per row: load_avg in the JSON)"
+            if loads and max(loads) > cores else "load average per row: load_avg in the JSON")
+    fig.suptitle(f"SmolLM2-135M-Instruct, Rotten Tomatoes: {budget}; {load}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -384,6 +393,9 @@ def main(argv=None) -> int:
     p.add_argument("--plot", type=Path, default=RESULTS / "quality.png")
     p.add_argument("--report", action="store_true", help="print the docs/quality.md table of --json and redraw --plot")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --json, measure the others")
+    p.add_argument("--no-test", action="store_true", help="dev curves only: skip every row's test evaluation")
+    p.add_argument("--reference", action="append", default=[], metavar="FILE:ROW",
+                   help="with --report: plot ROW of results FILE (another table, another budget) as a dashed reference")
     p.add_argument("--merge", type=Path, action="append", default=[],
                    help="with --report: add the rows of this results file (e.g. measured by a parallel process) to --json")
     args = p.parse_args(argv)
@@ -393,7 +405,11 @@ def main(argv=None) -> int:
             other = json.loads(extra.read_text())
             data["rows"].update({k: {**v, "measured_in": extra.name} for k, v in other["rows"].items()})
             data.setdefault("merged", []).append(extra.name)
-        if args.merge:
+        for ref in args.reference:
+            path, row = ref.rsplit(":", 1)
+            data.setdefault("references", {})[row] = {**json.loads(Path(path).read_text())["rows"][row],
+                                                      "measured_in": Path(path).name}
+        if args.merge or args.reference:
             _write(args.json, data)
         plot(data, args.plot)
         print(markdown(data))
@@ -409,7 +425,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown rows {unknown}; known: {order + [r for r in ROWS if r not in order]}")
     data = table(rows, args.budget, args.json, args.sweep_json, args.dev_limit or None, args.resume, args.dev_points or 2,
-                 args.budget_unit)
+                 args.budget_unit, not args.no_test)
     plot(data, args.plot)
     return 0
 
