@@ -7,7 +7,10 @@ sigma). Here one hash makes
 * 2 ``float32`` normals (one per 32-bit word: inverse CDF fed the tail mass straight from the
   bits, so the tails are right to ~6.3 sigma),
 * 4 normals of a 16-bit (or narrower) dtype (one per 16-bit half: an exact 65536-entry
-  inverse-CDF table, to 4.32 sigma; a 128 KiB constant gather that XLA fuses), or
+  inverse-CDF table, to 4.32 sigma; on the CPU a 128 KiB constant gather that XLA fuses, the
+  fastest there; on TPU and GPU the same values computed, float32 erfinv rounded once with the
+  few lanes next to a rounding boundary patched, since a TPU gathers per element ~500x slower
+  than it copies), or
 * 64 Rademacher signs (one per bit),
 
 all as plain elementwise ops, so XLA fuses the draw into its consumer (``w + eps * z``: one
@@ -18,8 +21,10 @@ Addressing. A draw is a pure function of ``(key, i)``, ``i`` the element's row-m
 the full array (64-bit): element ``i`` takes lane ``i % g`` of hash counter ``i // g``
 (``g`` = values per hash). So the full array, any rows of its leading axis
 (:func:`normal_rows`: embedding rows, one layer of a stack inside a scan, blocks of a head),
-and any sharding of it are bit for bit the same values (16-bit dtypes and signs are integer
-ops and an exact table: the same on every backend; float32 goes through ``log``, reproducible
+and any sharding of it are bit for bit the same values (signs are integer ops: the same on
+every backend; 16-bit dtypes are the table's values on every backend as long as a backend evaluates the float32 erfinv
+within 8 ulps of the CPU (bfloat16; lanes nearer a rounding boundary are patched), checked
+on the CPU for all 65536 lanes, not yet on a device; float32 goes through ``log``, reproducible
 among compiled programs with runtime keys, as the engine's are, while a key that is a
 compile-time constant lets LLVM fold the ``log`` on the host, 1 ulp off, as it would for
 ``jax.random.normal``). The hash counter's high word carries
@@ -276,14 +281,56 @@ def _table16(dtype) -> np.ndarray:
     return _quantiles16().astype(jnp.dtype(dtype))
 
 
-def _normal16(bits, dtype):
-    """Normals from 16-bit lanes: an exact table lookup (a small constant gather, fused)."""
+def _lookup16(bits, dtype):
+    """Normals from 16-bit lanes by the table: a small constant gather that XLA fuses (the CPU's way)."""
     table = jnp.asarray(_table16(dtype))
     dnums = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,), start_index_map=(0,))
     return lax.gather(
         table, bits.astype(jnp.int32)[..., None], dnums, slice_sizes=(1,),
         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
     )
+
+
+# Lanes ``t`` (the low 15 bits; the sign bit mirrors them) where :func:`_computed16`'s float32 value
+# lies within ``_PATCH_ULPS`` float32 ulps of a rounding boundary of the dtype, or across one, as
+# compiled for the CPU: they take the table's value, so a backend whose float32 evaluation of the
+# formula is within that many ulps of the CPU's rounds every lane to the table's value.
+# tests/engine/test_rng.py recomputes both lists.
+_PATCH_ULPS = {"bfloat16": 8, "float16": 2}
+_PATCHES16: dict[str, tuple[int, ...]] = {
+    "bfloat16": (1561, 5118, 8377, 8593, 13611, 15833, 19549, 21707, 26274, 28762, 31890, 32083),
+    "float16": (1570, 5179, 5687, 7311, 10549, 11325, 11647, 13279, 14069, 18535, 18600, 18872, 19069, 23102,
+                26172, 31829),
+}
+
+
+def _computed16(bits, dtype, patched: bool = True):
+    """Normals from 16-bit lanes, computed: the table's quantile (tail mass ``(t + 1/2) / 2**15``
+    through the float32 erfinv, scaled as the table is), rounded once to ``dtype``; the few lanes
+    next to a rounding boundary (:data:`_PATCHES16`) take the table's value by a compare and select.
+    No gather: what TPUs do worst (a per-element table gather costs their compiler's model ~500x a
+    copy)."""
+    t = bits & _U32(0x7FFF)
+    q = (t.astype(jnp.float32) + np.float32(0.5)) * np.float32(2.0**-15)
+    z = (_erfinv_tail(q) * np.float32(_scale16())).astype(dtype)
+    if patched:
+        table = _table16(dtype)
+        for lane in _PATCHES16.get(jnp.dtype(dtype).name, ()):
+            z = jnp.where(t == _U32(lane), table[lane].astype(dtype), z)
+    return jnp.where(bits >> _U32(15) == _U32(1), -z, z)
+
+
+@functools.cache
+def _scale16() -> float:
+    """The unit-second-moment scale of :func:`_quantiles16` (the bins' midpoints alone give 0.99998)."""
+    nd = statistics.NormalDist()
+    return float(_quantiles16()[0] / nd.inv_cdf(1.0 - 0.5 / 65536.0))
+
+
+def _normal16(bits, dtype):
+    """Normals from 16-bit lanes: the table's values on every backend, by a lookup on the CPU (the
+    fastest there) and computed elsewhere (:func:`_computed16`)."""
+    return lax.platform_dependent(bits, cpu=lambda b: _lookup16(b, dtype), default=lambda b: _computed16(b, dtype))
 
 
 # Giles' single-precision erfinv ("Approximating the erfinv function", GPU Gems 2012), fed the
@@ -303,13 +350,18 @@ def _horner(coeffs, x):
     return p
 
 
-def _normal32(bits):
-    """float32 normals from 32-bit lanes: sign bit + 31-bit tail mass through erfinv."""
-    q = ((bits & _U32(0x7FFFFFFF)).astype(jnp.float32) + np.float32(0.5)) * np.float32(2.0**-31)
+def _erfinv_tail(q):
+    """``sqrt(2) * erfinv(1 - q)`` in float32 for a tail mass ``0 < q <= 1`` (the normal quantile of ``1 - q/2``)."""
     w = -jnp.log(q * (np.float32(2.0) - q))  # -log(1 - x^2), exact for small q
     central = _horner(_ERFINV_CENTRAL, w - np.float32(2.5))
     tail = _horner(_ERFINV_TAIL, jnp.sqrt(w) - np.float32(3.0))
-    z = jnp.where(w < np.float32(5.0), central, tail) * (np.float32(math.sqrt(2.0)) * (np.float32(1.0) - q))
+    return jnp.where(w < np.float32(5.0), central, tail) * (np.float32(math.sqrt(2.0)) * (np.float32(1.0) - q))
+
+
+def _normal32(bits):
+    """float32 normals from 32-bit lanes: sign bit + 31-bit tail mass through erfinv."""
+    q = ((bits & _U32(0x7FFFFFFF)).astype(jnp.float32) + np.float32(0.5)) * np.float32(2.0**-31)
+    z = _erfinv_tail(q)
     return jnp.where(bits >> _U32(31) == _U32(1), -z, z)
 
 

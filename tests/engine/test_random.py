@@ -139,6 +139,26 @@ def test_16bit_table():
         assert abs(np.mean(td.astype(np.float64) ** 2) - 1) < 1e-4
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float8_e4m3fn])
+def test_16bit_computed_equals_table(dtype):
+    """Off the CPU 16-bit normals are computed, not looked up (a TPU gathers per element badly): the
+    same value as the table for all 65536 lanes, and every lane that is not patched lies at least
+    ``_PATCH_ULPS`` float32 ulps from a rounding boundary, so a backend evaluating the float32
+    formula that close to the CPU rounds it the same way. Recomputes the patch list."""
+    name = jnp.dtype(dtype).name
+    bits = jnp.arange(65536, dtype=jnp.uint32)
+    got = np.asarray(jax.jit(lambda b: _rng._computed16(b, dtype))(bits))
+    np.testing.assert_array_equal(got.astype(np.float32), _rng._table16(dtype).astype(np.float32))
+    y = np.asarray(jax.jit(lambda b: _rng._computed16(b, jnp.float32, patched=False))(bits[:32768]))
+    rounded = y.astype(jnp.dtype(dtype))
+    up = np.nextafter(rounded, np.array(np.inf, rounded.dtype)).astype(np.float64)
+    down = np.nextafter(rounded, np.array(-np.inf, rounded.dtype)).astype(np.float64)
+    r = rounded.astype(np.float64)
+    margin = np.minimum(abs(y - (r + up) / 2), abs(y - (r + down) / 2)) / np.spacing(y).astype(np.float64)
+    near = (margin < _rng._PATCH_ULPS.get(name, 8)) | (r != _rng._table16(dtype)[:32768].astype(np.float64))
+    assert tuple(np.nonzero(near)[0]) == _rng._PATCHES16.get(name, ())
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_16bit_is_gaussian(dtype):
     lanes = _lanes16(KEY, N)

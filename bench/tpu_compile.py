@@ -1,0 +1,292 @@
+"""Every program zojax runs, compiled for real TPU topologies on this (CPU-only) machine.
+
+    python bench/tpu_compile.py                          # the sweep -> bench/results/tpu_compile.json
+    python bench/tpu_compile.py --topologies v5e-8 --members 1 --model tiny-opt --layers 2 --json -
+
+jax with ``libtpu`` installed (the test extra: ``jax[tpu]``) compiles for a TPU slice without one
+(``jax.experimental.topologies.get_topology_desc``, MaxText's ``train_compile.py`` route): arguments
+are ``jax.ShapeDtypeStruct`` with shardings on zojax's own ``(pop, model)`` mesh (the family's
+tensor-parallel rules), nothing is allocated. Per program it records whether it compiles, the HBM per
+chip (arguments + temporaries + outputs - aliased, from ``memory_analysis``) and the TPU compiler's
+cost model (``cost_analysis``: flops, bytes accessed, ``optimal_seconds``, per chip).
+
+THE COST MODEL IS NOT A MEASUREMENT. It charges memory traffic and MXU work, hardly any vector ALU
+work (threefry hashing is nearly free in it): it exposes memory disasters (a per-element gather),
+not slow arithmetic. It counts a ``while`` body once (layers are unrolled here so every layer counts;
+MeZO scores all its members at once, no ``lax.map`` loop) and takes the max over ``lax.cond``
+branches: the LoZO step is compiled without its fold (``lozo``) and the fold alone (``lozo_fold``,
+reported per step as fold / ``refresh_every``), and every step's finiteness check and update count
+as if taken.
+
+Programs (per topology and K): ``forward`` (the 2·K·B sequences a step scores, batch split over
+``pop``), ``lozo`` (rank 2, adapter state, lora scope), ``lozo_fold``, ``factorized`` (rank 128,
+lora scope, adapter path), ``mezo`` (dense Gaussian over every parameter, lazy dense).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` and ``zojax`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "bench"  # noqa: A001
+
+# libtpu looks for a TPU VM's metadata at import; compiling for a described topology needs none
+for _var, _value in (("TPU_ACCELERATOR_TYPE", "v5litepod-8"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                     ("TPU_SKIP_MDS_QUERY", "1"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+                     ("TF_CPP_MIN_LOG_LEVEL", "3")):
+    os.environ.setdefault(_var, _value)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import zojax  # noqa: E402
+from zojax import parallel  # noqa: E402
+from zojax.models import sharding_rules  # noqa: E402
+
+from . import common, measures  # noqa: E402
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A TPU slice as ``get_topology_desc`` takes it (MaxText's accelerator map), with its HBM per chip."""
+
+    topology: str
+    chip_config: str
+    chips_per_host: tuple[int, int, int]
+    hbm_bytes: int
+
+
+TOPOLOGIES: dict[str, Topology] = {
+    "v5e-8": Topology("v5e:2x4", "default", (2, 2, 1), 16 * GiB),
+    "v5p-8": Topology("v5:2x2x1", "megacore", (2, 2, 1), 95 * GiB),
+    "v6e-8": Topology("v6e:2x4", "default", (2, 2, 1), 32 * GiB),
+    "v5e-32": Topology("v5e:4x8", "default", (2, 2, 1), 16 * GiB),  # 8 hosts of 4 chips
+}
+
+PROGRAMS = ("forward", "lozo", "lozo_fold", "factorized", "mezo")
+
+#: Targets of issue 21 (the cost model's ``optimal_seconds``, program / forward of the same sequences).
+TARGETS = {"lozo": 1.05, "lozo_fold_per_step": 0.05, "factorized": 1.15, "mezo": {1: 1.5, 8: 1.8},
+           "hbm_ratio": 1.10}
+
+
+def tpu_available() -> str | None:
+    """None when TPU programs can be compiled here, else why not (one line)."""
+    try:
+        import libtpu  # noqa: F401
+    except ImportError as e:
+        return f"libtpu is not installed ({e}); pip install 'jax[tpu]' (the test extra does)"
+    try:
+        devices(TOPOLOGIES["v5e-8"])
+    except Exception as e:  # noqa: BLE001 - any failure of the topology API means no TPU compiles here
+        return f"libtpu cannot describe a TPU topology here: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return None
+
+
+def devices(topo: Topology) -> list:
+    from jax.experimental import topologies
+
+    return list(topologies.get_topology_desc(
+        platform="tpu", topology_name=topo.topology, chip_config_name=topo.chip_config,
+        chips_per_host_bounds=topo.chips_per_host, num_slices=1, wrap=(False, False, False)).devices)
+
+
+def mesh_shape(chips: int, members: int, max_model: int = 8) -> tuple[int, int]:
+    """``(pop, model)``: tensor parallelism over up to ``max_model`` chips (one host's worth), the rest
+    of the slice over the population, as far as K allows (``pop`` must divide K)."""
+    pop = math.gcd(members, max(1, chips // max_model))
+    return pop, chips // pop
+
+
+def _sds(tree, shardings):
+    return jax.tree.map(lambda x, s: None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings, is_leaf=lambda x: x is None)
+
+
+def _batch_sds(batch, mesh, split_pop: bool):
+    pop = parallel.pop_size(mesh)
+
+    def one(x):
+        spec = P(parallel.POP) if split_pop and x.shape[0] % pop == 0 else P()
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
+
+    return jax.tree.map(one, batch)
+
+
+def _no_fold(optimizer):
+    """The LoZO adapter-state optimiser with its fold taken out (what a step inside a V window runs)."""
+    return optimizer._replace(fold=lambda params, state, key, step, force=False: (params, state))
+
+
+def _spec(method: str, members: int) -> zojax.ZOSpec:
+    base = "lozo" if method == "lozo_fold" else method
+    spec = common.spec_for(base, members, chunk_size=members)
+    # all members at once: a lax.map over chunks is a while loop, which cost analysis counts once
+    return dataclasses.replace(spec, chunk_size=None)
+
+
+def lower(method: str, bundle, batch, members: int, mesh):
+    """The lowered program ``method`` (see :data:`PROGRAMS`) for ``members`` and ``mesh``, from shapes."""
+    rules = sharding_rules(bundle.family)
+    loss = common.loss_fn(bundle, unroll_layers=True)
+    params = _sds(bundle.params, parallel.param_shardings(bundle.params, mesh, rules))
+    if method == "forward":
+        tiled = jax.eval_shape(lambda b: common.tile(b, 2 * members), batch)
+        return zojax.accelerator.jit(loss).lower(params, _batch_sds(tiled, mesh, True))
+    spec = _spec(method, members)
+    opt = common.optimizer(1e-7, spec)
+    state, frozen = jax.eval_shape(lambda p: zojax.init(p, spec, opt, jax.random.PRNGKey(0)), bundle.params)
+    state = _sds(state, parallel.state_shardings(state, mesh, rules))
+    frozen = _sds(frozen, parallel.param_shardings(frozen, mesh, rules))
+    if method == "lozo_fold":
+        def fold(params, opt_state, key, step):
+            return opt.fold(params, opt_state, key, step, force=True)
+
+        return zojax.accelerator.jit(fold, donate_argnums=(0, 1)).lower(
+            state.params, state.opt_state, state.key, state.step)
+    if method == "lozo":
+        opt = _no_fold(opt)
+    step = zojax.make_step(loss, spec, opt, mesh=mesh, rules=rules).step
+    return step.lower(state, frozen, _batch_sds(batch, mesh, False))
+
+
+def analyse(compiled, hbm_bytes: int) -> dict:
+    m = compiled.memory_analysis()
+    hbm = (int(m.argument_size_in_bytes) + int(m.temp_size_in_bytes) + int(m.output_size_in_bytes)
+           - int(m.alias_size_in_bytes))
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"compiles": True, "hbm_bytes": hbm, "hbm_fraction": hbm / hbm_bytes,
+            "argument_bytes": int(m.argument_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes),
+            "flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+            "optimal_seconds": float(cost.get("optimal_seconds", 0.0))}
+
+
+def compile_one(method: str, bundle, batch, members: int, mesh, hbm_bytes: int) -> dict:
+    t0 = time.perf_counter()
+    try:
+        row = analyse(lower(method, bundle, batch, members, mesh).compile(), hbm_bytes)
+    except Exception as e:  # noqa: BLE001 - a program that does not compile is a result, recorded
+        row = {"compiles": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    row["compile_s"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def ratios(rows: dict, refresh_every: int) -> dict:
+    """Each program's ``optimal_seconds`` and HBM over the forward's (the fold per step: / refresh_every)."""
+    fwd = rows.get("forward", {})
+    out = {}
+    if not fwd.get("compiles"):
+        return out
+    for name, row in rows.items():
+        if name == "forward" or not row.get("compiles"):
+            continue
+        t = row["optimal_seconds"] / fwd["optimal_seconds"]
+        if name == "lozo_fold":
+            out["lozo_fold_per_step"] = t / refresh_every
+        else:
+            out[name] = t
+            out[f"{name}_hbm"] = row["hbm_bytes"] / fwd["hbm_bytes"]
+    return out
+
+
+def sweep(model: str, layers: int, topologies, members, programs=PROGRAMS, batch_size: int = 16,
+          seq_len: int = 48, log=print) -> dict:
+    bundle = measures.abstract_bundle(model, layers, jnp.bfloat16)
+    batch = jax.eval_shape(lambda: common.make_batch(bundle, batch_size, seq_len))
+    refresh_every = common.spec_for("lozo", 1).noise.refresh_every
+    out = {"model": f"{model} shape, {bundle.config.num_hidden_layers} layers unrolled, bf16 weights and compute",
+           "batch_size": batch_size, "seq_len": seq_len, "refresh_every": refresh_every, "topologies": {}}
+    for name in topologies:
+        topo = TOPOLOGIES[name]
+        devs = devices(topo)
+        per_k = {}
+        for k in members:
+            pop, model_axis = mesh_shape(len(devs), k)
+            mesh = parallel.make_mesh(pop, model_axis, devs)
+            rows = {}
+            for method in programs:
+                rows[method] = compile_one(method, bundle, batch, k, mesh, topo.hbm_bytes)
+                r = rows[method]
+                log(f"  {name} K={k} mesh {pop}x{model_axis} {method}: "
+                    + (f"{r['optimal_seconds'] * 1e3:.3f} ms, {r['hbm_bytes'] / GiB:.2f} GiB/chip"
+                       if r["compiles"] else r["error"]) + f" ({r['compile_s']} s)")
+            per_k[str(k)] = {"mesh": {"pop": pop, "model": model_axis}, "programs": rows,
+                             "ratios": ratios(rows, refresh_every)}
+            jax.clear_caches()
+        out["topologies"][name] = {"chips": len(devs), "hosts": len({d.process_index for d in devs}),
+                                   "device_kind": devs[0].device_kind, "hbm_per_chip_bytes": topo.hbm_bytes,
+                                   "by_k": per_k}
+    return out
+
+
+def layer_bytes_per_chip(model: str, layers: int, chips_model: int) -> float:
+    """Bytes of one decoder layer's weights on one chip (bf16, split ``chips_model`` ways where the rules split)."""
+    bundle = measures.abstract_bundle(model, layers, jnp.bfloat16)
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(bundle.params["layers"]))
+    return total / layers / chips_model  # an upper bound's neighbour: norms and row biases are replicated
+
+
+def table(res: dict) -> str:
+    lines = ["| slice | K | mesh | forward ms | LoZO | fold/refresh | factorized | MeZO | LoZO HBM | MeZO HBM "
+             "| forward GiB/chip |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in res["topologies"].items():
+        for k, row in t["by_k"].items():
+            r, fwd = row["ratios"], row["programs"]["forward"]
+            f = lambda key: f"{r[key]:.3f}" if key in r else "fails"  # noqa: E731
+            fwd_ms = f"{fwd['optimal_seconds'] * 1e3:.2f}" if fwd.get("compiles") else "fails"
+            fwd_gib = f"{fwd['hbm_bytes'] / GiB:.2f}" if fwd.get("compiles") else "-"
+            lines.append(f"| {name} | {k} | {row['mesh']['pop']}x{row['mesh']['model']} | {fwd_ms} | {f('lozo')} "
+                         f"| {f('lozo_fold_per_step')} | {f('factorized')} | {f('mezo')} | {f('lozo_hbm')} "
+                         f"| {f('mezo_hbm')} | {fwd_gib} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="opt-13b")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    ap.add_argument("--members", default="1,8")
+    ap.add_argument("--programs", default=",".join(PROGRAMS))
+    ap.add_argument("--json", default="bench/results/tpu_compile.json", help="'-' prints it")
+    args = ap.parse_args(argv)
+    why = tpu_available()
+    if why:
+        sys.exit(f"tpu_compile: {why}")
+    t0 = time.perf_counter()
+    with contextlib.suppress(OSError):
+        load = Path("/proc/loadavg").read_text().split()[:3]
+    res = sweep(args.model, args.layers, args.topologies.split(","), [int(k) for k in args.members.split(",")],
+                tuple(args.programs.split(",")))
+    res.update({"what": "the TPU compiler's cost model and memory analysis (libtpu, compiled on a CPU host), "
+                        "not a measurement", "jax": jax.__version__, "targets": TARGETS,
+                "wall_s": round(time.perf_counter() - t0, 1), "loadavg_start": load})
+    with contextlib.suppress(ImportError, AttributeError):
+        import importlib.metadata
+
+        res["libtpu"] = importlib.metadata.version("libtpu")
+    text = json.dumps(res, indent=1)
+    if args.json == "-":
+        print(text)
+    else:
+        Path(args.json).write_text(text + "\n")
+    print(table(res))
+    print(f"wall {res['wall_s']} s")
+
+
+if __name__ == "__main__":
+    main()
