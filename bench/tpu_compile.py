@@ -47,6 +47,7 @@ for _var, _value in (("TPU_ACCELERATOR_TYPE", "v5litepod-8"), ("TPU_WORKER_HOSTN
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
@@ -54,7 +55,7 @@ import zojax  # noqa: E402
 from zojax import parallel  # noqa: E402
 from zojax.models import sharding_rules  # noqa: E402
 
-from . import common, measures  # noqa: E402
+from . import common  # noqa: E402
 
 GiB = 2**30
 
@@ -203,41 +204,49 @@ def ratios(rows: dict, refresh_every: int) -> dict:
     return out
 
 
+def abstract_bundle(model: str, layers: int, **config) -> common.Bundle:
+    """A bf16 bundle of shapes only: a :data:`bench.common.SHAPES` model, ``layers`` deep, ``config``
+    fields replaced (the CI test's wide two-layer model)."""
+    family, base = common.SHAPES[model]
+    base = dataclasses.replace(base, num_hidden_layers=layers, **config)
+    abstract = nnx.eval_shape(lambda: family.Model(base, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+    return common.Bundle(model, family, base, params, jnp.bfloat16)
+
+
+def compile_programs(bundle, topology: str, members: int, programs=PROGRAMS, batch_size: int = 16,
+                     seq_len: int = 48, log=print) -> dict:
+    """One topology and K: the mesh, each program's row and the ratios to the forward."""
+    topo = TOPOLOGIES[topology]
+    devs = devices(topo)
+    batch = jax.eval_shape(lambda: common.make_batch(bundle, batch_size, seq_len))
+    pop, model_axis = mesh_shape(len(devs), members)
+    mesh = parallel.make_mesh(pop, model_axis, devs)
+    rows = {}
+    for method in programs:
+        rows[method] = r = compile_one(method, bundle, batch, members, mesh, topo.hbm_bytes)
+        log(f"  {topology} K={members} mesh {pop}x{model_axis} {method}: "
+            + (f"{r['optimal_seconds'] * 1e3:.3f} ms, {r['hbm_bytes'] / GiB:.2f} GiB/chip"
+               if r["compiles"] else r["error"]) + f" ({r['compile_s']} s)")
+    refresh_every = common.spec_for("lozo", 1).noise.refresh_every
+    jax.clear_caches()
+    return {"mesh": {"pop": pop, "model": model_axis}, "programs": rows, "ratios": ratios(rows, refresh_every)}
+
+
 def sweep(model: str, layers: int, topologies, members, programs=PROGRAMS, batch_size: int = 16,
           seq_len: int = 48, log=print) -> dict:
-    bundle = measures.abstract_bundle(model, layers, jnp.bfloat16)
-    batch = jax.eval_shape(lambda: common.make_batch(bundle, batch_size, seq_len))
+    bundle = abstract_bundle(model, layers)
     refresh_every = common.spec_for("lozo", 1).noise.refresh_every
     out = {"model": f"{model} shape, {bundle.config.num_hidden_layers} layers unrolled, bf16 weights and compute",
            "batch_size": batch_size, "seq_len": seq_len, "refresh_every": refresh_every, "topologies": {}}
     for name in topologies:
-        topo = TOPOLOGIES[name]
-        devs = devices(topo)
-        per_k = {}
-        for k in members:
-            pop, model_axis = mesh_shape(len(devs), k)
-            mesh = parallel.make_mesh(pop, model_axis, devs)
-            rows = {}
-            for method in programs:
-                rows[method] = compile_one(method, bundle, batch, k, mesh, topo.hbm_bytes)
-                r = rows[method]
-                log(f"  {name} K={k} mesh {pop}x{model_axis} {method}: "
-                    + (f"{r['optimal_seconds'] * 1e3:.3f} ms, {r['hbm_bytes'] / GiB:.2f} GiB/chip"
-                       if r["compiles"] else r["error"]) + f" ({r['compile_s']} s)")
-            per_k[str(k)] = {"mesh": {"pop": pop, "model": model_axis}, "programs": rows,
-                             "ratios": ratios(rows, refresh_every)}
-            jax.clear_caches()
+        devs = devices(TOPOLOGIES[name])
+        per_k = {str(k): compile_programs(bundle, name, k, programs, batch_size, seq_len, log) for k in members}
         out["topologies"][name] = {"chips": len(devs), "hosts": len({d.process_index for d in devs}),
-                                   "device_kind": devs[0].device_kind, "hbm_per_chip_bytes": topo.hbm_bytes,
+                                   "device_kind": devs[0].device_kind,
+                                   "hbm_per_chip_bytes": TOPOLOGIES[name].hbm_bytes,
                                    "by_k": per_k}
     return out
-
-
-def layer_bytes_per_chip(model: str, layers: int, chips_model: int) -> float:
-    """Bytes of one decoder layer's weights on one chip (bf16, split ``chips_model`` ways where the rules split)."""
-    bundle = measures.abstract_bundle(model, layers, jnp.bfloat16)
-    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(bundle.params["layers"]))
-    return total / layers / chips_model  # an upper bound's neighbour: norms and row biases are replicated
 
 
 def table(res: dict) -> str:
@@ -246,7 +255,7 @@ def table(res: dict) -> str:
     for name, t in res["topologies"].items():
         for k, row in t["by_k"].items():
             r, fwd = row["ratios"], row["programs"]["forward"]
-            f = lambda key: f"{r[key]:.3f}" if key in r else "fails"  # noqa: E731
+            f = lambda key, r=r: f"{r[key]:.3f}" if key in r else "fails"  # noqa: E731
             fwd_ms = f"{fwd['optimal_seconds'] * 1e3:.2f}" if fwd.get("compiles") else "fails"
             fwd_gib = f"{fwd['hbm_bytes'] / GiB:.2f}" if fwd.get("compiles") else "-"
             lines.append(f"| {name} | {k} | {row['mesh']['pop']}x{row['mesh']['model']} | {fwd_ms} | {f('lozo')} "
