@@ -37,8 +37,9 @@ group. ``grouped``: one hash per ``g`` values along the last axis, lanes expande
 loop fusion still recomputes it per element (measured: no faster), an accelerator's fusion
 may keep it once (measure with ``bench/rng.py``). ``buffered``: grouped with the hash words
 stored first (``8 / g`` bytes per value): each hash computed once. ``auto`` (the default):
-buffered for signs (1/8 byte per value, 3-5x faster on CPU), elementwise for normals (their
-buffer would be as large as ``z``). Hashing once per group *inside* the consumer, with no
+buffered for signs on the CPU (1/8 byte per value, 3-5x faster there; elementwise on
+accelerators, where the TPU compiler's model prices the buffer at 7x a pass), elementwise
+for normals (their buffer would be as large as ``z``). Hashing once per group *inside* the consumer, with no
 buffer, takes a kernel of its own (Pallas) computing these same lanes.
 
 >>> key = jax.random.PRNGKey(0)
@@ -401,7 +402,15 @@ def _draw(key, rows, *, kind: str, shape: tuple, dtype, strategy: str) -> jax.Ar
     else:
         shape, lead, row, row_shape = _rows_layout(rows, shape)
     width = 1 if kind == "sign" else _normal_width(dtype)
-    bits = _bits(key_words(key), width, shape, lead, row, row_shape, _strategy(strategy, width))
+    words = key_words(key)
+    if strategy == "auto" and width == 1:
+        # auto signs: their stored hashes are 3-5x faster on the CPU, while the TPU compiler's model
+        # prices that buffer at 7x a plain pass over the weight; the same values either way
+        bits = lax.platform_dependent(
+            *words, cpu=lambda *w: _bits(w, width, shape, lead, row, row_shape, "buffered"),
+            default=lambda *w: _bits(w, width, shape, lead, row, row_shape, "elementwise"))
+    else:
+        bits = _bits(words, width, shape, lead, row, row_shape, _strategy(strategy, width))
     return _sign_values(bits, dtype) if kind == "sign" else _normal_values(bits, width, dtype)
 
 
