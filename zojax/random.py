@@ -14,17 +14,18 @@ sigma). Here one hash makes
 * 64 Rademacher signs (one per bit),
 
 all as plain elementwise ops, so XLA fuses the draw into its consumer (``w + eps * z``: one
-pass over the weight, no direction-sized buffer; signs first store their hashes, 1/8 byte
-per value).
+pass over the weight, no direction-sized buffer; on the CPU signs first store their hashes,
+1/8 byte per value).
 
 Addressing. A draw is a pure function of ``(key, i)``, ``i`` the element's row-major index in
 the full array (64-bit): element ``i`` takes lane ``i % g`` of hash counter ``i // g``
 (``g`` = values per hash). So the full array, any rows of its leading axis
 (:func:`normal_rows`: embedding rows, one layer of a stack inside a scan, blocks of a head),
 and any sharding of it are bit for bit the same values (signs are integer ops: the same on
-every backend; 16-bit dtypes are the table's values on every backend as long as a backend evaluates the float32 erfinv
-within 8 ulps of the CPU (bfloat16; lanes nearer a rounding boundary are patched), checked
-on the CPU for all 65536 lanes, not yet on a device; float32 goes through ``log``, reproducible
+every backend; 16-bit dtypes are the table's values on every backend as long as a backend
+evaluates the float32 erfinv within 8 ulps of the CPU (bfloat16; lanes nearer a rounding
+boundary are patched), checked on the CPU for all 65536 lanes, not yet on a device; float32
+goes through ``log``, reproducible
 among compiled programs with runtime keys, as the engine's are, while a key that is a
 compile-time constant lets LLVM fold the ``log`` on the host, 1 ulp off, as it would for
 ``jax.random.normal``). The hash counter's high word carries
@@ -39,8 +40,8 @@ may keep it once (measure with ``bench/rng.py``). ``buffered``: grouped with the
 stored first (``8 / g`` bytes per value): each hash computed once. ``auto`` (the default):
 buffered for signs on the CPU (1/8 byte per value, 3-5x faster there; elementwise on
 accelerators, where the TPU compiler's model prices the buffer at 7x a pass), elementwise
-for normals (their buffer would be as large as ``z``). Hashing once per group *inside* the consumer, with no
-buffer, takes a kernel of its own (Pallas) computing these same lanes.
+for normals (their buffer would be as large as ``z``). Hashing once per group *inside* the
+consumer, with no buffer, takes a kernel of its own (Pallas) computing these same lanes.
 
 >>> key = jax.random.PRNGKey(0)
 >>> z = normal(key, (4, 6), jnp.bfloat16)
@@ -296,7 +297,7 @@ def _lookup16(bits, dtype):
 # lies within ``_PATCH_ULPS`` float32 ulps of a rounding boundary of the dtype, or across one, as
 # compiled for the CPU: they take the table's value, so a backend whose float32 evaluation of the
 # formula is within that many ulps of the CPU's rounds every lane to the table's value.
-# tests/engine/test_rng.py recomputes both lists.
+# tests/engine/test_random.py recomputes both lists.
 _PATCH_ULPS = {"bfloat16": 8, "float16": 2}
 _PATCHES16: dict[str, tuple[int, ...]] = {
     "bfloat16": (1561, 5118, 8377, 8593, 13611, 15833, 19549, 21707, 26274, 28762, 31890, 32083),

@@ -147,16 +147,16 @@ def test_16bit_computed_equals_table(dtype):
     formula that close to the CPU rounds it the same way. Recomputes the patch list."""
     name = jnp.dtype(dtype).name
     bits = jnp.arange(65536, dtype=jnp.uint32)
-    got = np.asarray(jax.jit(lambda b: _rng._computed16(b, dtype))(bits))
-    np.testing.assert_array_equal(got.astype(np.float32), _rng._table16(dtype).astype(np.float32))
-    y = np.asarray(jax.jit(lambda b: _rng._computed16(b, jnp.float32, patched=False))(bits[:32768]))
+    got = np.asarray(jax.jit(lambda b: zrandom._computed16(b, dtype))(bits))
+    np.testing.assert_array_equal(got.astype(np.float32), zrandom._table16(dtype).astype(np.float32))
+    y = np.asarray(jax.jit(lambda b: zrandom._computed16(b, jnp.float32, patched=False))(bits[:32768]))
     rounded = y.astype(jnp.dtype(dtype))
     up = np.nextafter(rounded, np.array(np.inf, rounded.dtype)).astype(np.float64)
     down = np.nextafter(rounded, np.array(-np.inf, rounded.dtype)).astype(np.float64)
     r = rounded.astype(np.float64)
     margin = np.minimum(abs(y - (r + up) / 2), abs(y - (r + down) / 2)) / np.spacing(y).astype(np.float64)
-    near = (margin < _rng._PATCH_ULPS.get(name, 8)) | (r != _rng._table16(dtype)[:32768].astype(np.float64))
-    assert tuple(np.nonzero(near)[0]) == _rng._PATCHES16.get(name, ())
+    near = (margin < zrandom._PATCH_ULPS.get(name, 8)) | (r != zrandom._table16(dtype)[:32768].astype(np.float64))
+    assert tuple(np.nonzero(near)[0]) == zrandom._PATCHES16.get(name, ())
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
