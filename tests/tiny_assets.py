@@ -66,3 +66,32 @@ def make_assets(
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentences(rows, 0, movie=movie)))
     return root
+
+
+CHARS = "0123456789+-*/()<>=?:.,[] \nabcdefghijklmnopqrstuvwxyzAQUW"
+
+
+def make_char_assets(root: Path) -> Path:
+    """Write ``root/model``: a 2-layer random Llama with a character-level tokenizer (digits, operators,
+    lower-case letters), for the reward tasks, whose prompts and answers are arithmetic; returns ``root``."""
+    from flax import nnx
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    from zojax.models import llama, save_pretrained
+
+    root = Path(root)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    hf = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )
+    config = llama.Config.from_hf(hf)
+    save_pretrained(llama.Model(config, rngs=nnx.Rngs(0)), config, root / "model", tokenizer)
+    return root

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,22 @@ from zojax.paths import leaf_key, path_str
 from zojax.scope import combine, partition
 from zojax.types import PyTree
 
-__all__ = ["ZOSpec", "score", "center_loss", "perturb", "scale_directions"]
+__all__ = ["ZOSpec", "Member", "score", "center_loss", "perturb", "scale_directions", "takes_member"]
 
+
+class Member(NamedTuple):
+    """Which population member a loss is computed for: the run key, the step and the member's index
+    (``members`` for the unperturbed centre of one-sided scoring). A loss that samples (generation) derives
+    its keys from these, so every member draws its own samples and a run replays from its seed log."""
+
+    key: jax.Array
+    step: jax.Array
+    index: jax.Array
+
+
+def takes_member(loss_fn) -> bool:
+    """Whether ``loss_fn`` is called as ``loss_fn(params, batch, member)`` (it sets ``takes_member = True``)."""
+    return bool(getattr(loss_fn, "takes_member", False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +249,10 @@ def score(
                     perturbed = _perturb_lazy(base, dirs, sign * eps, spec, key, step, member)
                 else:
                     perturbed = perturb(base, dirs, sign * eps, spec.noise, spec.adapter)
-                return _scalar_loss(loss_fn(combine(perturbed, frozen), batch))
+                member_id = Member(key, jnp.asarray(step), member)
+                return _scalar_loss(_call(loss_fn, combine(perturbed, frozen), batch, member_id))
 
+            # the signs of a member share its sampling keys (common random numbers for the pair)
             return jax.vmap(one_sign)(signs)
 
         if spec.chunk_size is None or spec.chunk_size >= members.shape[0]:
@@ -265,14 +281,23 @@ def score(
         losses = jax.lax.with_sharding_constraint(losses, parallel.replicated(mesh))
     if spec.sided == "two":
         return losses
-    unperturbed = center_loss(loss_fn, base, frozen, batch)
+    unperturbed = center_loss(loss_fn, base, frozen, batch, Member(key, jnp.asarray(step), jnp.asarray(spec.members)))
     return jnp.concatenate([losses, jnp.broadcast_to(unperturbed, losses.shape)], axis=1)
 
 
-def center_loss(loss_fn, base: PyTree, frozen: PyTree, batch) -> jax.Array:
+def center_loss(loss_fn, base: PyTree, frozen: PyTree, batch, member: Member | None = None) -> jax.Array:
     """The loss at the unperturbed weights (one-sided scoring's reference, HiZOO's ``L(theta)``):
-    ``base`` is the trainable part (``None`` at frozen leaves), as :func:`score` takes it."""
-    return _scalar_loss(loss_fn(combine(base, frozen), batch))
+    ``base`` is the trainable part (``None`` at frozen leaves), as :func:`score` takes it. A loss that
+    takes a member (:func:`takes_member`) needs ``member``."""
+    return _scalar_loss(_call(loss_fn, combine(base, frozen), batch, member))
+
+
+def _call(loss_fn, params, batch, member: Member | None):
+    if not takes_member(loss_fn):
+        return loss_fn(params, batch)
+    if member is None:
+        raise ValueError("this loss samples per member (takes_member): call it with a Member")
+    return loss_fn(params, batch, member)
 
 
 def _scalar_loss(loss) -> jax.Array:

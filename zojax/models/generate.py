@@ -15,38 +15,89 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["generate"]
+__all__ = ["generate", "decode", "left_pad", "cut_at_eos", "stop_tokens"]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos", "pad", "top_k", "greedy"))
-def _decode(graphdef, state, ids, mask, cache, key, temperature, *, max_new_tokens, eos, pad, top_k, greedy):
-    model = nnx.merge(graphdef, state)
+def decode(model, ids, mask, cache, row_keys, temperature, *, max_new_tokens: int, eos: tuple = (), pad: int = 0,
+           top_k: int = 0, greedy: bool = True) -> jax.Array:
+    """New tokens ``(B, max_new_tokens)`` for left-padded prompts ``ids``/``mask`` ``(B, T)``: prefill, then a
+    ``lax.scan`` of one-token steps over the KV ``cache`` (``model.init_cache(B, >= T + max_new_tokens)``).
+
+    Pure and traceable: ``model`` is a family model (its weights may be :class:`zojax.nn.Perturbed`), and under
+    ``vmap`` over a population the decode steps of every member run as one batch. Row ``b``'s token ``t`` is
+    drawn with ``fold_in(row_keys[b], t)``, so a row's sample depends on its own key only (not on the batch it
+    sits in). After a row emits a token of ``eos`` it emits ``pad``.
+    """
     B, T = ids.shape
     eos_ids = jnp.asarray(eos if eos else (-1,), jnp.int32)
-    keys = jax.random.split(key, max_new_tokens)  # one key per new token (unused when greedy)
 
-    def pick(logits, key):
+    def pick(logits, t):
         if greedy:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
         logits = logits.astype(jnp.float32) / temperature
         if top_k:
             kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
             logits = jnp.where(logits < kth, -jnp.inf, logits)
-        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
+        return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
     last = jnp.full((B, 1), T - 1, jnp.int32)  # left padding: every prompt ends at T - 1
     logits, cache = model(ids, mask, logits_positions=last, cache=cache)
-    tok = pick(logits[:, 0], keys[0])
+    tok = pick(logits[:, 0], 0)
     done = jnp.isin(tok, eos_ids)
 
-    def step(carry, key):
+    def step(carry, t):
         tok, done, cache = carry
         logits, cache = model(tok[:, None], jnp.ones((B, 1), jnp.int32), cache=cache)
-        nxt = jnp.where(done, pad, pick(logits[:, 0], key))
+        nxt = jnp.where(done, pad, pick(logits[:, 0], t))
         return (nxt, done | jnp.isin(nxt, eos_ids), cache), nxt
 
-    _, rest = jax.lax.scan(step, (tok, done, cache), keys[1:])
+    _, rest = jax.lax.scan(step, (tok, done, cache), jnp.arange(1, max_new_tokens))
     return jnp.concatenate([tok[:, None], rest.T], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos", "pad", "top_k", "greedy"))
+def _decode(graphdef, state, ids, mask, cache, key, temperature, *, max_new_tokens, eos, pad, top_k, greedy):
+    row_keys = jax.random.split(key, ids.shape[0])
+    return decode(nnx.merge(graphdef, state), ids, mask, cache, row_keys, temperature, max_new_tokens=max_new_tokens,
+                  eos=eos, pad=pad, top_k=top_k, greedy=greedy)
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, bucket: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id lists as one left-padded batch ``(ids, mask)`` of shape ``(B, T)``, ``T`` a multiple of ``bucket``."""
+    T = -(-max(map(len, seqs)) // bucket) * bucket
+    ids = np.full((len(seqs), T), pad, np.int32)
+    mask = np.zeros((len(seqs), T), np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s) :] = s
+        mask[i, T - len(s) :] = 1
+    return ids, mask
+
+
+def cut_at_eos(row, eos: tuple) -> list[int]:
+    """A row of new tokens up to and including its first stop token."""
+    row = [int(t) for t in row]
+    for j, t in enumerate(row):
+        if t in eos:
+            return row[: j + 1]
+    return row
+
+
+def stop_tokens(model, tokenizer, eos_token_id=None, pad_token_id=None) -> tuple[tuple[int, ...], int]:
+    """``(eos ids, pad id)``: given, else the tokenizer's, else the model config's (pad falls back to eos, then 0)."""
+    config = model.config
+    if eos_token_id is None:
+        eos_token_id = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+        if eos_token_id is None:
+            eos_token_id = getattr(config, "eos_token_id", None)
+    eos = tuple(int(e) for e in _as_list(eos_token_id)) if eos_token_id is not None else ()
+    if pad_token_id is None:
+        pad_token_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+        if pad_token_id is None:
+            pad_token_id = getattr(config, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = eos[0] if eos else 0
+    return eos, int(pad_token_id)
 
 
 def _as_list(x):
@@ -79,7 +130,7 @@ def generate(
         row emits one, it emits ``pad_token_id``.
       bucket: prompt length is left-padded up to a multiple of this, to limit recompiles.
       temperature: 0 picks the likeliest token; above 0 samples from the softmax of
-        ``logits / temperature`` (one key per new token, from ``seed``).
+        ``logits / temperature`` (one key per prompt from ``seed``, folded with the token's index).
       top_k: when sampling, only among the ``top_k`` likeliest tokens (0: all).
 
     Returns:
@@ -111,26 +162,10 @@ def generate(
     if not seqs or any(len(s) == 0 for s in seqs):
         raise ValueError("every prompt needs at least one token")
 
-    config = model.config
-    if eos_token_id is None:
-        eos_token_id = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-        if eos_token_id is None:
-            eos_token_id = getattr(config, "eos_token_id", None)
-    eos = tuple(int(e) for e in _as_list(eos_token_id)) if eos_token_id is not None else ()
-    if pad_token_id is None:
-        pad_token_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-        if pad_token_id is None:
-            pad_token_id = getattr(config, "pad_token_id", None)
-        if pad_token_id is None:
-            pad_token_id = eos[0] if eos else 0
-
+    eos, pad_token_id = stop_tokens(model, tokenizer, eos_token_id, pad_token_id)
     B = len(seqs)
-    T = -(-max(map(len, seqs)) // bucket) * bucket
-    ids = np.full((B, T), pad_token_id, np.int32)
-    mask = np.zeros((B, T), np.int32)
-    for i, s in enumerate(seqs):
-        ids[i, T - len(s) :] = s
-        mask[i, T - len(s) :] = 1
+    ids, mask = left_pad(seqs, pad_token_id, bucket)
+    T = ids.shape[1]
 
     graphdef, state = nnx.split(model)
     cache = model.init_cache(B, T + max_new_tokens)
@@ -151,12 +186,5 @@ def generate(
     out = np.asarray(out)
     if not texts:
         return out
-    decoded = []
-    for row in out:
-        row = list(row)
-        for j, t in enumerate(row):  # cut after the first stop token
-            if t in eos:
-                row = row[: j + 1]
-                break
-        decoded.append(tokenizer.decode(row, skip_special_tokens=skip_special_tokens))
+    decoded = [tokenizer.decode(cut_at_eos(row, eos), skip_special_tokens=skip_special_tokens) for row in out]
     return decoded[0] if single else decoded
