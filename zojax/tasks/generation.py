@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,11 +59,11 @@ _SAMPLING_TAG = 0x5A3D
 
 
 class PromptBatch(NamedTuple):
-    """Left-padded prompts ``ids``/``mask`` ``(B, T)`` and their example indices ``index`` ``(B,)``."""
+    """Left-padded prompts ``ids``/``mask`` ``(B, T)`` and their example indices ``example`` ``(B,)``."""
 
-    ids: np.ndarray
-    mask: np.ndarray
-    index: np.ndarray
+    ids: Any
+    mask: Any
+    example: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +73,7 @@ class EncodedPrompts:
     ids: np.ndarray  # (N, T)
     mask: np.ndarray  # (N, T)
     examples: list[dict]
+    offset: int = 0  # example ``i`` of this split is number ``offset + i`` of the reward's table (all splits)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -95,7 +96,7 @@ class Sampling:
 
 
 def encode_prompts(examples: Sequence[dict], tokenizer, *, pad: int, chat: bool = False, max_length: int = 512,
-                   bucket: int = 16) -> EncodedPrompts:
+                   bucket: int = 16, offset: int = 0) -> EncodedPrompts:
     """Tokenize each example's ``prompt`` (through the tokenizer's chat template with ``chat``), keep its
     last ``max_length`` tokens, and left-pad them all to one length (a multiple of ``bucket``)."""
     texts = [e["prompt"] for e in examples]
@@ -104,12 +105,13 @@ def encode_prompts(examples: Sequence[dict], tokenizer, *, pad: int, chat: bool 
                                                add_generation_prompt=True) for t in texts]
     seqs = [list(tokenizer(t, add_special_tokens=not chat)["input_ids"])[-max_length:] or [pad] for t in texts]
     ids, mask = left_pad(seqs, pad, bucket)
-    return EncodedPrompts(ids, mask, list(examples))
+    return EncodedPrompts(ids, mask, list(examples), offset)
 
 
 def prompt_batch(enc: EncodedPrompts, indices) -> PromptBatch:
+    """The prompts ``indices`` of a split; their ``example`` numbers are the reward table's (with the offset)."""
     indices = np.asarray(indices, np.int32)
-    return PromptBatch(enc.ids[indices], enc.mask[indices], indices)
+    return PromptBatch(enc.ids[indices], enc.mask[indices], indices + np.int32(enc.offset))
 
 
 def train_prompt_batches(enc: EncodedPrompts, seed: int, step: int, n: int, batch_size: int) -> PromptBatch:
@@ -119,10 +121,10 @@ def train_prompt_batches(enc: EncodedPrompts, seed: int, step: int, n: int, batc
     return PromptBatch(*(np.stack(x) for x in zip(*batches)))
 
 
-def completion_keys(member: Member, index: jax.Array, samples: int) -> jax.Array:
+def completion_keys(member: Member, index, samples: int) -> jax.Array:
     """Keys of the ``samples`` completions of each prompt, ``(B * samples,)`` (prompt-major)."""
     base = jax.random.fold_in(jax.random.fold_in(member.key, _SAMPLING_TAG), member.step)
-    base = jax.random.fold_in(base, member.index)
+    base = jax.random.fold_in(base, member.number)
 
     def prompt_keys(i):
         k = jax.random.fold_in(base, i)
@@ -148,9 +150,9 @@ def reward_loss(graphdef, sampling: Sampling, reward: TokenReward):
     """``loss_fn(params, batch, member) = -mean reward`` of the member's completions (see the module doc)."""
 
     def loss_fn(params, batch: PromptBatch, member: Member):
-        keys = completion_keys(member, batch.index, sampling.samples)
+        keys = completion_keys(member, batch.example, sampling.samples)
         completions = generate_population(graphdef, params, batch, keys, sampling)
-        index = jnp.repeat(jnp.asarray(batch.index), sampling.samples)
+        index = jnp.repeat(jnp.asarray(batch.example), sampling.samples)
         return -jnp.mean(reward(completions, index).astype(jnp.float32))
 
     loss_fn.takes_member = True  # type: ignore[attr-defined]
@@ -158,15 +160,16 @@ def reward_loss(graphdef, sampling: Sampling, reward: TokenReward):
 
 
 def reward_sums(graphdef, sampling: Sampling, reward: TokenReward, threshold: float = 1.0):
-    """``metrics(params, batch, member) -> {reward_sum, correct, count}`` over a batch's completions
-    (correct: reward >= ``threshold``); summed over batches, for evaluation."""
+    """``metrics(params, batch, member, real) -> {reward_sum, correct, count}`` over the completions of the
+    first ``real`` prompts of a batch (correct: reward >= ``threshold``); summed over batches, for evaluation."""
 
-    def metrics(params, batch: PromptBatch, member: Member):
-        keys = completion_keys(member, batch.index, sampling.samples)
+    def metrics(params, batch: PromptBatch, member: Member, real):
+        keys = completion_keys(member, batch.example, sampling.samples)
         completions = generate_population(graphdef, params, batch, keys, sampling)
-        r = reward(completions, jnp.repeat(jnp.asarray(batch.index), sampling.samples)).astype(jnp.float32)
-        return {"reward_sum": r.sum(), "correct": (r >= threshold).sum().astype(jnp.float32),
-                "count": jnp.float32(r.size)}
+        r = reward(completions, jnp.repeat(jnp.asarray(batch.example), sampling.samples)).astype(jnp.float32)
+        counted = (jnp.arange(r.size) // sampling.samples < real).astype(jnp.float32)
+        return {"reward_sum": jnp.sum(r * counted), "correct": jnp.sum((r >= threshold) * counted),
+                "count": jnp.sum(counted)}
 
     return metrics
 
@@ -204,16 +207,16 @@ def answer_token_reward(examples: Sequence[dict], tokenizer, *, key: str = "solu
     vocab = len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(vocab)])
     continues = np.asarray([t[:1].isdigit() for t in texts], bool)
-    table, lengths, continues = jnp.asarray(table), jnp.asarray(lengths), jnp.asarray(continues)
+    answer_ids, answer_len, digit_next = jnp.asarray(table), jnp.asarray(lengths), jnp.asarray(continues)
 
     def token_reward(completions, index):
-        want, n = table[index], lengths[index]  # (N, width), (N,)
+        want, n = answer_ids[index], answer_len[index]  # (N, width), (N,)
         cols = jnp.arange(width)
         got = completions[:, :width] if completions.shape[1] >= width else jnp.pad(
             completions, ((0, 0), (0, width - completions.shape[1])), constant_values=-1)
         same = jnp.all(jnp.where(cols[None, :] < n[:, None], got == want, True), axis=1)
         nxt = jnp.take_along_axis(got, n[:, None], axis=1)[:, 0]
-        ends = (nxt < 0) | ~continues[jnp.clip(nxt, 0, vocab - 1)]
+        ends = (nxt < 0) | ~digit_next[jnp.clip(nxt, 0, vocab - 1)]
         return jnp.where(same & ends, 1.0 + bonus, 0.0).astype(jnp.float32)
 
     return token_reward

@@ -28,7 +28,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from zojax.tasks.data import DataError, read_records, sample_indices
+from zojax.errors import DataError
+from zojax.tasks.data import read_records, sample_indices
 
 __all__ = [
     "REWARD_TASKS",
