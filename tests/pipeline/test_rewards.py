@@ -1,0 +1,137 @@
+"""Reward tasks: offline generation from a seed, splits, verifiers, bring-your-own prompts and reward,
+the in-program answer-token reward, and a whole ES run through the CLI (train, eval, replay)."""
+
+import json
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from zojax.cli import main
+from zojax.tasks import DataError
+from zojax.tasks import rewards as rw
+
+from ..tiny_assets import make_char_assets
+from .runs import metrics
+
+
+def test_tasks_are_generated_from_the_seed_and_splits_share_no_prompt():
+    a = rw.load_reward_task("countdown", seed=3, num_train=50, num_dev=10, num_test=20)
+    b = rw.load_reward_task("countdown", seed=3, num_train=50, num_dev=10, num_test=20)
+    c = rw.load_reward_task("countdown", seed=4, num_train=50, num_dev=10, num_test=20)
+    assert a.train == b.train and a.test == b.test and a.train != c.train
+    prompts = [{e["prompt"] for e in s} for s in (a.train, a.dev, a.test)]
+    assert [len(p) for p in prompts] == [50, 10, 20]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+
+
+def test_countdown_verifier_accepts_exactly_the_right_expressions():
+    for ex in rw.countdown_examples(100, seed=1):
+        assert rw.evaluate_expression(ex["solution"]) == ex["target"]
+        assert rw.countdown_reward(f"work</think>\n<answer>{ex['solution']}</answer>", ex) == pytest.approx(1.1)
+    ex = {"numbers": [3, 5, 2], "target": 4}
+    good = "(3 + 5) / 2"
+    assert rw.countdown_reward(f"</think>\n<answer>{good}</answer>", ex) == pytest.approx(1.1)
+    assert rw.countdown_reward(f"</think> <answer>{good}</answer>", ex) == pytest.approx(1.06)  # not the exact format
+    assert rw.countdown_reward("</think>\n<answer>3 + 5 - 2 - 2</answer>", ex) == pytest.approx(0.1)  # 2 used twice
+    assert rw.countdown_reward("</think>\n<answer>(3 * 5) / 2</answer>", ex) == pytest.approx(0.1)  # 7.5 != 4
+    assert rw.countdown_reward("</think>\n<answer>__import__('os')</answer>", ex) == pytest.approx(0.1)
+    assert rw.countdown_reward("no tags", ex) == 0.0
+    assert rw.evaluate_expression("7 / 2") == Fraction(7, 2) and rw.evaluate_expression("(1 + 2") is None
+
+
+def test_arithmetic_reward_reads_the_first_line():
+    ex = {"answer": 85}
+    assert rw.arithmetic_reward(" 85\nQuestion: What is 1 + 1?", ex) == pytest.approx(1.1)
+    assert rw.arithmetic_reward("37 + 48 = 85.", ex) == pytest.approx(1.0)
+    assert rw.arithmetic_reward(" 58", ex) == pytest.approx(0.1)
+    assert rw.arithmetic_reward("", ex) == 0.0
+    for e in rw.arithmetic_examples(50, seed=0):
+        assert rw.arithmetic_reward(e["solution"], e) == pytest.approx(1.1)
+
+
+def _reward_of_length(text, example):  # a bring-your-own reward, named "module:function" below
+    return float(len(text) == example["want"])
+
+
+def test_bring_your_own_prompts_and_reward(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"say {i}", "want": i % 3}) + "\n" for i in range(30)))
+    name = f"{__name__}:_reward_of_length"
+    splits = rw.load_reward_task("prompts", source=str(path), reward=name, seed=0, num_train=100, num_dev=5, num_test=5)
+    assert (len(splits.train), len(splits.dev), len(splits.test)) == (20, 5, 5)
+    assert splits.reward("ab", {"want": 2}) == 1.0
+    with pytest.raises(DataError, match="module:function"):
+        rw.load_reward_task("prompts", source=str(path), reward="nocolon")
+    with pytest.raises(DataError, match="needs a reward"):
+        rw.load_reward_task("prompts", source=str(path))
+    path.write_text(json.dumps({"text": "x"}) + "\n")
+    with pytest.raises(DataError, match="record 0 has no string 'prompt'"):
+        rw.load_reward_task("prompts", source=str(path), reward=name)
+
+
+@pytest.fixture(scope="module")
+def char_assets(tmp_path_factory):
+    return make_char_assets(tmp_path_factory.mktemp("char"))
+
+
+def test_answer_token_reward_matches_bare_answers_only(char_assets):
+    from transformers import AutoTokenizer
+
+    from zojax.tasks.generation import answer_token_reward
+
+    tok = AutoTokenizer.from_pretrained(char_assets / "model")
+    examples = [{"solution": " 85"}, {"solution": " 7"}]
+    reward = answer_token_reward(examples, tok)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows = [ids(" 85\nab"), ids(" 850ab"), ids(" 7.abc"), ids(" 8abcd"), ids(" 85") + [tok.eos_token_id] * 3]
+    got = reward(np.array([r[:6] for r in rows], np.int32), np.array([0, 0, 1, 1, 0], np.int32))
+    assert np.asarray(got).tolist() == pytest.approx([1.1, 0.0, 1.1, 0.0, 1.1])
+
+
+@pytest.fixture(scope="module")
+def es_run(char_assets, tmp_path_factory):
+    """A 4-step ES run of the tiny char-level model on the arithmetic task (host reward), 2 steps per call."""
+    import yaml
+
+    out = tmp_path_factory.mktemp("es") / "run"
+    cfg = {
+        "model": {"name": str(char_assets / "model")},
+        "task": {"name": "arithmetic", "num_train": 40, "num_dev": 4, "num_test": 6, "max_length": 32},
+        "reward": {"samples": 2, "max_new_tokens": 3, "temperature": 1.0},
+        "zo": {"method": "lozo", "rank": 1, "refresh_every": 1, "members": 2, "eps": 0.1, "scope": "all",
+               "estimator": "zscore"},
+        "optim": {"name": "zo_sgd", "lr": 0.05},
+        "train": {"steps": 4, "batch_size": 2, "steps_per_call": 2, "eval_batch_size": 4, "checkpoint_every": 2,
+                  "output_dir": str(out), "progress": False},
+    }
+    path = out.parent / "es.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path)]) == 0
+    return out
+
+
+def test_es_run_logs_rewards_and_evaluates_held_out_prompts(es_run, capsys):
+    records = metrics(es_run)
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [2, 4]
+    for r in train:
+        assert r["reward_max"] >= r["reward_mean"] and r["loss"] == pytest.approx(-r["reward_mean"])
+        assert 0.0 <= r["reward_centre"] <= 1.1
+    tests = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in tests] == [0, 4] and all(r["examples"] == 6 for r in tests)
+    capsys.readouterr()
+    assert main(["eval", "--run", str(es_run)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 4 and report["test"]["examples"] == 6
+    assert report["test"]["reward"] == pytest.approx(tests[-1]["reward"])  # greedy: the same answers again
+    assert 0.0 <= report["test"]["accuracy"] <= 1.0
+
+
+def test_es_run_replays_bitwise_from_its_seed_log(es_run, capsys, tmp_path):
+    capsys.readouterr()
+    assert main(["replay", "--run", str(es_run)]) == 0
+    assert "equal the checkpoint of step 4 (bitwise)" in capsys.readouterr().out
+    assert len((es_run / "seeds.jsonl").read_text().splitlines()) >= 4
+    assert sys.modules["zojax.reward_run"]  # the run went through the reward trainer
