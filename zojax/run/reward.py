@@ -115,12 +115,12 @@ def train_batches(enc: generation.EncodedPrompts, seed: int, step: int, n: int, 
 
 
 def step_rewards(run, params, batches, losses: np.ndarray) -> dict:
-    """Metrics of a fused call: the mean reward over its steps' population, the best member's (last step)
+    """Metrics of a fused call: the mean reward over its steps' population, the best member-sign's
     and the reward of the mean member -- the weights after the call, on the last step's prompts, decoded as
     held-out prompts are (the evaluation's program: no second compile)."""
     last = jax.tree.map(lambda x: np.asarray(x[-1]), batches)
     size, real = run.cfg.train.eval_batch_size, last.example.shape[0]
     padded = generation.PromptBatch(*(np.resize(x, (size,) + x.shape[1:]) for x in last))
     centre = _sums(run.reward, padded, min(real, size), params, run.cfg.train.seed)
-    return {"reward_mean": float(-losses.mean()), "reward_max": float(-losses[-1].min()),
+    return {"reward_mean": float(-losses.mean()), "reward_max": float(-losses.min()),
             "reward_centre": centre["reward_sum"] / max(centre["count"], 1.0)}
