@@ -47,7 +47,7 @@ def test_configs_are_listed_and_named_by_name(capsys, tmp_path):
     own = tmp_path / "opt13b_sst2_lozo.yaml"  # a file of the user's wins over a bundled config of that name
     own.write_text("train: {steps: 7}\n")
     assert load_config(own).train.steps == 7
-    with pytest.raises(ConfigError, match="nor a bundled config: default, opt1.3b"):
+    with pytest.raises(ConfigError, match="nor a bundled config: default, es_arithmetic, es_countdown, opt1.3b"):
         load_config("opt13b_sst2_lozoo")
 
 
