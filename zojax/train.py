@@ -36,8 +36,8 @@ from zojax.checkpoint import Checkpointer
 from zojax.config import RunConfig
 from zojax.errors import TrainingError
 from zojax.optim import ZOState, init
-from zojax.run import reward as reward_task
 from zojax.run import MetricsWriter, Run, build_run, evaluate, peak_memory_mb, plot_curves, weights
+from zojax.run import reward as reward_task
 from zojax.seedlog import SeedLog
 
 __all__ = ["train", "TrainingError"]

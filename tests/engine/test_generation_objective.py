@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from zojax.directions import LowRank, draw_directions
 from zojax.models import from_pretrained
 from zojax.models.generate import stop_tokens
-from zojax.noise import LowRank, combine, directions, partition
+from zojax.scope import combine, partition
 from zojax.scoring import Member, ZOSpec, perturb, score
 from zojax.tasks import generation as gen
 from zojax.tasks import rewards
@@ -44,9 +45,9 @@ def test_population_program_equals_a_per_member_reference(setup):
     one = jax.jit(loss)  # one member at a time, weights formed: a separate program
     reference = np.zeros((2, 2), np.float32)
     for m in range(2):
-        dirs = directions(trainable, spec.noise, key, step, m)
+        dirs = draw_directions(trainable, spec.noise, key, step, m)
         for s, sign in enumerate((1.0, -1.0)):
-            p = combine(perturb(trainable, dirs, sign * spec.eps, adapter=False), frozen)
+            p = combine(perturb(trainable, dirs, sign * spec.eps, spec.noise, adapter=False), frozen)
             reference[m, s] = one(p, batch, Member(key, jnp.asarray(step), jnp.asarray(m)))
     np.testing.assert_allclose(losses, reference, rtol=1e-6)
     assert len(np.unique(losses)) > 1  # members and signs differ: the test could fail

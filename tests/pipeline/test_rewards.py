@@ -2,7 +2,6 @@
 the in-program answer-token reward, and a whole ES run through the CLI (train, eval, replay)."""
 
 import json
-import sys
 from fractions import Fraction
 
 import numpy as np
@@ -134,4 +133,3 @@ def test_es_run_replays_bitwise_from_its_seed_log(es_run, capsys, tmp_path):
     assert main(["replay", "--run", str(es_run)]) == 0
     assert "equal the checkpoint of step 4 (bitwise)" in capsys.readouterr().out
     assert len((es_run / "seeds.jsonl").read_text().splitlines()) >= 4
-    assert sys.modules["zojax.reward_run"]  # the run went through the reward trainer

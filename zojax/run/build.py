@@ -13,13 +13,13 @@ import optax
 from flax import nnx
 
 from zojax import accelerator, parallel, tasks
-from zojax.run import reward as reward_task
 from zojax.config import DTYPE_NAMES, RunConfig
 from zojax.directions import METHODS, Gaussian, LowRank, Rademacher
 from zojax.errors import ConfigError, LoadError
 from zojax.fo import make_fo_step
 from zojax.models import projections, sharding_rules, stacked_paths
 from zojax.optim import CompiledStep, densify, hizoo, lozo_m, make_step, sparse_mezo, zo_muon, zo_sgd_update
+from zojax.run import reward as reward_task
 from zojax.scoring import ZOSpec
 
 __all__ = ["Run", "build_run", "make_spec", "make_optimizer", "optimizer_name", "icl_demonstrations"]

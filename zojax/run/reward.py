@@ -37,7 +37,7 @@ def is_reward_task(name: str) -> bool:
 
 @dataclasses.dataclass
 class RewardPieces:
-    """What :func:`zojax.train.build_run` needs of a reward task."""
+    """What :func:`zojax.run.build_run` needs of a reward task."""
 
     train_set: generation.EncodedPrompts
     dev_set: generation.EncodedPrompts
