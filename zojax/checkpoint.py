@@ -21,13 +21,24 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from zojax.errors import CheckpointMismatchError, NonFiniteError, TrainingError
+from zojax.errors import CheckpointMismatchError, CheckpointWriteError, NonFiniteError, TrainingError
 from zojax.optim import ZOState
 from zojax.optim.fused import all_finite as tree_all_finite
 
-__all__ = ["Checkpointer", "CheckpointMismatchError", "NonFiniteError", "TrainingError", "all_finite"]
+__all__ = [
+    "Checkpointer", "CheckpointMismatchError", "CheckpointWriteError", "NonFiniteError", "TrainingError", "all_finite",
+]
 
 log = logging.getLogger(__name__)
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e`` (orbax wraps what its writer threads raise), if any."""
+    while e is not None:
+        if isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 _finite = jax.jit(tree_all_finite)  # the step's own check, on the host's side of a checkpoint
@@ -86,11 +97,13 @@ class Checkpointer:
     (0, 'hi')
     """
 
-    def __init__(self, directory, keep: int = 3):
+    def __init__(self, directory, keep: int | None = 3, *, writer: bool = False):
+        """``keep``: checkpoints kept (None: all); ``writer``: this process writes the directory (it
+        holds the run's lock) and removes the temporary directories a killed writer left."""
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=writer),
             # named handlers let a fresh process read a checkpoint's metadata before restoring it
             item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         )
@@ -113,11 +126,25 @@ class Checkpointer:
             "skipped": state.skipped,
         }
         step = int(state.step)
-        self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(dict(meta, step=step))),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(dict(meta, step=step))),
+                force=True,
+            )
+            self.manager.wait_until_finished()
+        except Exception as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {step} to {self.directory}: {cause.strerror or cause}; the last "
+                f"good checkpoint is {self.last_good()}. Free space (or fix the directory) and resume with --resume"
+            ) from e
+
+    def delete(self, step: int) -> None:
+        """Remove the checkpoint of ``step``."""
+        self.manager.delete(step)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())

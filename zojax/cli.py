@@ -115,12 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     p = add(
         "generate",
         "continue a prompt with a run's latest checkpoint (or the base model)",
-        "Print the continuation of PROMPT (one positional argument; key=value arguments are config overrides) "
+        "Print the continuation of PROMPT (one positional argument, or --prompt for one holding '='; key=value "
+        "arguments are config overrides) "
         "by the latest checkpoint of --run, or without --run by the config's base model. Greedy with "
         "--temperature 0 (the default), sampled otherwise.",
     )
     p.add_argument("--run", default=None, help="run directory whose latest checkpoint to use (its config.yaml is used)")
     p.add_argument("--delta", default=None, help=_DELTA_HELP)
+    p.add_argument("--prompt", default=None, help="the prompt, instead of the positional one (for a prompt holding '=')")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the K likeliest tokens (default 0: all)")
@@ -357,16 +359,17 @@ def _cmd_generate(args) -> int:
     from flax import nnx
 
     from zojax.models import generate
+    from zojax.models.generate import check_sampling
 
     prompts = [a for a in args.overrides if not _OVERRIDE.match(a)]
     args.overrides = [a for a in args.overrides if _OVERRIDE.match(a)]
+    if args.prompt is not None:
+        prompts.insert(0, args.prompt)
     if len(prompts) != 1:
-        raise ConfigError(f"generate takes one prompt (quote it), got {len(prompts)}: {prompts}")
-    if args.max_new_tokens < 1 or args.temperature < 0 or args.top_k < 0:
         raise ConfigError(
-            f"--max-new-tokens {args.max_new_tokens} / --temperature {args.temperature} / --top-k {args.top_k}: "
-            "allowed: --max-new-tokens >= 1, --temperature >= 0, --top-k >= 0"
+            f"generate takes one prompt (quote it; a prompt holding '=' goes in --prompt), got {len(prompts)}: {prompts}"
         )
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k)
     _, run, params, _ = _run_and_weights(args)
     model = nnx.merge(run.graphdef, params)
     prompt = _chat_prompt(run.tokenizer, prompts[0]) if args.chat else prompts[0]

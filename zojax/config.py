@@ -73,9 +73,24 @@ def _not_blank(text: str) -> str:
 _Name = Annotated[str, AfterValidator(_not_blank)]
 
 
+def _takes_bool(annotation) -> bool:
+    return annotation is bool or bool in getattr(annotation, "__args__", ())
+
+
 class _Strict(BaseModel):
     # inf / nan pass "gt=0" checks (optim.lr=.inf) and only fail, much later, as non-finite weights
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_booleans(cls, value, info):
+        # pydantic's lax mode reads train.steps=true as 1 and train.progress=1 as true: a typo runs silently
+        takes_bool = _takes_bool(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and not takes_bool:
+            raise ValueError(f"a boolean ({str(value).lower()}) is not a value of this key")
+        if takes_bool and value is not None and not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+        return value
 
 
 class ModelConfig(_Strict):
@@ -177,6 +192,8 @@ class ZOConfig(_Strict):
     @classmethod
     def _scope_is_a_regex(cls, scope: str) -> str:
         # presets (all, lora, ...) are valid regexes too; anything else is searched in the parameter paths
+        if not scope.strip():  # the empty regex matches every path: zo.scope= would train everything
+            raise ValueError("zo.scope must not be empty; for every parameter say zo.scope=all")
         try:
             re.compile(scope)
         except re.error as e:
@@ -201,7 +218,7 @@ class OptimConfig(_Strict):
     )
     mask_every: int = Field(100, ge=1, description="zo.method=sparse_mezo: steps between recomputing the magnitude mask")
     lr: float = Field(1e-6, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="weight decay (skipped for 1-D leaves)")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (skipped for 1-D leaves: norms and biases, by every optimizer)")
     momentum: float = Field(0.9, ge=0, lt=1, description="lozo_m / sgd momentum")
     schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="learning-rate schedule over train.steps")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
@@ -217,7 +234,7 @@ class OptimConfig(_Strict):
 class TrainConfig(_Strict):
     steps: int = Field(1000, ge=1, description="ZO steps")
     batch_size: int = Field(16, ge=1, description="examples per step (all members score the same batch)")
-    micro_batches: int = Field(1, ge=1, description="split each batch into micro-batches (same directions, averaged coefficients)")
+    micro_batches: int = Field(1, ge=1, description="split each batch into micro-batches (same directions; averaged, by target tokens for task lm, so they equal the whole batch)")
     steps_per_call: int = Field(10, ge=1, description="steps fused in one compiled call (lax.scan)")
     eval_every: int = Field(0, ge=0, description="evaluate on dev every N steps (0: only zero-shot and final)")
     keep_best: bool = Field(
@@ -319,9 +336,28 @@ def _section_for(loc) -> type[BaseModel] | None:
     return model
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a mapping naming a key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+
+
 def _parse_value(key: str, text: str) -> Any:
     try:
-        value = yaml.safe_load(text)
+        value = _load_yaml(text)
     except yaml.YAMLError as e:
         problem = str(e).splitlines()[0]
         raise ConfigError(
@@ -365,9 +401,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise ConfigError(f"--config {path} is a directory, not a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = _load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:  # the schema's field defaults are not the default run: an empty file means nothing
+        raise ConfigError(f"config file {path} is empty; omit --config for the default run (zojax/default.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     data = apply_overrides(data, overrides or [])
@@ -446,6 +488,7 @@ def _choices(annotation: Any) -> tuple[Any, ...]:
 # checkpoint_every only move call boundaries), and the mesh changes results by float rounding only.
 # train.steps may change only under a constant schedule: linear and cosine decay over it.
 RESUMABLE_KEYS = frozenset({
+    "model.unroll_layers",  # a scan or unrolled layers: the same program, bitwise
     "train.steps",
     "train.stop_after",
     "train.steps_per_call",

@@ -22,11 +22,13 @@ __all__ = [
     "LoadError",
     "DeltaError",
     "MeshError",
+    "GenerateError",
     "SeedLogError",
     "RunDirError",
     "CheckpointMismatchError",
     "TrainingError",
     "NonFiniteError",
+    "CheckpointWriteError",
 ]
 
 
@@ -71,6 +73,10 @@ class MeshError(UserError, ValueError):
     """A mesh that does not fit the devices or the population."""
 
 
+class GenerateError(UserError, ValueError):
+    """Generation arguments the model cannot honour (empty prompt, bad sampling options, too many tokens)."""
+
+
 class SeedLogError(UserError, ValueError):
     """A seed log (or another run log) that is damaged or does not match the run's checkpoint."""
 
@@ -89,3 +95,7 @@ class TrainingError(RuntimeError):
 
 class NonFiniteError(TrainingError):
     """Weights holding NaN or inf, which are never checkpointed."""
+
+
+class CheckpointWriteError(TrainingError):
+    """A checkpoint the file system would not take (a full disk, a quota, a read-only directory)."""

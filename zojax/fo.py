@@ -24,14 +24,15 @@ import jax.numpy as jnp
 import optax
 
 from zojax.optim import StepInfo, ZOState
-from zojax.optim.fused import CompiledStep, compile_steps
+from zojax.optim.fused import CompiledStep, compile_steps, micro_mean
 from zojax.scope import combine
 
 __all__ = ["fo_step", "make_fo_step"]
 
 
-def _loss_and_grad(loss_fn, params, frozen, batch, micro_batches: int):
-    """Batch loss and gradient over the trainable leaves; micro-batches are averaged (accumulation)."""
+def _loss_and_grad(loss_fn, params, frozen, batch, micro_batches: int, micro_weight=None):
+    """Batch loss and gradient over the trainable leaves; micro-batches are averaged (accumulation),
+    weighted by ``micro_weight`` as in a ZO step (:func:`zojax.optim.fused.micro_mean`)."""
 
     def one(micro):
         return jax.value_and_grad(lambda p: loss_fn(combine(p, frozen), micro))(params)
@@ -39,12 +40,11 @@ def _loss_and_grad(loss_fn, params, frozen, batch, micro_batches: int):
     if micro_batches == 1:
         return one(batch)
     # lax.map: one micro-batch's activations live at a time, which is the point of splitting
-    losses, grads = jax.lax.map(one, batch)
-    return losses.mean(0), jax.tree.map(lambda g: g.mean(0), grads)
+    return micro_mean(jax.lax.map(one, batch), batch, micro_weight)
 
 
-def _fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, micro_batches: int = 1):
-    loss, grads = _loss_and_grad(loss_fn, state.params, frozen, batch, micro_batches)
+def _fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, micro_batches: int = 1, micro_weight=None):
+    loss, grads = _loss_and_grad(loss_fn, state.params, frozen, batch, micro_batches, micro_weight)
     norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(norm)
 
@@ -85,8 +85,10 @@ def fo_step(state: ZOState, frozen, batch, *, loss_fn, optimizer, micro_batches:
     return _fo_step(state, frozen, batch, loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches)
 
 
-def make_fo_step(loss_fn, optimizer, *, micro_batches: int = 1, mesh=None) -> CompiledStep:
+def make_fo_step(loss_fn, optimizer, *, micro_batches: int = 1, mesh=None, micro_weight=None) -> CompiledStep:
     """The first-order counterpart of :func:`zojax.optim.make_step`: one step and S steps in one
     compiled call (``lax.scan`` over batches stacked on a leading axis), ``state`` donated."""
     _no_mesh(mesh)
-    return compile_steps(functools.partial(_fo_step, loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches))
+    return compile_steps(functools.partial(
+        _fo_step, loss_fn=loss_fn, optimizer=optimizer, micro_batches=micro_batches, micro_weight=micro_weight
+    ))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ import optax
 from zojax import accelerator, paths
 from zojax.directions import kind_from_dict
 from zojax.errors import SeedLogError
+from zojax.files import write_atomic
 from zojax.optim import ZOGrad, apply_update, effective_params, fold, init
 from zojax.scope import combine
 from zojax.scoring import ZOSpec
 
-__all__ = ["SeedLog", "SeedLogError", "replay", "read_jsonl"]
+__all__ = ["SeedLog", "SeedLogError", "replay", "read_jsonl", "base_signature"]
 
 
 def read_jsonl(path) -> list[dict]:
@@ -71,6 +71,15 @@ def _prng_impl() -> str:
     return str(jax.config.jax_default_prng_impl)  # type: ignore[attr-defined]  # config options are dynamic
 
 
+def base_signature(params) -> dict[str, str]:
+    """``{leaf path: "shape dtype"}`` of a parameter tree (``"(64, 32) float32"``)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {
+        paths.path_str(path): f"{tuple(int(d) for d in np.shape(x))} {np.dtype(jnp.result_type(x)).name}"
+        for path, x in leaves
+    }
+
+
 def _key_data(key) -> list[int]:
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
@@ -91,7 +100,9 @@ class SeedLog:
     entries: list[dict] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def new(cls, key, spec: ZOSpec, **extra) -> SeedLog:
+    def new(cls, key, spec: ZOSpec, params=None, **extra) -> SeedLog:
+        """A log of a run from ``key``; ``params``, the base weights, are recorded as each leaf's
+        shape and dtype, so :func:`replay` refuses another base."""
         header = {
             "format": "zojax-seedlog-1",
             "key": _key_data(key),
@@ -103,9 +114,27 @@ class SeedLog:
             # the key words mean nothing under another PRNG or another key derivation
             "prng_impl": _prng_impl(),
             "key_derivation": paths.KEY_DERIVATION,
+            **({} if params is None else {"base": base_signature(params)}),
             **extra,
         }
         return cls(header)
+
+    def check_base(self, params) -> None:
+        """Refuse base weights other than those the log was recorded on (when it records them)."""
+        recorded = self.header.get("base")
+        if recorded is None:
+            return
+        have = base_signature(params)
+        for path in sorted(recorded.keys() | have.keys()):
+            if path not in have:
+                raise SeedLogError(f"the base weights lack leaf {path!r} {recorded[path]}, which the seed log was recorded on")
+            if path not in recorded:
+                raise SeedLogError(f"the base weights hold leaf {path!r} {have[path]}, which the seed log was not recorded on")
+            if have[path] != recorded[path]:
+                raise SeedLogError(
+                    f"base leaf {path!r} is {have[path]}, but the seed log was recorded on {recorded[path]} "
+                    "(shape and dtype): replay needs the run's own base model"
+                )
 
     def check_compatible(self) -> None:
         """Refuse a log whose directions this process would not regenerate identically."""
@@ -176,15 +205,7 @@ class SeedLog:
 
     def save(self, path) -> None:
         """Write the log atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(self.header) + "\n")
-            for e in self.entries:
-                f.write(json.dumps(e) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(record) + "\n" for record in [self.header, *self.entries]))
 
     @classmethod
     def load(cls, path) -> SeedLog:
@@ -226,6 +247,7 @@ def replay(base_params: Any, log: SeedLog, optimizer: optax.GradientTransformati
     True
     """
     log.check_compatible()
+    log.check_base(base_params)
     spec = spec or log.spec()
     key = log.key
     state, frozen = init(base_params, spec, optimizer, key)

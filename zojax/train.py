@@ -35,6 +35,7 @@ from zojax import accelerator, parallel, rundir, tasks
 from zojax.checkpoint import Checkpointer
 from zojax.config import RunConfig
 from zojax.errors import TrainingError
+from zojax.files import write_atomic
 from zojax.optim import ZOState, init
 from zojax.run import MetricsWriter, Run, build_run, evaluate, peak_memory_mb, plot_curves, weights
 from zojax.run import reward as reward_task
@@ -84,6 +85,8 @@ class _Job:
         if self.is_main and not self.first_order:  # a first-order step is no seed: its checkpoints are the record
             self.seed_log.save(self.run_dir / "seeds.jsonl")
         self.ckpt.save(self.state, self.meta)
+        if self.best is not None:  # only now: until this checkpoint is committed, a resume needs the older best
+            _prune_best(self)
 
 
 def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> dict:
@@ -92,21 +95,33 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
         def echo(*args, **kwargs):
             return None
     rundir.check_train_dir(cfg, resume)  # before anything is written: a refused run changes nothing
+    lock = rundir.RunLock(cfg.train.output_dir, echo) if jax.process_index() == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        rundir.check_train_dir(cfg, resume)  # again under the lock: another run may have written it meanwhile
+        return _train_locked(cfg, resume, model, echo)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(cfg: RunConfig, resume: bool, model, echo) -> dict:
     started = time.time()
     job = _setup(cfg, model, echo)
-    if resume:
-        _resume(job)
-    run_dir = job.run_dir
-    if job.is_main:  # only now: the config may have changed only in what a resume allows
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    job.writer = MetricsWriter(run_dir, int(job.state.step) if resume else None, cfg.train.tensorboard)
     try:
+        if resume:
+            _resume(job)
+        run_dir = job.run_dir
+        if job.is_main:  # only now: the config may have changed only in what a resume allows
+            write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        job.writer = MetricsWriter(run_dir, int(job.state.step) if resume else None, cfg.train.tensorboard)
         _zero_shot(job)
         _loop(job)
         return _finish(job, started)
     finally:
-        job.writer.close()
+        if job.writer is not None:
+            job.writer.close()
         job.ckpt.close()
         if job.best is not None:
             job.best.close()
@@ -123,9 +138,10 @@ def _setup(cfg: RunConfig, model, echo) -> _Job:
         run=run,
         state=state,
         frozen=frozen,
-        ckpt=Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints),
-        best=Checkpointer(run_dir / "best", keep=1) if cfg.train.keep_best else None,
-        seed_log=SeedLog.new(key, run.spec, config=cfg.model_dump()),
+        ckpt=Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, writer=True),
+        # every best state is kept until a regular checkpoint records a newer one (see _prune_best)
+        best=Checkpointer(run_dir / "best", keep=None, writer=True) if cfg.train.keep_best else None,
+        seed_log=SeedLog.new(key, run.spec, run.params, config=cfg.model_dump()),
         run_dir=run_dir,
         echo=echo,
     )
@@ -143,11 +159,43 @@ def _resume(job: _Job) -> None:
         )
     if restored is None:
         job.echo(f"no checkpoint to resume in {job.run_dir / 'checkpoints'}; starting from step 0")
+        _prune_best(job)
         return
-    job.state, job.meta = restored
+    state, meta = restored
+    step, t = int(state.step), job.run.cfg.train
+    if step > t.steps:
+        raise rundir.RunDirError(
+            f"the run in {job.run_dir} is at step {step}, past train.steps={t.steps}: a run cannot go back; "
+            f"resume with train.steps >= {step}, or export the run as it is (zojax export --run {job.run_dir})"
+        )
+    job.state, job.meta = state, meta
     if not job.first_order:  # a first-order run keeps no seed log
-        job.seed_log = SeedLog.for_resume(job.run_dir / "seeds.jsonl", int(job.state.step))
-    job.echo(f"resumed from step {int(job.state.step)}")
+        job.seed_log = SeedLog.for_resume(job.run_dir / "seeds.jsonl", step)
+    _prune_best(job)
+    job.echo(f"resumed from step {step}")
+
+
+def _prune_best(job: _Job) -> None:
+    """Leave in ``best/`` only the state the last regular checkpoint chose (``meta["best"]``).
+
+    ``best/N`` is written before the checkpoint that records it, and older best states are deleted
+    only after it: whatever a kill interrupts, the checkpoint a resume reads names a state ``best/``
+    holds, and states saved after that checkpoint (which the resumed run recomputes) are dropped."""
+    if job.best is None:
+        return
+    chosen = (job.meta.get("best") or {}).get("step")
+    for step in job.best.steps():
+        if step != chosen:
+            job.best.delete(step)
+    if chosen is None or chosen in job.best.steps():
+        return
+    if chosen != int(job.state.step):
+        raise rundir.RunDirError(
+            f"{job.best.directory} lacks step {chosen}, the best dev state its checkpoint of step "
+            f"{int(job.state.step)} records, so the run could not hand on its best state; start a new run in "
+            "another train.output_dir"
+        )
+    job.best.save(job.state, job.meta)  # the checkpoint holds that very state
 
 
 def _zero_shot(job: _Job) -> None:
@@ -167,13 +215,16 @@ def _loop(job: _Job) -> None:
     assert job.writer is not None  # set by train()
     run, cfg = job.run, job.run.cfg
     t = cfg.train
+    step = int(job.state.step)
+    if t.stop_after is not None and t.stop_after <= step < t.steps:
+        job.echo(f"the run is at step {step}: train.stop_after={t.stop_after} is reached already, nothing to train")
+        return
     progress = None
     if t.progress and job.is_main:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=t.steps, initial=int(job.state.step), unit="step", dynamic_ncols=True)
     consecutive_skips = 0
-    step = int(job.state.step)
     for boundary in _boundaries(cfg):
         if boundary <= step:
             continue
@@ -296,7 +347,7 @@ def _finish(job: _Job, started: float) -> dict:
     )
     if job.is_main:
         plot_curves(job.writer.records(), job.run_dir / "curves.png")
-        (job.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomic(job.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -30,6 +30,6 @@ def test_import_zojax_loads_neither_the_cli_nor_the_config_schema():
 def test_every_refusal_is_a_user_error():
     classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
     assert set(errors.__all__) == {c.__name__ for c in classes}
-    runtime = {errors.TrainingError, errors.NonFiniteError}  # a run that cannot go on, not the user's input
+    runtime = {errors.TrainingError, errors.NonFiniteError, errors.CheckpointWriteError}  # a run that cannot go on, not the user's input
     for cls in classes:
         assert issubclass(cls, errors.UserError) != (cls in runtime), cls

@@ -99,12 +99,17 @@ class DirectionKind:
         return (nn.materialize(x) + jnp.asarray(scale, x.dtype) * d).astype(x.dtype)
 
     def gradient(self, key, step, coeffs, path: str, x) -> jax.Array:
-        """``mean_k coeffs[k] z_k`` for one leaf, never holding K dense directions at once."""
+        """``mean_k coeffs[k] z_k`` for one leaf, never holding K dense directions at once.
+
+        Formed in float32 at least (float64 stays float64), whatever the leaf's dtype: ``c_k z_k``
+        of a float16 leaf overflows where the update ``lr c_k z_k`` does not, and the optimisers'
+        update bounds bound that float32 arithmetic. Callers cast what they form to the leaf's dtype."""
         k = coeffs.shape[0]
-        c = coeffs.astype(jnp.float32) / k
+        dtype = jnp.promote_types(x.dtype, jnp.float32)
+        c = coeffs.astype(dtype) / k
 
         def term(m, leaf):
-            return c[m].astype(x.dtype) * self.dense(leaf, x.shape, x.dtype)
+            return c[m] * self.dense(leaf, x.shape, x.dtype).astype(dtype)
 
         if k <= ELEMENTWISE_MAX_TERMS:
             # Unrolled, the sum is elementwise end to end: XLA fuses the K draws with the caller's
@@ -120,7 +125,7 @@ class DirectionKind:
         def add(acc, m):
             return acc + term(m, leaf_key(key, step, m, path)), None
 
-        acc, _ = jax.lax.scan(add, jnp.zeros_like(x), jnp.arange(k))
+        acc, _ = jax.lax.scan(add, jnp.zeros_like(x, dtype), jnp.arange(k))
         return acc
 
     # --- describing -----------------------------------------------------------------------

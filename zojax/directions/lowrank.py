@@ -147,7 +147,8 @@ class LowRank(DirectionKind):
         if not self.is_matrix(path, x.shape):
             return super().gradient(key, step, coeffs, path, x)
         k = coeffs.shape[0]
-        c = coeffs.astype(jnp.float32) / k
+        dtype = jnp.promote_types(x.dtype, jnp.float32)  # as the dense kinds' (see DirectionKind.gradient)
+        c = coeffs.astype(dtype) / k
         d = self.draw_members(key, step, k, path, x.shape, x.dtype)
-        cv = d.v * c.astype(x.dtype).reshape((k,) + (1,) * (d.v.ndim - 1))
-        return sum_outer(cv, d.u, step)
+        cv = d.v.astype(dtype) * c.reshape((k,) + (1,) * (d.v.ndim - 1))
+        return sum_outer(cv, d.u.astype(dtype), step)

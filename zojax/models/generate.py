@@ -8,6 +8,7 @@ Works with any family model that follows the family interface (``init_cache`` an
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -15,7 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["generate", "decode", "left_pad", "cut_at_eos", "stop_tokens"]
+from zojax.errors import GenerateError
+
+__all__ = ["generate", "decode", "left_pad", "cut_at_eos", "stop_tokens", "GenerateError", "check_sampling"]
+
+# A bound on prompt + new tokens for a model that states no max_position_embeddings: the KV cache is
+# allocated up front, so an absurd --max-new-tokens would be an allocation of hundreds of GB.
+MAX_TOKENS = 1 << 16
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int) -> None:
+    """Refuse generation options that mean nothing, before any model is loaded."""
+    if not (isinstance(max_new_tokens, int) and 1 <= max_new_tokens <= MAX_TOKENS):
+        raise GenerateError(f"max_new_tokens={max_new_tokens}: allowed 1 .. {MAX_TOKENS}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise GenerateError(f"temperature={temperature}: allowed a finite number >= 0 (0: greedy)")
+    if top_k < 0:
+        raise GenerateError(f"top_k={top_k}: allowed 0 (every token) or a count of tokens")
 
 
 def decode(model, ids, mask, cache, row_keys, temperature, *, max_new_tokens: int, eos: tuple = (), pad: int = 0,
@@ -141,17 +158,17 @@ def generate(
     >>> "Paris" in generate(model, tok, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
     True
     """
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
-    if not temperature >= 0 or top_k < 0:
-        raise ValueError(f"need temperature >= 0 and top_k >= 0; got temperature={temperature}, top_k={top_k}")
+    check_sampling(max_new_tokens, temperature, top_k)
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and top_k > vocab:
+        raise GenerateError(f"top_k={top_k} exceeds the vocabulary of {vocab} tokens")
     single = isinstance(prompts, str)
     texts = single or (
         isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], str)
     )
     if texts:
         if tokenizer is None:
-            raise ValueError("string prompts need a tokenizer")
+            raise GenerateError("string prompts need a tokenizer")
         seqs = [list(tokenizer(p)["input_ids"]) for p in _as_list(prompts)]
     else:
         if isinstance(prompts, (np.ndarray, jax.Array)):
@@ -160,7 +177,14 @@ def generate(
             prompts = [prompts]  # type: ignore[assignment]  # flat ids: accepted, though not in the annotation
         seqs = [[int(t) for t in s] for s in prompts]
     if not seqs or any(len(s) == 0 for s in seqs):
-        raise ValueError("every prompt needs at least one token")
+        raise GenerateError("every prompt needs at least one token (an empty prompt has none)")
+    limit = getattr(model.config, "max_position_embeddings", None) or MAX_TOKENS
+    longest = max(map(len, seqs))
+    if longest + max_new_tokens > limit:
+        raise GenerateError(
+            f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's {limit} positions; "
+            f"allowed max_new_tokens <= {max(limit - longest, 0)}"
+        )
 
     eos, pad_token_id = stop_tokens(model, tokenizer, eos_token_id, pad_token_id)
     B = len(seqs)

@@ -27,6 +27,7 @@ from zojax.optim.transforms import (
     lozo_adapter,
     lozo_m,
     update_bound,
+    weight_decay_mask,
     zo_sgd,
     zo_sgd_update,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "effective_params",
     "apply_update",
     "update_bound",
+    "weight_decay_mask",
     "AdapterState",
     "LozoMState",
     "ScheduleState",

@@ -75,8 +75,19 @@ def init(params: PyTree, spec: ZOSpec, optimizer: optax.GradientTransformation, 
     return state, frozen
 
 
+def micro_mean(tree, micro_batches, micro_weight=None):
+    """The mean of ``tree``'s leaves over their leading micro-batch axis: weighted by
+    ``micro_weight(micro_batch)`` (what each micro-batch's loss is a mean over, e.g. its target
+    tokens, so that the micro-batches together equal the whole batch), else plain."""
+    if micro_weight is None:
+        return jax.tree.map(lambda x: x.mean(0), tree)
+    w = jax.lax.map(micro_weight, micro_batches).astype(jnp.float32)
+    w = w / jnp.maximum(w.sum(), 1e-9)
+    return jax.tree.map(lambda x: jnp.tensordot(w, x.astype(jnp.float32), 1).astype(x.dtype), tree)
+
+
 def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batches: int, mesh=None, base=None,
-              scale=None):
+              scale=None, micro_weight=None):
     """``(losses, coeffs, curvature)`` of one step; curvature is None unless ``spec.center``."""
 
     def one(micro):
@@ -90,12 +101,11 @@ def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batche
     if micro_batches == 1:
         return one(batch)
     # same directions for every micro-batch (same key and step); coefficients averaged
-    losses, coeffs, curvature = jax.lax.map(one, batch)
-    return losses.mean(0), coeffs.mean(0), None if curvature is None else curvature.mean(0)
+    return micro_mean(jax.lax.map(one, batch), batch, micro_weight)  # a None curvature stays None
 
 
 def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, micro_batches: int = 1, mesh=None,
-          rules=None):
+          rules=None, micro_weight=None):
     if mesh is not None:
         from zojax import parallel
 
@@ -109,7 +119,8 @@ def _step(state: ZOState, frozen, batch, *, loss_fn, spec: ZOSpec, optimizer, mi
     base = optimizer.view(params, opt_state, state.key, spec.adapter) if isinstance(optimizer, ZOTransformation) else None
     # a preconditioner or mask the optimiser keeps (after the fold: a mask may be refreshed there)
     scale = direction_scale(optimizer, state.opt_state, state.params)
-    losses, coeffs, curvature = _estimate(loss_fn, state, frozen, batch, spec, micro_batches, mesh, base, scale)
+    losses, coeffs, curvature = _estimate(loss_fn, state, frozen, batch, spec, micro_batches, mesh, base, scale,
+                                          micro_weight)
     finite_losses = jnp.all(jnp.isfinite(losses)) & (True if curvature is None else jnp.all(jnp.isfinite(curvature)))
     coeffs = jnp.where(finite_losses, coeffs, 0.0)
     if curvature is not None:
@@ -148,7 +159,9 @@ def _update_is_finite(optimizer, grad: ZOGrad, state: ZOState, updated) -> jax.A
     (:func:`~zojax.optim.transforms.update_bound`), when far below the largest value of every
     trainable dtype, answers without computing the update; otherwise the update is computed."""
     def exact(_):
-        return all_finite(updated(None))
+        params, opt_state = updated(None)
+        # what a later fold writes must be finite too (the adapter state's V A^T into float16 weights)
+        return all_finite((fold(optimizer, params, opt_state, state.key, state.step, force=True)[0], opt_state))
 
     bound = update_bound(optimizer, grad, state.opt_state, state.params)
     if bound is None:
@@ -239,10 +252,12 @@ class CompiledStep(NamedTuple):
     run_steps: Any  # (state, frozen, batches stacked on a leading axis) -> (state, stacked infos)
 
 
-def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=None, rules=None) -> CompiledStep:
+def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=None, rules=None,
+              micro_weight=None) -> CompiledStep:
     """:func:`step` and :func:`run_steps` for one run, with ``loss_fn``, ``spec``, the optimiser
     and the mesh closed over: built once, so nothing needs to be hashable or cached by
-    identity (a fresh closure per call to :func:`step` would recompile).
+    identity (a fresh closure per call to :func:`step` would recompile). ``micro_weight``
+    weighs micro-batches (see :func:`micro_mean`; default: equally).
 
     >>> from zojax.optim import zo_sgd
     >>> spec, opt = ZOSpec(members=2), zo_sgd(0.05)
@@ -252,7 +267,8 @@ def make_step(loss_fn, spec: ZOSpec, optimizer, *, micro_batches: int = 1, mesh=
     >>> infos.losses.shape, int(state.step)
     ((5, 2, 2), 5)
     """
-    options = dict(loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh, rules=rules)
+    options = dict(loss_fn=loss_fn, spec=spec, optimizer=optimizer, micro_batches=micro_batches, mesh=mesh, rules=rules,
+                   micro_weight=micro_weight)
     return compile_steps(functools.partial(_step, **options))
 
 

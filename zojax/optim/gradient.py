@@ -41,7 +41,8 @@ class ZOGrad:
     curvature: jax.Array | None = None
 
     def leaf_gradient(self, path: str, x) -> jax.Array:
-        """``mean_k c_k z_k`` for one leaf, never holding K dense directions at once."""
+        """``mean_k c_k z_k`` for one leaf, never holding K dense directions at once, in float32 at
+        least (:meth:`zojax.directions.DirectionKind.gradient`)."""
         return self.noise.gradient(self.key, self.step, self.coeffs, path, x)
 
     def member_directions(self, path: str, x):
@@ -50,5 +51,5 @@ class ZOGrad:
 
 
 def dense_gradient(grad: ZOGrad, params: PyTree) -> PyTree:
-    """The dense gradient pytree a ZOGrad stands for (``None`` leaves stay ``None``)."""
-    return map_with_paths(grad.leaf_gradient, params)
+    """The dense gradient pytree a ZOGrad stands for, in the leaves' dtypes (``None`` leaves stay ``None``)."""
+    return map_with_paths(lambda path, x: grad.leaf_gradient(path, x).astype(x.dtype), params)

@@ -23,6 +23,7 @@ import optax
 
 from zojax import nn
 from zojax.directions import LowRank, Noise
+from zojax.directions.base import NORMAL_MAX
 from zojax.directions.lowrank import sum_outer
 from zojax.optim.gradient import ZOGrad, dense_gradient
 from zojax.paths import map_with_paths
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "zo_sgd", "zo_sgd_update", "densify", "lozo_m", "lozo_adapter", "ZOTransformation", "BoundedTransformation",
     "effective_params", "fold", "apply_update", "update_bound",
-    "direction_scale",
+    "direction_scale", "weight_decay_mask",
 ]
 
 def _as_schedule(learning_rate: optax.ScalarOrSchedule, name: str) -> optax.Schedule:
@@ -72,6 +73,18 @@ class BoundedTransformation(NamedTuple):
     init: Callable
     update: Callable
     bound: Callable
+
+
+def weight_decay_mask(noise: Noise):
+    """The leaves :func:`zo_sgd` decays (matrices: not biases or norm scales, stacks declared by
+    ``noise``), as the ``mask`` of an optax transform (``optax.adamw(..., mask=...)``), so that an
+    optax chain (``densify()`` + adamw, or the first-order baseline) decays the same leaves.
+
+    >>> from zojax.directions import Gaussian
+    >>> weight_decay_mask(Gaussian())({"w": jnp.ones((2, 2)), "b": jnp.ones(2)})
+    {'b': False, 'w': True}
+    """
+    return lambda params: map_with_paths(lambda path, x: _decays(None, noise, path, x), params)
 
 
 class ScheduleState(NamedTuple):
@@ -117,16 +130,27 @@ def zo_sgd(learning_rate, weight_decay: float = 0.0, decay_mask=None):
         # |theta'| <= max|theta| + |lr| (mean_k |c_k| max|z| + |wd| max|theta|), from scalars and one
         # read-only pass over the weights: no direction is regenerated (see update_bound)
         lr = jnp.abs(jnp.asarray(schedule(state.count), jnp.float32))
-        p_max = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(params)]))
-        g_max = jnp.mean(jnp.abs(grad.coeffs.astype(jnp.float32))) * grad.noise.max_abs
-        return p_max + lr * (g_max + abs(weight_decay) * p_max)
+        p_max = _max_abs(params)
+        return p_max + lr * (_gradient_max(grad) + abs(weight_decay) * p_max)
 
     return BoundedTransformation(init, update, bound)
 
 
+def _max_abs(tree) -> jax.Array:
+    """``max |x|`` over every leaf of ``tree``, in float32 (0 for no values: size-0 leaves are fine)."""
+    maxima = [jnp.max(jnp.abs(x), initial=0).astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    return jnp.max(jnp.stack(maxima), initial=0.0) if maxima else jnp.float32(0)
+
+
+def _gradient_max(grad: ZOGrad) -> jax.Array:
+    """A bound on ``|mean_k c_k z_k|``, from the kind's bound on a direction's entries."""
+    return jnp.mean(jnp.abs(grad.coeffs.astype(jnp.float32))) * grad.noise.max_abs
+
+
 def update_bound(optimizer, grad: ZOGrad, opt_state, params) -> jax.Array | None:
     """An upper bound on ``|theta|`` after ``optimizer``'s update, when the optimiser offers a cheap
-    one (a :class:`BoundedTransformation`: ``zo_sgd``), else None.
+    one (a :class:`BoundedTransformation`: ``zo_sgd``; a :class:`ZOTransformation` with a bound:
+    ``lozo_adapter``), else None.
 
     The fused step uses it to skip its finiteness check's second update pass: when the bound is
     far below the dtype's largest value, no updated weight can overflow.
@@ -141,9 +165,8 @@ def update_bound(optimizer, grad: ZOGrad, opt_state, params) -> jax.Array | None
     >>> update_bound(optax.chain(zo_sgd(0.1)), g, optax.chain(zo_sgd(0.1)).init(p), p) is None  # wrapped: dropped
     True
     """
-    if not isinstance(optimizer, BoundedTransformation):
-        return None
-    return optimizer.bound(grad, opt_state, params)
+    bound = optimizer.bound if isinstance(optimizer, (BoundedTransformation, ZOTransformation)) else None
+    return None if bound is None else bound(grad, opt_state, params)
 
 
 def densify():
@@ -258,6 +281,8 @@ class ZOTransformation(NamedTuple):
     :func:`step` and :func:`zojax.replay` call both; :func:`effective_params` folds for export.
     ``scale(state, params) -> pytree`` (optional) multiplies every scored direction coordinate-wise:
     a preconditioner (HiZOO's ``H^-1/2``) or a mask (Sparse MeZO), one array per trainable leaf.
+    ``bound(grad, state, params) -> scalar`` (optional) is as :class:`BoundedTransformation`'s, and
+    bounds what a fold of the updated state would write too.
     """
 
     init: Callable
@@ -265,6 +290,7 @@ class ZOTransformation(NamedTuple):
     fold: Callable
     view: Callable
     scale: Callable | None = None
+    bound: Callable | None = None
 
 
 def direction_scale(optimizer, opt_state, params: PyTree) -> PyTree | None:
@@ -313,6 +339,14 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
         updates, acc = _unzip(map_with_paths(one, params, state.acc))
         return updates, AdapterState(state.count + 1, state.window, acc)
 
+    def bound(grad: ZOGrad, state: AdapterState, params) -> jax.Array:
+        # What a fold will write: |W + V A'^T| <= max|W| + K r max|v| max|A'| with A' = A - lr c U / K
+        # (|u|, |v| <= the normal bound; a factorized scale is below 1); 1-D leaves as zo_sgd's bound.
+        lr = jnp.abs(jnp.asarray(schedule(state.count), jnp.float32))
+        c_max = jnp.max(jnp.abs(grad.coeffs.astype(jnp.float32)))
+        a_max = _max_abs(state.acc) + lr * c_max / members * NORMAL_MAX
+        return _max_abs(params) + lr * _gradient_max(grad) + members * noise.rank * NORMAL_MAX * a_max
+
     def fold(params, state: AdapterState, key, step, force=False):
         window = jnp.asarray(step, jnp.int32) // noise.refresh_every
         due = jnp.logical_or(force, window != state.window)
@@ -344,7 +378,7 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
 
         return map_with_paths(one, params, state.acc)
 
-    return ZOTransformation(init, update, fold, view)
+    return ZOTransformation(init, update, fold, view, bound=bound)
 
 
 def fold(optimizer, params: PyTree, opt_state, key, step, *, force: bool = False) -> tuple[PyTree, Any]:

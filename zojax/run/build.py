@@ -18,7 +18,17 @@ from zojax.directions import METHODS, Gaussian, LowRank, Rademacher
 from zojax.errors import ConfigError, LoadError
 from zojax.fo import make_fo_step
 from zojax.models import projections, sharding_rules, stacked_paths
-from zojax.optim import CompiledStep, densify, hizoo, lozo_m, make_step, sparse_mezo, zo_muon, zo_sgd_update
+from zojax.optim import (
+    CompiledStep,
+    densify,
+    hizoo,
+    lozo_m,
+    make_step,
+    sparse_mezo,
+    weight_decay_mask,
+    zo_muon,
+    zo_sgd_update,
+)
 from zojax.run import reward as reward_task
 from zojax.scoring import ZOSpec
 
@@ -101,14 +111,15 @@ def make_optimizer(cfg: RunConfig, spec: ZOSpec) -> optax.GradientTransformation
     chain = [] if fo else [densify()]  # a ZOGrad becomes a dense gradient; fo already has one
     if o.clip_norm:
         chain.append(optax.clip_by_global_norm(o.clip_norm))
+    decays = weight_decay_mask(spec.noise)  # zo_sgd's rule: norms and biases are not decayed
     if name == "sgd":
         chain.append(optax.sgd(lr, momentum=o.momentum or None))
         if o.weight_decay:
-            chain.insert(-1, optax.add_decayed_weights(o.weight_decay))
+            chain.insert(-1, optax.add_decayed_weights(o.weight_decay, mask=decays))
     elif name == "adam":
         chain.append(optax.adam(lr))
     else:
-        chain.append(optax.adamw(lr, weight_decay=o.weight_decay))
+        chain.append(optax.adamw(lr, weight_decay=o.weight_decay, mask=decays))
     return optax.chain(*chain)
 
 
@@ -251,10 +262,13 @@ def _assemble(cfg: RunConfig, module, graphdef, params, model_config, tokenizer,
     mesh = parallel.mesh_from_config(cfg.mesh, spec.members)
     rules = sharding_rules(module)
     optimizer = make_optimizer(cfg, spec)
+    # micro-batches weigh what their loss averages over: lm_loss is a mean over target tokens
+    micro = dict(micro_batches=cfg.train.micro_batches, mesh=mesh,
+                 micro_weight=tasks.target_tokens if t.name == "lm" else None)
     if cfg.zo.method == "fo":
-        compiled = make_fo_step(loss_fn, optimizer, micro_batches=cfg.train.micro_batches, mesh=mesh)
+        compiled = make_fo_step(loss_fn, optimizer, **micro)
     else:
-        compiled = make_step(loss_fn, spec, optimizer, micro_batches=cfg.train.micro_batches, mesh=mesh, rules=rules)
+        compiled = make_step(loss_fn, spec, optimizer, rules=rules, **micro)
     return Run(
         cfg=cfg,
         graphdef=graphdef,

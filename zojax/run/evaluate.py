@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from zojax import parallel, tasks
 from zojax.run import reward as reward_task
 from zojax.run.build import Run
@@ -26,6 +28,9 @@ def evaluate(run: Run, params, split: str = "test", limit: int | None = None) ->
             batch = parallel.replicate(batch, run.mesh)
         for k, v in run.metrics_fn(params, batch).items():
             totals[k] = totals.get(k, 0.0) + float(v)
+    if "tokens" in totals:  # the LM task (tasks.lm_metric_sums): loss per target token
+        loss = totals["nll_sum"] / max(totals["tokens"], 1.0)
+        return {"examples": n, "tokens": int(totals["tokens"]), "loss": loss, "perplexity": math.exp(min(loss, 700.0))}
     count = max(totals.get("count", 0.0), 1.0)
     out = {"examples": int(count), "loss": totals.get("loss_sum", 0.0) / count}
     if "correct" in totals:

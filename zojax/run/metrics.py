@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 
+from zojax.files import write_atomic
 from zojax.seedlog import read_jsonl
 
 __all__ = ["MetricsWriter", "plot_curves", "peak_memory_mb"]
@@ -26,8 +27,7 @@ class MetricsWriter:
         if resume_step is not None and self.path.exists():
             # keep only what happened up to the checkpoint we resume from (a torn last line is dropped)
             records = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records))
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -37,7 +37,7 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with open(self.path, "a") as f:  # closed (so flushed) per record: a kill loses at most a torn last line
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             # eval records are tagged by split (eval/test/loss, eval/dev/accuracy), train ones train/<key>

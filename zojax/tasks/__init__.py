@@ -56,6 +56,7 @@ from zojax.tasks.objectives import (
     option_scores,
     predictions,
     register_objective,
+    target_tokens,
     token_logprobs,
 )
 from zojax.tasks.templates import (
@@ -107,6 +108,7 @@ __all__ = [
     "iter_batches",
     "lm_loss",
     "lm_metric_sums",
+    "target_tokens",
     "load_task_data",
     "make_batch",
     "margin_loss",

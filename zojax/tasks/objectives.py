@@ -44,6 +44,7 @@ __all__ = [
     "get_objective",
     "lm_loss",
     "lm_metric_sums",
+    "target_tokens",
     "margin_loss",
     "metric_sums",
     "option_logprobs",
@@ -190,6 +191,12 @@ def lm_loss(apply: Apply, batch: Batch) -> jax.Array:
     tok = token_logprobs(apply, batch)
     m = jnp.asarray(batch.target_mask) * jnp.asarray(batch.weights, jnp.float32)[:, None, None, None]
     return -jnp.sum(tok * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def target_tokens(batch: Batch) -> jax.Array:
+    """The real target tokens of a batch: what :func:`lm_loss` is a mean over, so the weight of each
+    micro-batch of a split batch (its micro-batches then average to the whole batch's loss)."""
+    return jnp.sum(jnp.asarray(batch.target_mask) * jnp.asarray(batch.weights, jnp.float32)[:, None, None, None])
 
 
 def metric_sums(apply: Apply, batch: Batch) -> dict[str, jax.Array]:
