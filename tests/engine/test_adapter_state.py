@@ -114,8 +114,9 @@ def test_only_the_fold_writes_the_weights():
         step = lambda s: _step(s, frozen, batch, loss_fn=linear_loss, spec=spec, optimizer=optimizer)  # noqa: E731
         return _weight_writing_conds(jax.make_jaxpr(step)(state).jaxpr, SHAPE)
 
-    # the adapter state: nothing outside conditionals, and one conditional (the fold) writes w
-    assert weight_writes(zojax.lozo_adapter(0.05, noise=noise, members=2)) == (0, 1)
+    # the adapter state: nothing outside conditionals; two conditionals form w: the fold, and the exact check
+    # of what a fold would write, taken only where the cheap bound (update_bound) cannot rule out an overflow
+    assert weight_writes(zojax.lozo_adapter(0.05, noise=noise, members=2)) == (0, 2)
     # zo_sgd rewrites w in the update (guard pass and apply): the check sees weight writes
     outside, conds = weight_writes(zojax.zo_sgd(0.05))
     assert outside + conds >= 2
