@@ -263,7 +263,7 @@ def _assemble(cfg: RunConfig, module, graphdef, params, model_config, tokenizer,
     rules = sharding_rules(module)
     optimizer = make_optimizer(cfg, spec)
     # micro-batches weigh what their loss averages over: lm_loss is a mean over target tokens
-    micro_batches, micro_weight = cfg.train.micro_batches, tasks.target_tokens if t.name == "lm" else None
+    micro_batches, micro_weight = cfg.train.micro_batches, tasks.target_tokens if cfg.task.name == "lm" else None
     if cfg.zo.method == "fo":
         compiled = make_fo_step(loss_fn, optimizer, micro_batches=micro_batches, mesh=mesh, micro_weight=micro_weight)
     else:
