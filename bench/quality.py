@@ -168,8 +168,8 @@ def train_row(model, overrides: list[str], lr: float, budget: float, *, dev_poin
     state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, jax.random.PRNGKey(cfg.train.seed))
 
     def batches(step):
-        return tasks.train_batches(run.train_set, cfg.task.data_seed, step, steps_per_call, cfg.train.batch_size,
-                                   seq_len=run.train_set.seq_len)
+        return tasks.train_batches(run.split("train"), cfg.task.data_seed, step, steps_per_call, cfg.train.batch_size,
+                                   seq_len=run.split("train").seq_len)
 
     c0, w0 = _cpu_wall()
     compiled = run.compiled.run_steps.lower(state, frozen, batches(0)).compile()

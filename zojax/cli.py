@@ -243,8 +243,9 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _run_and_weights(args):
-    """The run of ``--run`` with its latest checkpoint's weights, or the config's base model."""
+def _run_and_weights(args, *, data: bool = True):
+    """The run of ``--run`` with its latest checkpoint's weights, or the config's base model (``data=False``:
+    without encoding the task, for commands that only run the model)."""
     from zojax.run import build_run, trained_params
 
     if args.run is None:
@@ -255,7 +256,7 @@ def _run_and_weights(args):
             raise ConfigError("--delta applies to the config's base model, --run uses the run's checkpoint: give one")
         cfg = _run_config(args)
         _require_checkpoint(args.run)
-    run = build_run(cfg)
+    run = build_run(cfg, data=data)
     params, step = (run.params, 0) if args.run is None else trained_params(run, args.run)
     if args.delta is not None:
         from flax import nnx
@@ -296,7 +297,7 @@ def _cmd_replay(args) -> int:
         check_output(args.output, cfg, args.run, args.overwrite)
     log_path = Path(args.run) / "seeds.jsonl"
     log = SeedLog.load(log_path)
-    run = build_run(cfg)
+    run = build_run(cfg, data=False)  # replaying evaluates no loss: no task data
     # the last checkpoint, which the whole log rebuilds (not train.keep_best's choice)
     ckpt_params, step = trained_params(run, args.run, best=False) if checkpoint_steps(Path(args.run)) else (None, None)
     # the log must hold steps 0 .. N-1, N being the checkpoint's step: a gap or a short log rebuilds other weights
@@ -326,7 +327,7 @@ def _cmd_export(args) -> int:
     cfg = _run_config(args)
     check_output(args.output, cfg, args.run, args.overwrite)
     _require_checkpoint(args.run)
-    run = build_run(cfg)
+    run = build_run(cfg, data=False)  # exporting reads weights only: no task data
     params, step = trained_params(run, args.run)
     if args.delta:
         file = _save_delta(run, params, cfg.model.name, args.output, args.overwrite)
@@ -370,7 +371,7 @@ def _cmd_generate(args) -> int:
             f"generate takes one prompt (quote it; a prompt holding '=' goes in --prompt), got {len(prompts)}: {prompts}"
         )
     check_sampling(args.max_new_tokens, args.temperature, args.top_k)
-    _, run, params, _ = _run_and_weights(args)
+    _, run, params, _ = _run_and_weights(args, data=False)  # generating needs no task data
     model = nnx.merge(run.graphdef, params)
     prompt = _chat_prompt(run.tokenizer, prompts[0]) if args.chat else prompts[0]
     text = generate(

@@ -232,7 +232,8 @@ def _loop(job: _Job) -> None:
         if run.reward is not None:
             batches = reward_task.train_batches(run.reward.train_set, cfg.task.data_seed, step, n, t.batch_size)
         else:
-            batches = tasks.train_batches(run.train_set, cfg.task.data_seed, step, n, t.batch_size, seq_len=run.train_set.seq_len)
+            train_set = run.split("train")
+            batches = tasks.train_batches(train_set, cfg.task.data_seed, step, n, t.batch_size, seq_len=train_set.seq_len)
         if t.micro_batches > 1:
             batches = tasks.split_batch(batches, t.micro_batches, axis=1)
         if run.mesh is not None:

@@ -429,7 +429,7 @@ def _worker_eight(root: Path) -> None:
         losses = []
         for start in (0, 2):
             batches = tasks.train_batches(
-                run.train_set, cfg.task.data_seed, start, 2, 8, seq_len=run.train_set.seq_len
+                run.split("train"), cfg.task.data_seed, start, 2, 8, seq_len=run.split("train").seq_len
             )
             if mesh is not None:
                 batches = parallel.replicate(batches, mesh)

@@ -64,3 +64,17 @@ def test_generate_chat_uses_the_tokenizers_template(assets, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, f"model.name={model}"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_generate_export_and_replay_load_no_task_data(run, tmp_path, capsys, monkeypatch):
+    # they only run or read the model: a missing data file must not matter (nor cost the time to encode it)
+    import zojax.tasks
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("task data loaded")
+
+    monkeypatch.setattr(zojax.tasks, "load_task_data", no_data)
+    run_dir, config = run
+    assert main(["generate", "--run", str(run_dir), "It was", "--max-new-tokens", "2"]) == 0
+    assert main(["export", "--run", str(run_dir), "--output", str(tmp_path / "hf")]) == 0
+    assert main(["replay", "--run", str(run_dir)]) == 0

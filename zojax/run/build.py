@@ -132,9 +132,9 @@ class Run:
     params: Any  # full parameter state of the base model
     model_config: Any
     tokenizer: Any
-    train_set: tasks.EncodedTask
-    dev_set: tasks.EncodedTask
-    test_set: tasks.EncodedTask
+    train_set: tasks.EncodedTask | None  # the splits are None in a run built with data=False
+    dev_set: tasks.EncodedTask | None
+    test_set: tasks.EncodedTask | None
     spec: ZOSpec
     optimizer: optax.GradientTransformation
     loss_fn: Any
@@ -144,6 +144,13 @@ class Run:
     data_info: dict
     mesh: Any = None  # jax.sharding.Mesh of cfg.mesh, or None for a single device
     reward: Any = None  # zojax.run.reward.RewardPieces of a reward task (generation in the step), else None
+
+    def split(self, name: str) -> tasks.EncodedTask:
+        """The encoded ``train`` / ``dev`` / ``test`` split (a run built with ``data=False`` has none)."""
+        encoded = {"train": self.train_set, "dev": self.dev_set, "test": self.test_set}[name]
+        if encoded is None:
+            raise RuntimeError(f"this run was built with data=False: it has no {name} split")
+        return encoded
 
 
 def _task_functions(graphdef, objective_name: str, takes_tokens: bool, options: dict):
@@ -185,10 +192,11 @@ def icl_demonstrations(cfg: RunConfig, train: list) -> list:
     return [train[i] for i in tasks.sample_indices(len(train), k, cfg.task.data_seed)]
 
 
-def build_run(cfg: RunConfig, *, model=None) -> Run:
+def build_run(cfg: RunConfig, *, model=None, data: bool = True) -> Run:
     """Load the model and data of ``cfg`` and build the loss, spec and optimiser.
 
-    ``model`` may be given as ``(nnx_model, model_config, tokenizer)`` to skip loading."""
+    ``model`` may be given as ``(nnx_model, model_config, tokenizer)`` to skip loading; ``data=False`` loads
+    and encodes no task data (the run's splits are None: for generating text or reading a checkpoint)."""
     from zojax.models import from_pretrained
 
     if model is None:
@@ -207,6 +215,15 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         return _assemble(cfg, module, graphdef, params, model_config, tokenizer, pieces.loss_fn, pieces.metrics_fn,
                          (pieces.train_set, pieces.dev_set, pieces.test_set), pieces.data_info, reward=pieces)
 
+    sets, data_info = _encode_task(cfg, tokenizer) if data else ((None, None, None), {})
+    takes_tokens = "logits_tokens" in inspect.signature(type(module).__call__).parameters
+    options = {"unroll_layers": True} if cfg.model.unroll_layers else {}
+    loss_fn, metrics_fn = _task_functions(graphdef, "lm" if cfg.task.name == "lm" else cfg.train.objective, takes_tokens, options)
+    return _assemble(cfg, module, graphdef, params, model_config, tokenizer, loss_fn, metrics_fn, sets, data_info)
+
+
+def _encode_task(cfg: RunConfig, tokenizer) -> tuple[tuple, dict]:
+    """The task's train, dev and test splits encoded for the model, and what the run summary says of them."""
     t = cfg.task
     source = t.source
     data = tasks.load_task_data(
@@ -239,9 +256,6 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         if len(enc) == 0:
             raise tasks.DataError(f"task {t.name!r} from {source!r}: the {name} split is empty")
 
-    takes_tokens = "logits_tokens" in inspect.signature(type(module).__call__).parameters
-    options = {"unroll_layers": True} if cfg.model.unroll_layers else {}
-    loss_fn, metrics_fn = _task_functions(graphdef, "lm" if t.name == "lm" else cfg.train.objective, takes_tokens, options)
     data_info = {
         "train_examples": len(train_set),
         "dev_examples": len(dev_set),
@@ -250,8 +264,7 @@ def build_run(cfg: RunConfig, *, model=None) -> Run:
         "icl_examples": cfg.task.icl_examples,
         "icl_demonstrations_dropped": int(sum(e.demonstrations_dropped for e in encoded)),
     }
-    return _assemble(cfg, module, graphdef, params, model_config, tokenizer, loss_fn, metrics_fn,
-                     (train_set, dev_set, test_set), data_info)
+    return (train_set, dev_set, test_set), data_info
 
 
 def _assemble(cfg: RunConfig, module, graphdef, params, model_config, tokenizer, loss_fn, metrics_fn, sets, data_info,

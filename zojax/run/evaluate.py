@@ -14,7 +14,7 @@ __all__ = ["evaluate"]
 def evaluate(run: Run, params, split: str = "test", limit: int | None = None) -> dict:
     """Accuracy (classification) or loss (LM) of full ``params`` on a split; for a reward task, the mean
     reward and accuracy of one completion per prompt (:func:`zojax.run.reward.evaluate_rewards`)."""
-    enc = {"train": run.train_set, "dev": run.dev_set, "test": run.test_set}[split]
+    enc = run.split(split)
     bs = run.cfg.train.eval_batch_size
     if run.reward is not None:
         return reward_task.evaluate_rewards(run.reward, split, params, batch_size=bs, seed=run.cfg.train.seed, limit=limit)
