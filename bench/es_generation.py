@@ -1,13 +1,14 @@
 """ES with generation in the step against batched generation of the same sequences.
 
-    python bench/es_generation.py --json bench/results/es_generation_cpu.json          # K = 8, 64, 256
+    python bench/es_generation.py --json bench/results/es_generation.json   # K = 8, 64, 256, CPU quick profile
     python bench/es_generation.py --memory --json bench/results/es_generation_memory.json
 
 Throughput: one fused ES step (every member and sign samples ``prompts x samples`` completions of
 ``new`` tokens with its rank-1 perturbation on the adapter path, a ``jnp`` reward scores them, z-score
 shaping, zo_sgd update) against one batched generation of the same ``2K x prompts x samples``
 sequences with the base weights (the same decode program, no perturbation, no update): the ratio is
-ES's inference efficiency for generation. Interleaved medians (:func:`bench.common.side_by_side`).
+ES's inference efficiency for generation. Interleaved medians (:func:`bench.common.side_by_side`). The
+CPU quick profile (``bench/run.py --quick``): SmolLM2-135M's real weights, its first 4 layers.
 
 Memory (``--memory``): XLA's memory analysis of the compiled programs (nothing runs) for SmolLM2-135M,
 4 prompts x 32 new tokens: the largest K whose ES step fits in the batched generation's memory + 10%.
@@ -33,6 +34,7 @@ from flax import nnx  # noqa: E402
 
 import zojax  # noqa: E402
 from bench import common  # noqa: E402
+from zojax.models import stacked_paths  # noqa: E402
 from zojax.scoring import Member  # noqa: E402
 from zojax.tasks import generation as gen  # noqa: E402
 
@@ -57,9 +59,9 @@ def _prompts(prompts: int, length: int) -> gen.PromptBatch:
     return gen.PromptBatch(ids, np.ones_like(ids), np.arange(prompts, dtype=np.int32))
 
 
-def _programs(graphdef, state, batch, members: int, sampling: gen.Sampling):
+def _programs(graphdef, state, batch, members: int, sampling: gen.Sampling, stacked: str | None):
     """(ES step thunk, generation thunk, their jitted functions and arguments for lowering)."""
-    spec = zojax.ZOSpec(noise=zojax.LowRank(rank=1, refresh_every=1, stacked=common.STACKED), eps=1e-3,
+    spec = zojax.ZOSpec(noise=zojax.LowRank(rank=1, refresh_every=1, stacked=stacked), eps=1e-3,
                         members=members, scope="all", estimator="zscore", adapter=True)
     opt = zojax.zo_sgd(1e-4)
     compiled = zojax.make_step(gen.reward_loss(graphdef, sampling, _reward), spec, opt)
@@ -96,7 +98,7 @@ def throughput(args) -> dict:
     sampling = gen.Sampling(samples=args.samples, max_new_tokens=args.new_tokens, temperature=1.0)
     rows = {}
     for k in args.members:
-        es, generation, _ = _programs(graphdef, state, batch, k, sampling)
+        es, generation, _ = _programs(graphdef, state, batch, k, sampling, stacked_paths(bundle.family))
         t = common.side_by_side({"es_step": es, "generation": generation}, reps=args.reps, warmup=0, log=print)
         rows[str(k)] = {"members": k, "sequences": 2 * k * args.prompts * args.samples,
                         "es_step": t["es_step"].as_dict(), "generation": t["generation"].as_dict(),
@@ -116,7 +118,7 @@ def memory(args) -> dict:
     sampling = gen.Sampling(samples=1, max_new_tokens=32, temperature=1.0)
     rows = {}
     for k in args.members:
-        _, _, lowering = _programs(graphdef, state, batch, k, sampling)
+        _, _, lowering = _programs(graphdef, state, batch, k, sampling, stacked_paths(bundle.family))
         sizes = {}
         for name, lower in lowering.items():
             m = lower().compile().memory_analysis()
@@ -133,10 +135,17 @@ def memory(args) -> dict:
             "largest_k_within_10_percent": max(fits) if fits else None}
 
 
+def _uptime() -> str:
+    """``uptime``'s line: the machine is shared, so its load goes with every figure."""
+    import subprocess
+
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=int, nargs="+", default=[8, 64, 256])
-    p.add_argument("--layers", type=int, default=2, help="SmolLM2-135M truncated to its first N layers (real weights)")
+    p.add_argument("--layers", type=int, default=4, help="SmolLM2-135M truncated to its first N layers (real weights)")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--samples", type=int, default=1)
@@ -146,10 +155,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     started = time.time()
-    load_before = os.getloadavg()
+    load_before, uptime_before = os.getloadavg(), _uptime()
     out = memory(args) if args.memory else throughput(args)
     out.update(machine=common.machine(), load_before=load_before, load_after=os.getloadavg(),
-               seconds=time.time() - started)
+               uptime_before=uptime_before, uptime_after=_uptime(), seconds=time.time() - started,
+               command="python bench/es_generation.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps({k: v for k, v in out.items() if k != "by_members"}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
