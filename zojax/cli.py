@@ -239,7 +239,9 @@ def _cmd_train(args) -> int:
         return 0
     print(f"summary: {Path(cfg.train.output_dir) / 'summary.json'}")
     keys = ("zero_shot_accuracy", "final_accuracy", "steps", "wall_seconds", "steps_per_second", "peak_memory_mb")
-    print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
+    shown = {k: summary.get(k) for k in keys}
+    shown.update({k: summary[k] for k in ("zero_shot_reward", "final_reward") if k in summary})  # reward tasks
+    print(json.dumps(shown, indent=2))
     return 0
 
 

@@ -206,6 +206,8 @@ def _zero_shot(job: _Job) -> None:
     zero = evaluate(job.run, job.run.params, "test", job.run.cfg.train.eval_examples)
     job.meta["zero_shot_accuracy"] = zero.get("accuracy")
     job.meta["zero_shot_loss"] = zero["loss"]
+    if "reward" in zero:  # a reward task: accuracy is the share of completions the verifier accepts
+        job.meta["zero_shot_reward"] = zero["reward"]
     job.writer.write({"kind": "eval", "split": "test", "step": 0, **zero})
     job.echo(f"zero-shot test accuracy: {_fmt(zero.get('accuracy'))} (loss {zero['loss']:.4f}, {zero['examples']} examples)")
 
@@ -264,7 +266,8 @@ def _loop(job: _Job) -> None:
         job.writer.write(record)
         if progress is not None:
             progress.update(n)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", skipped=skipped)
+            shown = {"reward": f"{record['reward_mean']:.3f}"} if "reward_mean" in record else {}
+            progress.set_postfix(loss=f"{record['loss']:.4f}", **shown, skipped=skipped)
         if t.eval_every and step % t.eval_every == 0 and (step < t.steps or t.keep_best):
             dev = evaluate(run, weights(run, job.state, job.frozen), "dev")
             job.writer.write({"kind": "eval", "split": "dev", "step": step, **dev})
@@ -328,6 +331,8 @@ def _finish(job: _Job, started: float) -> dict:
         final = evaluate(run, weights(run, state, job.frozen), "test", cfg.train.eval_examples)
         job.writer.write({"kind": "eval", "split": "test", "step": selected, **final})
         summary.update(final_accuracy=final.get("accuracy"), final_loss=final["loss"], selected_step=selected)
+        if "reward" in final:
+            summary.update(zero_shot_reward=meta.get("zero_shot_reward"), final_reward=final["reward"])
         if "best" in meta:
             summary.update(best_dev_accuracy=meta["best"]["accuracy"], best_dev_loss=meta["best"]["loss"])
         chosen = f" (step {selected}: the best dev evaluation)" if job.best is not None else ""

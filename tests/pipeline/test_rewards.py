@@ -120,6 +120,9 @@ def test_es_run_logs_rewards_and_evaluates_held_out_prompts(es_run, capsys):
         assert 0.0 <= r["reward_centre"] <= 1.1
     tests = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in tests] == [0, 4] and all(r["examples"] == 6 for r in tests)
+    summary = json.loads((es_run / "summary.json").read_text())
+    assert summary["zero_shot_reward"] == tests[0]["reward"] and summary["final_reward"] == tests[-1]["reward"]
+    assert summary["final_accuracy"] == tests[-1]["accuracy"]
     capsys.readouterr()
     assert main(["eval", "--run", str(es_run)]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -64,8 +64,16 @@ def plot_curves(records: list[dict], path: Path) -> None:
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval" and "accuracy" in r]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
-    a.set(xlabel="step", ylabel="train loss (mean of ±eps)", title="train loss")
+    steps = [r["step"] for r in train]
+    if train and "reward_mean" in train[0]:  # a reward task (zojax.run.reward): its loss is -reward
+        for key, label in (("reward_mean", "population mean"), ("reward_max", "best member"),
+                           ("reward_centre", "mean member")):
+            a.plot(steps, [r[key] for r in train], lw=1, label=label)
+        a.set(xlabel="step", ylabel="reward", title="train reward")
+        a.legend()
+    else:
+        a.plot(steps, [r["loss"] for r in train], lw=1)
+        a.set(xlabel="step", ylabel="train loss (mean of ±eps)", title="train loss")
     for split in sorted({r["split"] for r in evals}):
         pts = [r for r in evals if r["split"] == split]
         b.plot([r["step"] for r in pts], [r["accuracy"] for r in pts], "o-", label=split)
