@@ -22,7 +22,7 @@ from jupytext.combine import combine_inputs_with_outputs
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 SOURCES = ROOT / "tools" / "notebook_sources"
-NAMES = ["quickstart", "custom_model", "paper_reproduction"]
+NAMES = ["quickstart", "custom_model", "paper_reproduction", "es_rewards"]
 TIMEOUT_PER_CELL = 600
 REBUILD = "jupytext --update --to ipynb -o notebooks/{name}.ipynb tools/notebook_sources/{name}.py"
 
