@@ -266,8 +266,10 @@ def _loop(job: _Job) -> None:
         job.writer.write(record)
         if progress is not None:
             progress.update(n)
-            shown = {"reward": f"{record['reward_mean']:.3f}"} if "reward_mean" in record else {}
-            progress.set_postfix(loss=f"{record['loss']:.4f}", **shown, skipped=skipped)
+            shown: dict[str, object] = {"loss": f"{record['loss']:.4f}"}
+            if "reward_mean" in record:
+                shown["reward"] = f"{record['reward_mean']:.3f}"
+            progress.set_postfix(shown, skipped=skipped)
         if t.eval_every and step % t.eval_every == 0 and (step < t.steps or t.keep_best):
             dev = evaluate(run, weights(run, job.state, job.frozen), "dev")
             job.writer.write({"kind": "eval", "split": "dev", "step": step, **dev})
