@@ -188,7 +188,8 @@ def analyse(compiled, hbm_bytes: int) -> dict:
     return {"compiles": True, "hbm_bytes": hbm, "hbm_fraction": hbm / hbm_bytes,
             "argument_bytes": int(m.argument_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes),
             "flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-            "optimal_seconds": seconds, "optimal_seconds_raw": raw, "sentinels": sentinels,
+            "optimal_seconds": seconds, "optimal_ms": seconds * 1e3, "hbm_gib": hbm / GiB,
+            "optimal_seconds_raw": raw, "sentinels": sentinels,
             "collectives": collectives}
 
 
@@ -271,9 +272,14 @@ def table(res: dict) -> str:
     for name, t in res["topologies"].items():
         for k, row in t["by_k"].items():
             r, fwd = row["ratios"], row["programs"]["forward"]
-            f = lambda key, r=r: f"{r[key]:.3f}" if key in r else "fails"  # noqa: E731
-            fwd_ms = f"{fwd['optimal_seconds'] * 1e3:.2f}" if fwd.get("compiles") else "fails"
-            fwd_gib = f"{fwd['hbm_bytes'] / GiB:.2f}" if fwd.get("compiles") else "-"
+            ran = row["programs"]
+
+            def f(key, r=r, ran=ran):
+                program = key.removesuffix("_hbm").removesuffix("_per_step")
+                return f"{r[key]:.3f}" if key in r else "fails" if program in ran else "not run"
+
+            fwd_ms = f"{fwd['optimal_ms']:.2f}" if fwd.get("compiles") else "fails"
+            fwd_gib = f"{fwd['hbm_gib']:.2f}" if fwd.get("compiles") else "-"
             lines.append(f"| {name} | {k} | {row['mesh']['pop']}x{row['mesh']['model']} | {fwd_ms} | {f('lozo')} "
                          f"| {f('lozo_fold_per_step')} | {f('factorized')} | {f('mezo')} | {f('lozo_hbm')} "
                          f"| {f('mezo_hbm')} | {fwd_gib} |")
@@ -281,14 +287,26 @@ def table(res: dict) -> str:
 
 
 def merge(runs: list[dict]) -> dict:
-    """Several runs' results as one: slices and K values combined, wall times summed."""
-    out = dict(runs[0], topologies={}, wall_s=0.0, loadavg_start=[])
+    """Several runs' results as one: slices and K values combined, wall times summed, load averages
+    listed; rows written before ``optimal_ms`` / ``hbm_gib`` existed get them."""
+    out = dict(runs[0], topologies={}, wall_s=0.0, loadavg_start=[], loadavg_end=[])
     for run in runs:
         out["wall_s"] += run["wall_s"]
         out["loadavg_start"].append(run.get("loadavg_start"))
+        out["loadavg_end"].append(run.get("loadavg_end"))
         for name, t in run["topologies"].items():
             out["topologies"].setdefault(name, dict(t, by_k={}))["by_k"].update(t["by_k"])
+            for row in (r for k in t["by_k"].values() for r in k["programs"].values() if r.get("compiles")):
+                row.setdefault("optimal_ms", row["optimal_seconds"] * 1e3)
+                row.setdefault("hbm_gib", row["hbm_bytes"] / GiB)
     return out
+
+
+def _load() -> list[str] | None:
+    """The 1, 5 and 15 minute load averages (compile times depend on them; the cost model does not)."""
+    with contextlib.suppress(OSError):
+        return Path("/proc/loadavg").read_text().split()[:3]
+    return None
 
 
 def main(argv=None):
@@ -311,13 +329,12 @@ def main(argv=None):
     if why:
         sys.exit(f"tpu_compile: {why}")
     t0 = time.perf_counter()
-    with contextlib.suppress(OSError):
-        load = Path("/proc/loadavg").read_text().split()[:3]
+    load = _load()
     res = sweep(args.model, args.layers, args.topologies.split(","), [int(k) for k in args.members.split(",")],
                 tuple(args.programs.split(",")))
     res.update({"what": "the TPU compiler's cost model and memory analysis (libtpu, compiled on a CPU host), "
                         "not a measurement", "jax": jax.__version__, "targets": TARGETS,
-                "wall_s": round(time.perf_counter() - t0, 1), "loadavg_start": load})
+                "wall_s": round(time.perf_counter() - t0, 1), "loadavg_start": load, "loadavg_end": _load()})
     with contextlib.suppress(ImportError, AttributeError):
         import importlib.metadata
 
