@@ -84,6 +84,26 @@ def test_hizoo_step_matches_the_official_rule_and_replays():
     np.testing.assert_allclose(replay(_start(), log, opt)["w"], state.params["w"], rtol=1e-6, atol=1e-6)
 
 
+def test_hizoo_centre_passes_a_member_to_a_loss_that_takes_one():
+    """HiZOO's L(theta) calls a sampling loss (takes_member, e.g. a reward of generated text) with member K."""
+    seen = []
+
+    def sampling_loss(params, target, member):
+        seen.append(member)
+        return quadratic(params, target)
+
+    sampling_loss.takes_member = True
+    spec = zojax.ZOSpec(noise=Gaussian(), eps=1e-2, members=2, center=True)
+    opt = hizoo(0.05)
+    state, frozen = zojax.init(_start(), spec, opt, KEY)
+    target = jnp.full(12, 0.5)
+    plain, _ = zojax.step(state, frozen, target, loss_fn=quadratic, spec=spec, optimizer=opt)
+    state, frozen = zojax.init(_start(), spec, opt, KEY)
+    sampled, _ = zojax.step(state, frozen, target, loss_fn=sampling_loss, spec=spec, optimizer=opt)
+    np.testing.assert_array_equal(sampled.params["w"], plain.params["w"])
+    assert seen and all(m.number.shape == () for m in seen)
+
+
 def test_hizoo_refuses_a_gradient_without_curvature():
     spec = zojax.ZOSpec(noise=Gaussian(), members=1)
     opt = hizoo(0.01)

@@ -19,7 +19,7 @@ from zojax.estimators import second_difference
 from zojax.optim.gradient import PyTree, ZOGrad
 from zojax.optim.transforms import ZOTransformation, apply_update, direction_scale, fold, update_bound
 from zojax.scope import partition
-from zojax.scoring import ZOSpec, center_loss, score
+from zojax.scoring import Member, ZOSpec, center_loss, score
 
 __all__ = ["ZOState", "StepInfo", "init", "step", "run_steps", "make_step", "compile_steps"]
 
@@ -95,7 +95,9 @@ def _estimate(loss_fn, state: ZOState, frozen, batch, spec: ZOSpec, micro_batche
                        scale=scale)
         if not spec.center:
             return losses, spec.coefficients(losses), None
-        center = center_loss(loss_fn, state.params if base is None else base, frozen, micro)
+        # a loss that samples (takes_member) draws the centre's samples as one-sided scoring's centre: member K
+        centre_member = Member(state.key, state.step, jnp.asarray(spec.members))
+        center = center_loss(loss_fn, state.params if base is None else base, frozen, micro, centre_member)
         return losses, spec.coefficients(losses), second_difference(losses, center, spec.eps)
 
     if micro_batches == 1:
