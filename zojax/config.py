@@ -252,6 +252,12 @@ class TrainConfig(_Strict):
     objective: str = Field("ce", description="ZO objective: ce, error_rate, margin (non-differentiable ones work too)")
     seed: _Seed = Field(0, description="run seed (directions; 0 .. 2**32-1)")
     max_consecutive_skips: int = Field(20, ge=1, description="stop after this many consecutive non-finite steps")
+    max_zero_signal_steps: int | None = Field(
+        8, ge=1,
+        description="stop (exit 1) after this many consecutive steps whose coefficients are all exactly 0: the "
+        "perturbation does not reach the loss (e.g. eps below the compute dtype's spacing); None: never (objectives "
+        "that are often flat, such as error_rate; reward tasks never stop for this)",
+    )
     stop_after: int | None = Field(None, ge=1, description="stop (with a checkpoint) after this step, to resume later")
     output_dir: _Name = Field("runs/default", description="run directory: metrics, checkpoints, seed log, plot, summary")
     progress: bool = Field(True, description="show a progress bar")
@@ -497,6 +503,7 @@ RESUMABLE_KEYS = frozenset({
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.max_consecutive_skips",
+    "train.max_zero_signal_steps",
     "train.output_dir",
     "train.progress",
     "train.tensorboard",

@@ -25,6 +25,7 @@ __all__ = [
     "GenerateError",
     "SeedLogError",
     "RunDirError",
+    "ResolutionError",
     "CheckpointMismatchError",
     "TrainingError",
     "NonFiniteError",
@@ -83,6 +84,11 @@ class SeedLogError(UserError, ValueError):
 
 class RunDirError(UserError, ValueError):
     """A command that would destroy or corrupt a run directory."""
+
+
+class ResolutionError(UserError, ValueError):
+    """A trainable leaf whose perturbation does not survive the dtype the model computes it with
+    (:func:`zojax.precision.check_resolution`)."""
 
 
 class CheckpointMismatchError(UserError, ValueError):

@@ -160,8 +160,9 @@ def materialize(w):
     return w
 
 
-def dense(x: jax.Array, w, bias=None, *, precision=None) -> jax.Array:
-    """``x @ w (+ bias)`` for ``w`` of shape ``(d_in, d_out)``, plain or :class:`Perturbed`.
+def dense(x: jax.Array, w, bias=None, *, precision=None, preferred_element_type=None) -> jax.Array:
+    """``x @ w (+ bias)`` for ``w`` of shape ``(d_in, d_out)``, plain or :class:`Perturbed`;
+    ``preferred_element_type``: the result's dtype (default ``x``'s), as in ``jnp.matmul``.
 
     >>> x = jnp.ones((3, 2))
     >>> w = Perturbed(jnp.zeros((2, 4)), jnp.ones((2, 1)), jnp.ones((4, 1)))
@@ -169,11 +170,11 @@ def dense(x: jax.Array, w, bias=None, *, precision=None) -> jax.Array:
     True
     """
     if isinstance(w, Perturbed) and factored_is_cheaper(x, w):
-        y = dense(x, w.base, precision=precision)
+        y = dense(x, w.base, precision=precision, preferred_element_type=preferred_element_type)
         low = jnp.matmul(x, w.v.astype(x.dtype), precision=precision)
         y = _add_low_rank(y, low, w.scaled_u().astype(x.dtype), precision)
     else:
-        y = jnp.matmul(x, materialize(w).astype(x.dtype), precision=precision)
+        y = jnp.matmul(x, materialize(w).astype(x.dtype), precision=precision, preferred_element_type=preferred_element_type)
     if bias is not None:
         y = y + materialize(bias).astype(y.dtype)
     return y
@@ -220,15 +221,17 @@ def embed(ids: jax.Array, table) -> jax.Array:
     return table[ids]
 
 
-def attend(x: jax.Array, table, *, precision=None) -> jax.Array:
-    """``x @ table.T`` for a ``(vocab, d)`` table (tied output heads), plain or :class:`Perturbed`."""
+def attend(x: jax.Array, table, *, precision=None, preferred_element_type=None) -> jax.Array:
+    """``x @ table.T`` for a ``(vocab, d)`` table (tied output heads), plain or :class:`Perturbed`;
+    ``preferred_element_type``: the result's dtype (default ``x``'s), as in ``jnp.matmul``."""
+    out = {"precision": precision, "preferred_element_type": preferred_element_type}
     if isinstance(table, Perturbed):
-        y = attend(x, table.base, precision=precision)
+        y = attend(x, table.base, **out)
         low = jnp.matmul(x, table.scaled_u().astype(x.dtype), precision=precision)
-        return y + jnp.matmul(low, jnp.swapaxes(table.v, -1, -2).astype(x.dtype), precision=precision)
+        return y + jnp.matmul(low, jnp.swapaxes(table.v, -1, -2).astype(x.dtype), **out)
     if isinstance(table, Noisy):
-        return _attend_noisy(x, table, precision)
-    return jnp.matmul(x, jnp.swapaxes(table, -1, -2).astype(x.dtype), precision=precision)
+        return _attend_noisy(x, table, **out)
+    return jnp.matmul(x, jnp.swapaxes(table, -1, -2).astype(x.dtype), **out)
 
 
 def token_logits(h: jax.Array, tokens: jax.Array, *, table=None, kernel=None, precision=None) -> jax.Array:
@@ -257,9 +260,10 @@ def token_logits(h: jax.Array, tokens: jax.Array, *, table=None, kernel=None, pr
 _ATTEND_BLOCK = 4096
 
 
-def _attend_noisy(x, table: Noisy, precision=None):
+def _attend_noisy(x, table: Noisy, precision=None, preferred_element_type=None):
     """``x @ (base + scale z).T`` = ``x @ base.T + scale (x @ z.T)``, ``z`` drawn block by block."""
-    y = jnp.matmul(x, jnp.swapaxes(table.base, -1, -2).astype(x.dtype), precision=precision)
+    out = {"precision": precision, "preferred_element_type": preferred_element_type}
+    y = jnp.matmul(x, jnp.swapaxes(table.base, -1, -2).astype(x.dtype), **out)
     vocab = table.shape[0]
     block = min(_ATTEND_BLOCK, vocab)
     n_blocks = -(-vocab // block)
@@ -268,7 +272,7 @@ def _attend_noisy(x, table: Noisy, precision=None):
         start = jnp.minimum(i * block, vocab - block)  # the last block overlaps: same values
         rows = start + jnp.arange(block)
         z = table.direction(rows)  # (block, d)
-        return jnp.matmul(x, jnp.swapaxes(z, -1, -2).astype(x.dtype), precision=precision)
+        return jnp.matmul(x, jnp.swapaxes(z, -1, -2).astype(x.dtype), **out)
 
     if n_blocks == 1:
         low = one(0)
@@ -280,4 +284,4 @@ def _attend_noisy(x, table: Noisy, precision=None):
             keep = (n_blocks - 1) * block
             tail = blocks[..., -1, (n_blocks * block - vocab):]
             low = jnp.concatenate([low[..., :keep], tail], axis=-1)
-    return y + table._scale().astype(x.dtype) * low
+    return y + table._scale().astype(low.dtype) * low

@@ -37,7 +37,16 @@ from zojax.config import RunConfig
 from zojax.errors import TrainingError
 from zojax.files import write_atomic
 from zojax.optim import ZOState, init
-from zojax.run import MetricsWriter, Run, build_run, evaluate, peak_memory_mb, plot_curves, weights
+from zojax.run import (
+    MetricsWriter,
+    Run,
+    build_run,
+    check_perturbation,
+    evaluate,
+    peak_memory_mb,
+    plot_curves,
+    weights,
+)
 from zojax.run import reward as reward_task
 from zojax.seedlog import SeedLog
 
@@ -132,6 +141,8 @@ def _setup(cfg: RunConfig, model, echo) -> _Job:
     run = build_run(cfg, model=model)
     key = jax.random.PRNGKey(cfg.train.seed)
     state, frozen = init(jax.tree.map(jnp.copy, run.params), run.spec, run.optimizer, key)
+    if cfg.zo.method != "fo":  # first-order: no perturbation to resolve
+        check_perturbation(run, state.params)
     state, frozen = parallel.shard_run(state, frozen, run.mesh, run.rules)
     run_dir = Path(cfg.train.output_dir)
     return _Job(
@@ -226,7 +237,7 @@ def _loop(job: _Job) -> None:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=t.steps, initial=int(job.state.step), unit="step", dynamic_ncols=True)
-    consecutive_skips = 0
+    consecutive_skips = consecutive_zero = 0
     for boundary in _boundaries(cfg):
         if boundary <= step:
             continue
@@ -257,6 +268,7 @@ def _loop(job: _Job) -> None:
                     f"{consecutive_skips} consecutive steps had non-finite losses (up to step {step}); stopping. "
                     f"The last good checkpoint is {job.ckpt.last_good()}. Lower optim.lr or zo.eps, or check the data."
                 )
+        consecutive_zero = _check_signal(job, np.asarray(info.coeffs), applied, consecutive_zero, step)
         finite = losses[applied] if applied.any() else np.array([np.nan])
         skipped = int(job.state.skipped)
         record = {"kind": "train", "step": step, "loss": float(finite.mean()), "steps_per_second": n / elapsed,
@@ -289,6 +301,27 @@ def _loop(job: _Job) -> None:
             f"all {step} steps were skipped (non-finite losses or updates), so nothing was trained. "
             "Lower optim.lr or zo.eps, or check the data."
         )
+
+
+def _check_signal(job: _Job, coeffs: np.ndarray, applied: np.ndarray, consecutive: int, step: int) -> int:
+    """Count consecutive applied steps whose coefficients are all exactly 0 (skipped steps neither
+    count nor reset) and stop the run at ``train.max_zero_signal_steps``: no signal is not training.
+    Not for reward tasks: a population whose members all score the same reward is common there."""
+    limit = job.run.cfg.train.max_zero_signal_steps
+    if job.first_order or limit is None or job.run.reward is not None:
+        return 0
+    for row, ok in zip(coeffs.reshape(len(applied), -1), applied):
+        if ok:
+            consecutive = consecutive + 1 if not np.any(row) else 0
+        if consecutive >= limit:
+            z = job.run.cfg.zo
+            raise TrainingError(
+                f"{consecutive} consecutive steps had coefficients all exactly 0 (up to step {step}): the perturbation "
+                f"does not reach the loss, so nothing is trained; stopping. The last good checkpoint is "
+                f"{job.ckpt.last_good()}. Raise zo.eps (now {z.eps:g}), use model.dtype=float32, or set "
+                "train.max_zero_signal_steps=null for an objective that is often flat"
+            )
+    return consecutive
 
 
 def _dev_score(dev: dict) -> float:

@@ -41,6 +41,7 @@ from flax import nnx
 from zojax import nn as znn
 from zojax.layout import Projections
 from zojax.models import layers
+from zojax.precision import vector_dtype
 
 __all__ = ["CausalLM", "Parts", "Slots", "lm_head"]
 
@@ -56,7 +57,8 @@ class Parts(NamedTuple):
       layer: ``(config, context, p, h, attend) -> (h, new_kv)``: one decoder block over one layer's
         params ``p``; it hands its heads to ``attend(q, k, v, scale=None) -> (o, new_kv)``, which
         writes ``k``, ``v`` into this layer's cache slice and attends.
-      final: ``(config, params, h, dtype) -> h``: what runs between the last layer and the head.
+      final: ``(config, params, h, dtype) -> h``: what runs between the last layer and the head,
+        its result in ``dtype`` (the decoder asks for float32 under a 16-bit compute dtype).
       windows: ``config -> per-layer sliding-window sizes`` (None entries: full causal
         attention); None when the family has no sliding windows.
     """
@@ -165,9 +167,13 @@ def _scan_layers(parts: Parts, config, context, layer_params, h, slots: Slots, c
     return h, jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *outs)
 
 
-def lm_head(config, params: dict, h: jax.Array, logits_tokens: jax.Array | None = None) -> jax.Array:
+def lm_head(config, params: dict, h: jax.Array, logits_tokens: jax.Array | None = None, dtype=None) -> jax.Array:
     """float32 logits from the tied ``embed_tokens`` table or an untied ``lm_head`` kernel, for
-    the whole vocabulary or, with ``logits_tokens (B, S, K)``, only those tokens' rows."""
+    the whole vocabulary or, with ``logits_tokens (B, S, K)``, only those tokens' rows.
+
+    Given tokens' logits are computed in ``h``'s dtype; the whole vocabulary's in ``dtype``
+    (default ``h``'s), accumulated and returned in float32 (bfloat16 logits near 16 would be
+    0.125 apart: a loss difference of 1e-3 could not show)."""
     if config.tie_word_embeddings:
         head = {"table": params["embed_tokens"]["embedding"]}
     else:
@@ -175,9 +181,9 @@ def lm_head(config, params: dict, h: jax.Array, logits_tokens: jax.Array | None 
     if logits_tokens is not None:
         logits = znn.token_logits(h, logits_tokens, **head)
     elif config.tie_word_embeddings:
-        logits = znn.attend(h, head["table"])
+        logits = znn.attend(h.astype(dtype or h.dtype), head["table"], preferred_element_type=jnp.float32)
     else:
-        logits = znn.dense(h, head["kernel"])
+        logits = znn.dense(h.astype(dtype or h.dtype), head["kernel"], preferred_element_type=jnp.float32)
     return logits.astype(jnp.float32)
 
 
@@ -261,7 +267,11 @@ class CausalLM(nnx.Module):
         if logits_positions is not None:
             # Per-token ops from here on: gather first so the head runs only where needed.
             h = jnp.take_along_axis(h, logits_positions[..., None].astype(jnp.int32), axis=1)
-        logits = lm_head(config, params, parts.final(config, params, h, dtype), logits_tokens)
+        # The final hidden state stays in float32 (vector_dtype) up to the head: a norm scale
+        # perturbed by eps moves it by less than bfloat16's spacing, and the head of a few
+        # given tokens (logits_tokens) costs nothing in float32.
+        h = parts.final(config, params, h, vector_dtype(dtype))
+        logits = lm_head(config, params, h, logits_tokens, dtype=dtype)
         if cache is None:
             return logits
         assert slots.index is not None  # set with a cache

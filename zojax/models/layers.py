@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from zojax import nn as znn
+from zojax.precision import vector_dtype
 
 __all__ = [
     "ACTIVATIONS",
@@ -32,6 +33,7 @@ __all__ = [
     "normal",
     "rms_norm",
     "sliceable",
+    "vector",
 ]
 
 # HF ``hidden_act`` / ``activation_function`` names.
@@ -118,9 +120,25 @@ def sliceable(x):
 # --- pure math ---------------------------------------------------------------------------------
 
 
+def vector(p) -> jax.Array:
+    """A 1-D leaf (norm scale, bias; plain or perturbed) in :func:`zojax.precision.vector_dtype`.
+
+    Under bfloat16 compute a norm scale near 1.78 has a spacing of 0.0078, so ``scale +- eps z``
+    with MeZO's ``eps = 1e-3`` would round to the same number and every loss difference would be
+    exactly 0; these leaves are few, so computing with them in float32 costs nothing."""
+    w = znn.materialize(p)
+    return w.astype(vector_dtype(w.dtype))
+
+
 def linear(x, p):
-    """``x @ kernel (+ bias)`` for a :class:`Linear`'s param dict."""
-    return znn.dense(x, p["kernel"], p.get("bias"))
+    """``x @ kernel (+ bias)`` for a :class:`Linear`'s param dict; the bias is added in
+    :func:`zojax.precision.vector_dtype` before the sum is cast back to ``x``'s dtype."""
+    y = znn.dense(x, p["kernel"])
+    bias = p.get("bias")
+    if bias is None:
+        return y
+    b = vector(bias)
+    return (y.astype(jnp.promote_types(y.dtype, b.dtype)) + b).astype(y.dtype)
 
 
 def layer_norm(x, p, dtype, eps):
@@ -131,18 +149,20 @@ def layer_norm(x, p, dtype, eps):
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + eps)
     if p.get("scale") is not None:
-        y = y * znn.materialize(p["scale"]).astype(jnp.float32)
+        y = y * vector(p["scale"])
     if p.get("bias") is not None:
-        y = y + znn.materialize(p["bias"]).astype(jnp.float32)
+        y = y + vector(p["bias"])
     return y.astype(dtype)
 
 
-def rms_norm(x, scale, eps):
-    """RMSNorm in ``x``'s dtype."""
-    # Statistics in float32 as HF does; scale applied after casting back (HF: weight * x.to(dtype)).
+def rms_norm(x, scale, eps, dtype=None):
+    """RMSNorm; the result in ``dtype`` (default ``x``'s)."""
+    # Statistics in float32 as HF does. HF multiplies in the compute dtype (weight * x.to(dtype));
+    # here the scale is applied in float32 (vector) and only the product is rounded, so a
+    # perturbation of the scale below the compute dtype's spacing still reaches the output.
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
-    return znn.materialize(scale).astype(x.dtype) * y.astype(x.dtype)
+    return (vector(scale) * y).astype(dtype or x.dtype)
 
 
 def attention(q, k, v, valid, scale=None):

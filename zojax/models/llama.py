@@ -379,7 +379,7 @@ def _decoder_layer(c: Config, rope, p, h, attend):
 
 
 def _final(c: Config, params, h, dtype):
-    return layers.rms_norm(h, params["norm"]["scale"], c.rms_norm_eps)
+    return layers.rms_norm(h, params["norm"]["scale"], c.rms_norm_eps, dtype)
 
 
 # --- model --------------------------------------------------------------------------------

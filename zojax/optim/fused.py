@@ -18,6 +18,7 @@ from zojax import accelerator
 from zojax.estimators import second_difference
 from zojax.optim.gradient import PyTree, ZOGrad
 from zojax.optim.transforms import ZOTransformation, apply_update, direction_scale, fold, update_bound
+from zojax.precision import master_copies
 from zojax.scope import partition
 from zojax.scoring import Member, ZOSpec, center_loss, score
 
@@ -57,7 +58,10 @@ def init(params: PyTree, spec: ZOSpec, optimizer: optax.GradientTransformation, 
     """Partition ``params`` by ``spec.scope`` and set up a run: ``(state, frozen)``.
 
     The state holds the caller's trainable arrays; :func:`step` donates them, so keep a
-    copy of ``params`` if you need the originals afterwards.
+    copy of ``params`` if you need the originals afterwards. Trainable leaves stored in
+    bfloat16 or float16 are kept as float32 master copies
+    (:func:`zojax.precision.master_dtype`): an update below a 16-bit weight's spacing would
+    otherwise vanish. Frozen leaves keep their dtype.
 
     >>> from zojax.optim import zo_sgd
     >>> state, frozen = init({"w": jnp.zeros(2)}, ZOSpec(), zo_sgd(0.1), jax.random.PRNGKey(0))
@@ -65,6 +69,7 @@ def init(params: PyTree, spec: ZOSpec, optimizer: optax.GradientTransformation, 
     (0, {'w': None})
     """
     trainable, frozen = partition(params, spec.scope, spec.noise)
+    trainable = master_copies(trainable)
     state = ZOState(
         params=trainable,
         opt_state=optimizer.init(trainable),

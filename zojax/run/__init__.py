@@ -2,7 +2,15 @@
 evaluating (:mod:`~zojax.run.evaluate`), reporting (:mod:`~zojax.run.metrics`) and the weights it
 hands on (:mod:`~zojax.run.export`). The loop that ties them is :func:`zojax.train.train`."""
 
-from zojax.run.build import Run, build_run, icl_demonstrations, make_optimizer, make_spec, optimizer_name
+from zojax.run.build import (
+    Run,
+    build_run,
+    check_perturbation,
+    icl_demonstrations,
+    make_optimizer,
+    make_spec,
+    optimizer_name,
+)
 from zojax.run.evaluate import evaluate
 from zojax.run.export import trained_params, weights
 from zojax.run.metrics import MetricsWriter, peak_memory_mb, plot_curves
@@ -14,6 +22,7 @@ __all__ = [
     "make_optimizer",
     "optimizer_name",
     "icl_demonstrations",
+    "check_perturbation",
     "evaluate",
     "trained_params",
     "weights",

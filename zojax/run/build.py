@@ -29,10 +29,11 @@ from zojax.optim import (
     zo_muon,
     zo_sgd_update,
 )
+from zojax.precision import check_resolution, leaf_compute_dtypes
 from zojax.run import reward as reward_task
 from zojax.scoring import ZOSpec
 
-__all__ = ["Run", "build_run", "make_spec", "make_optimizer", "optimizer_name", "icl_demonstrations"]
+__all__ = ["Run", "build_run", "make_spec", "make_optimizer", "optimizer_name", "icl_demonstrations", "check_perturbation"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Run:
     data_info: dict
     mesh: Any = None  # jax.sharding.Mesh of cfg.mesh, or None for a single device
     reward: Any = None  # zojax.run.reward.RewardPieces of a reward task (generation in the step), else None
+    compute_dtype: Any = jnp.float32  # the model's compute dtype (its 1-D leaves: zojax.precision.vector_dtype)
 
     def split(self, name: str) -> tasks.EncodedTask:
         """The encoded ``train`` / ``dev`` / ``test`` split (a run built with ``data=False`` has none)."""
@@ -302,4 +304,18 @@ def _assemble(cfg: RunConfig, module, graphdef, params, model_config, tokenizer,
         data_info=data_info,
         mesh=mesh,
         reward=reward,
+        compute_dtype=jnp.dtype(getattr(module, "dtype", jnp.float32)),
     )
+
+
+def check_perturbation(run: Run, trainable) -> dict[str, float]:
+    """:func:`zojax.precision.check_resolution` of a run's trainable leaves in the dtypes its model
+    computes them with (a one-line :class:`~zojax.errors.ResolutionError` naming the config keys
+    that help); the fractions of unresolved entries by leaf."""
+    z = run.cfg.zo
+    ways_out = (
+        f"use model.dtype=float32, a zo.scope without that leaf, or a larger zo.eps (now {z.eps:g}); zojax's models "
+        "already compute 1-D leaves (norm scales, biases) in float32"
+    )
+    rule = leaf_compute_dtypes(run.compute_dtype, run.spec.noise.stacked)
+    return check_resolution(trainable, run.spec, rule, ways_out=ways_out)
