@@ -262,6 +262,10 @@ class TrainConfig(_Strict):
     output_dir: _Name = Field("runs/default", description="run directory: metrics, checkpoints, seed log, plot, summary")
     progress: bool = Field(True, description="show a progress bar")
     tensorboard: bool = Field(True, description="also write every metrics.jsonl record as TensorBoard scalars under <output_dir>/tensorboard")
+    wandb: _Name | None = Field(
+        None, description="also log every metrics.jsonl record to this Weights & Biases project (needs pip install "
+        "wandb; offline when W&B cannot be reached, or as WANDB_MODE says)"
+    )
 
     @model_validator(mode="after")
     def _micro_batches_divide_the_batch(self):
@@ -507,6 +511,7 @@ RESUMABLE_KEYS = frozenset({
     "train.output_dir",
     "train.progress",
     "train.tensorboard",
+    "train.wandb",
     "mesh.pop",
     "mesh.model",
 })

@@ -124,7 +124,8 @@ def _train_locked(cfg: RunConfig, resume: bool, model, echo) -> dict:
         run_dir = job.run_dir
         if job.is_main:  # only now: the config may have changed only in what a resume allows
             write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-        job.writer = MetricsWriter(run_dir, int(job.state.step) if resume else None, cfg.train.tensorboard)
+        job.writer = MetricsWriter(run_dir, int(job.state.step) if resume else None, cfg.train.tensorboard,
+                                   cfg.train.wandb, cfg.model_dump())
         _zero_shot(job)
         _loop(job)
         return _finish(job, started)

@@ -1,26 +1,65 @@
-"""What a run reports: the metrics JSON-lines (+ TensorBoard), the curves, the peak memory."""
+"""What a run reports: the metrics JSON-lines (+ TensorBoard, + Weights & Biases), the curves, the peak memory."""
 
 from __future__ import annotations
 
 import json
+import os
 import resource
+import socket
 from pathlib import Path
 
 import jax
 
+from zojax.errors import ConfigError
 from zojax.files import write_atomic
 from zojax.seedlog import read_jsonl
 
 __all__ = ["MetricsWriter", "plot_curves", "peak_memory_mb"]
 
 
-class MetricsWriter:
-    """Metrics JSONL (+ TensorBoard scalars under ``tensorboard/``); only process 0 writes."""
+def _wandb_mode() -> str:
+    """``WANDB_MODE`` if set; otherwise online when W&B's server answers within 2 s, else offline (the
+    run is then synced later with ``wandb sync``), so a run without network never waits on it."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    try:
+        socket.create_connection(("api.wandb.ai", 443), timeout=2).close()
+    except OSError:
+        return "offline"
+    return "online"
 
-    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool = True):
+
+def _wandb_run(run_dir: Path, project: str, config: dict | None):
+    """A W&B run for ``run_dir``: its id is kept in ``run_dir/wandb_id`` so that ``--resume`` continues
+    the same W&B run."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(f"train.wandb={project!r} needs the wandb package: pip install wandb") from None
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    write_atomic(id_file, run_id)
+    return wandb.init(project=project, id=run_id, resume="allow", dir=str(run_dir), config=config,
+                      name=run_dir.name, mode=_wandb_mode())
+
+
+def _scalars(record: dict) -> dict[str, float]:
+    """A record's numbers tagged by kind and split (``train/loss``, ``eval/test/accuracy``)."""
+    prefix = record.get("kind", "train") + (f"/{record['split']}" if "split" in record else "")
+    return {f"{prefix}/{k}": v for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class MetricsWriter:
+    """Metrics JSONL (+ TensorBoard scalars under ``tensorboard/``, + a Weights & Biases run of project
+    ``wandb``); only process 0 writes."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool = True, wandb: str | None = None,
+                 config: dict | None = None):
         self.path = run_dir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
         self.tb = None
+        self.wandb = None
         if not self.enabled:
             return
         records = []
@@ -33,37 +72,41 @@ class MetricsWriter:
 
             # a resume appends a new event file; TensorBoard shows the later value of a repeated step
             self.tb = SummaryWriter(str(run_dir / "tensorboard"), flush_secs=10)
+        if wandb:
+            self.wandb = _wandb_run(run_dir, wandb, config)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:  # closed (so flushed) per record: a kill loses at most a torn last line
             f.write(json.dumps(record) + "\n")
+        scalars = _scalars(record)
         if self.tb is not None:
-            # eval records are tagged by split (eval/test/loss, eval/dev/accuracy), train ones train/<key>
-            prefix = record.get("kind", "train") + (f"/{record['split']}" if "split" in record else "")
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, record["step"])
+            for tag, v in scalars.items():
+                self.tb.add_scalar(tag, v, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=record["step"])
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
     def records(self) -> list[dict]:
         return read_jsonl(self.path) if self.path.exists() else []
 
 
 def plot_curves(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure without pyplot: no backend switch, so a notebook's own plots still show after a run
+    from matplotlib.figure import Figure
 
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval" and "accuracy" in r]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    a, b = fig.subplots(1, 2)
     steps = [r["step"] for r in train]
     if train and "reward_mean" in train[0]:  # a reward task (zojax.run.reward): its loss is -reward
         for key, label in (("reward_mean", "population mean"), ("reward_max", "best member"),
@@ -82,7 +125,6 @@ def plot_curves(records: list[dict], path: Path) -> None:
         b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def peak_memory_mb() -> float:
