@@ -22,7 +22,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits"]
+__all__ = [
+    "Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits",
+    "split_high_low",
+]
 
 
 class _WeightLike:
@@ -158,6 +161,23 @@ def materialize(w):
             z = jax.lax.cond(w.index >= 0, lambda t: t, jnp.zeros_like, z)
         return w.base + w._scale() * z
     return w
+
+
+def split_high_low(x: jax.Array, dtype=None) -> tuple[jax.Array, ...]:
+    """``x`` as terms in ``dtype`` whose float32 sum is ``x`` to about twice ``dtype``'s significant
+    bits: ``(high, low)``, ``high`` = ``x`` rounded to ``dtype``, ``low`` = the rest rounded to
+    ``dtype``; ``(x,)`` in ``dtype`` when ``dtype`` is None or not narrower than ``x``. A matmul
+    of each term with float32 accumulation keeps what one 16-bit matmul of ``x`` would round away.
+
+    >>> x = jnp.asarray([1.0 + 2.0**-12], jnp.float32)
+    >>> high, low = split_high_low(x, jnp.bfloat16)
+    >>> float(high[0]), float(high[0].astype(jnp.float32) + low[0].astype(jnp.float32)) == float(x[0])
+    (1.0, True)
+    """
+    if dtype is None or jnp.dtype(dtype).itemsize >= x.dtype.itemsize:
+        return (x.astype(dtype or x.dtype),)
+    high = x.astype(dtype)
+    return high, (x - high.astype(x.dtype)).astype(dtype)
 
 
 def dense(x: jax.Array, w, bias=None, *, precision=None, preferred_element_type=None) -> jax.Array:

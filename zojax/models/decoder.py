@@ -171,19 +171,24 @@ def lm_head(config, params: dict, h: jax.Array, logits_tokens: jax.Array | None 
     """float32 logits from the tied ``embed_tokens`` table or an untied ``lm_head`` kernel, for
     the whole vocabulary or, with ``logits_tokens (B, S, K)``, only those tokens' rows.
 
-    Given tokens' logits are computed in ``h``'s dtype; the whole vocabulary's in ``dtype``
-    (default ``h``'s), accumulated and returned in float32 (bfloat16 logits near 16 would be
-    0.125 apart: a loss difference of 1e-3 could not show)."""
+    ``h`` is the float32 final hidden state: a norm scale perturbed by ``eps = 1e-3`` moves it by
+    about 1e-3 of itself, below bfloat16's spacing (2**-8), so the head must not round it to 16
+    bits. Given tokens' logits (a few rows) are computed in full float32 precision; the whole
+    vocabulary's, under a 16-bit compute ``dtype``, as two matmuls in ``dtype`` of ``h``'s high and
+    low parts (:func:`zojax.nn.split_high_low`: about 16 significant bits of ``h``, at twice a
+    16-bit head's cost), accumulated in float32."""
     if config.tie_word_embeddings:
         head = {"table": params["embed_tokens"]["embedding"]}
     else:
         head = {"kernel": params["lm_head"]["kernel"]}
     if logits_tokens is not None:
-        logits = znn.token_logits(h, logits_tokens, **head)
-    elif config.tie_word_embeddings:
-        logits = znn.attend(h.astype(dtype or h.dtype), head["table"], preferred_element_type=jnp.float32)
+        # a TPU's (and a GPU's TF32) default precision would round a float32 h to fewer bits
+        logits = znn.token_logits(h, logits_tokens, **head, precision=jax.lax.Precision.HIGHEST)
     else:
-        logits = znn.dense(h.astype(dtype or h.dtype), head["kernel"], preferred_element_type=jnp.float32)
+        project = functools.partial(znn.attend, table=head["table"]) if config.tie_word_embeddings else \
+            functools.partial(znn.dense, w=head["kernel"])
+        parts = [project(part, preferred_element_type=jnp.float32) for part in znn.split_high_low(h, dtype)]
+        logits = parts[0] if len(parts) == 1 else parts[0] + parts[1]
     return logits.astype(jnp.float32)
 
 
