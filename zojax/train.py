@@ -82,7 +82,7 @@ class _Job:
 
     @property
     def is_main(self) -> bool:
-        return jax.process_index() == 0
+        return parallel.is_main_process()
 
     @property
     def first_order(self) -> bool:
@@ -104,7 +104,7 @@ def train(cfg: RunConfig, *, resume: bool = False, model=None, echo=print) -> di
         def echo(*args, **kwargs):
             return None
     rundir.check_train_dir(cfg, resume)  # before anything is written: a refused run changes nothing
-    lock = rundir.RunLock(cfg.train.output_dir, echo) if jax.process_index() == 0 else None
+    lock = rundir.RunLock(cfg.train.output_dir, echo) if parallel.is_main_process() else None
     if lock is not None:
         lock.acquire()
     try:

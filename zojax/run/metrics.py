@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 
+from zojax import parallel
 from zojax.errors import ConfigError
 from zojax.files import write_atomic
 from zojax.seedlog import read_jsonl
@@ -57,7 +58,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool = True, wandb: str | None = None,
                  config: dict | None = None):
         self.path = run_dir / "metrics.jsonl"
-        self.enabled = jax.process_index() == 0
+        self.enabled = parallel.is_main_process()
         self.tb = None
         self.wandb = None
         if not self.enabled:

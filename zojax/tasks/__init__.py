@@ -38,7 +38,6 @@ from zojax.tasks.data import (
     sample_indices,
     split_grouped,
     split_pool,
-    steps_per_epoch,
     to_examples,
 )
 from zojax.tasks.objectives import (
@@ -126,7 +125,6 @@ __all__ = [
     "split_grouped",
     "split_pool",
     "stack_batches",
-    "steps_per_epoch",
     "to_examples",
     "token_logprobs",
     "train_batch",

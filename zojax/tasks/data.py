@@ -70,7 +70,6 @@ __all__ = [
     "sample_indices",
     "split_grouped",
     "split_pool",
-    "steps_per_epoch",
     "to_examples",
 ]
 
@@ -715,8 +714,3 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
         sel = epochs == e
         out[sel] = _epoch_permutation(int(seed), int(e), int(n))[pos[sel] % n]
     return out
-
-
-def steps_per_epoch(n: int, batch_size: int) -> float:
-    """Training steps per pass over ``n`` examples."""
-    return n / batch_size
