@@ -18,6 +18,9 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/custom_model.ipynb) (OWNER/REPO: the repository this notebook lives in)
 #
+# The outputs saved with this notebook come from a CPU run in small mode (`ZOJAX_NOTEBOOK_SMALL=1`: the same
+# cells with fewer steps and examples, as the test suite runs it); run it for full-size results.
+#
 # zojax's engine is not tied to language models. It needs only a pure function
 # `loss_fn(params, batch) -> scalar` over a pytree of parameters — a Flax NNX model split into
 # `(graphdef, state)`, a Linen/Equinox model, or a dict of arrays. This notebook walks through

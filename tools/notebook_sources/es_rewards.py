@@ -18,6 +18,9 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/es_rewards.ipynb) (OWNER/REPO: the repository this notebook lives in)
 #
+# The outputs saved with this notebook come from a CPU run in small mode (`ZOJAX_NOTEBOOK_SMALL=1`: the same
+# cells with fewer steps and examples, as the test suite runs it); run it for full-size results.
+#
 # Zeroth-order training needs only a score, so it can train on what backpropagation cannot: a reward of
 # text the model *generates*. Here SmolLM2-135M-Instruct answers two-digit additions and subtractions (a task
 # generated offline from a seed); every member of the population samples its answers with its own perturbed

@@ -18,6 +18,9 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/paper_reproduction.ipynb) (OWNER/REPO: the repository this notebook lives in)
 #
+# The outputs saved with this notebook come from a CPU run in small mode (`ZOJAX_NOTEBOOK_SMALL=1`: the same
+# cells with fewer steps and examples, as the test suite runs it); run it for full-size results.
+#
 # The seed paper ("LLM Zeroth-Order Fine-Tuning is an Inference Workload", Li & Ding, 2026) runs LoZO on
 # OPT-13B / SST-2 as an inference workload and reports both accuracy and step time. zojax ships its setups
 # as configs:

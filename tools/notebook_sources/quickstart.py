@@ -18,6 +18,9 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/quickstart.ipynb) (OWNER/REPO: the repository this notebook lives in)
 #
+# The outputs saved with this notebook come from a CPU run in small mode (`ZOJAX_NOTEBOOK_SMALL=1`: the same
+# cells with fewer steps and examples, as the test suite runs it); run it for full-size results.
+#
 # zojax fine-tunes language models **without backpropagation**: every step scores the
 # model at a few seeded perturbations of its weights, `theta ± eps·z`, and moves along the directions that
 # lowered the loss (MeZO, LoZO). All perturbed evaluations of a step run as **one compiled XLA program**, so a
