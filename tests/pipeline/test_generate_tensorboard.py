@@ -35,7 +35,7 @@ def test_generate_sampled_follows_the_seed(run, capsys):
 def test_generate_refuses_a_bad_run_and_bad_options(run, tmp_path, capsys):
     run_dir, _ = run
     refused(capsys, main(["generate", "--run", str(tmp_path / "missing"), "It was"]), "missing")
-    refused(capsys, main(["generate", "--run", str(run_dir), "It was", "--temperature", "-1"]), "--temperature")
+    refused(capsys, main(["generate", "--run", str(run_dir), "It was", "--temperature", "-1"]), "temperature=-1.0")
     refused(capsys, main(["generate", "--run", str(run_dir)]), "one prompt")
 
 
