@@ -27,9 +27,8 @@ def test_default_recipe_under_bfloat16_agrees_in_sign_with_float32(tmp_path):
     f32, bf16 = _coefficients(runs["float32"]), _coefficients(runs["bfloat16"])
     assert f32.shape == bf16.shape == (40, 1)
     assert np.all(bf16 != 0)
-    # measured 34 of 40 (85%; 90% of the steps whose float32 coefficient is above the median): the
-    # bfloat16 forward is another function, whose directional derivatives differ where they are small
-    assert np.mean(np.sign(bf16) == np.sign(f32)) >= 0.8
+    # issue 21's target; measured 40 of 40 since the two-part bfloat16 head (34 of 40 before it)
+    assert np.mean(np.sign(bf16) == np.sign(f32)) >= 0.9
 
 
 def test_an_unresolved_perturbation_is_refused_before_step_0(assets, tmp_path, capsys):
