@@ -32,6 +32,24 @@ def sentences(n: int, seed: int, movie: bool = True) -> list[dict]:
     return rows
 
 
+def _save_tiny_llama(root: Path, tok, vocab_size: int, *, max_positions: int, tie: bool) -> None:
+    """Save ``root/model``: a 2-layer random Llama (GQA) with the word-level tokenizer ``tok``."""
+    from flax import nnx
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    from zojax.models import llama, save_pretrained
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    hf = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=tie,
+    )
+    config = llama.Config.from_hf(hf)
+    save_pretrained(llama.Model(config, rngs=nnx.Rngs(0)), config, root / "model", tokenizer)
+
+
 def make_assets(
     root: Path, *, rows: int = 240, movie: bool = True, vocab_size: int | None = None, tie: bool = True
 ) -> Path:
@@ -40,11 +58,7 @@ def make_assets(
     ``vocab_size`` pads the word vocabulary with ``<extraN>`` tokens (e.g. to a size a mesh axis
     divides); ``tie`` ties the LM head to the embedding.
     """
-    from flax import nnx
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
-
-    from zojax.models import llama, save_pretrained
 
     root = Path(root)
     words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["It", "was", "great", "terrible"]))
@@ -53,16 +67,7 @@ def make_assets(
         vocab[f"<extra{i}>"] = i
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
-    )
-    hf = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie,
-    )
-    config = llama.Config.from_hf(hf)
-    model = llama.Model(config, rngs=nnx.Rngs(0))
-    save_pretrained(model, config, root / "model", tokenizer)
+    _save_tiny_llama(root, tok, len(vocab), max_positions=64, tie=tie)
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentences(rows, 0, movie=movie)))
     return root
@@ -74,24 +79,12 @@ CHARS = "0123456789+-*/()<>=?:.,[] \nabcdefghijklmnopqrstuvwxyzAQUW"
 def make_char_assets(root: Path) -> Path:
     """Write ``root/model``: a 2-layer random Llama with a character-level tokenizer (digits, operators,
     lower-case letters), for the reward tasks, whose prompts and answers are arithmetic; returns ``root``."""
-    from flax import nnx
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
-
-    from zojax.models import llama, save_pretrained
 
     root = Path(root)
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
-    )
-    hf = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-    )
-    config = llama.Config.from_hf(hf)
-    save_pretrained(llama.Model(config, rngs=nnx.Rngs(0)), config, root / "model", tokenizer)
+    _save_tiny_llama(root, tok, len(vocab), max_positions=256, tie=True)
     return root

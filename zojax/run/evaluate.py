@@ -14,10 +14,10 @@ __all__ = ["evaluate"]
 def evaluate(run: Run, params, split: str = "test", limit: int | None = None) -> dict:
     """Accuracy (classification) or loss (LM) of full ``params`` on a split; for a reward task, the mean
     reward and accuracy of one completion per prompt (:func:`zojax.run.reward.evaluate_rewards`)."""
-    enc = run.split(split)
     bs = run.cfg.train.eval_batch_size
     if run.reward is not None:
         return reward_task.evaluate_rewards(run.reward, split, params, batch_size=bs, seed=run.cfg.train.seed, limit=limit)
+    enc = run.split(split)
     n = len(enc) if limit is None else min(limit, len(enc))
     if run.mesh is not None:  # a no-op for weights already on the mesh
         params = parallel.shard(params, parallel.param_shardings(params, run.mesh, run.rules))
