@@ -231,24 +231,26 @@ def _write(path: Path, data: dict) -> None:
     tmp.replace(path)  # a reader never sees half a file, and a killed run keeps the rows so far
 
 
-def sweep(rows: list[str], budget: float, dev_limit: int, out: Path, dev_points: int = 1) -> dict:
-    """Each row's learning rates for ``budget`` CPU seconds; the best final dev accuracy on the first
-    ``dev_limit`` dev reviews (``dev_points`` evaluations along the way give the curve)."""
+def sweep(rows: list[str], budget: float, dev_limit: int, out: Path, dev_points: int = 1, unit: str = "cpu") -> dict:
+    """Each row's learning rates for ``budget`` CPU seconds (``unit="forwards"``: forward passes); the best final
+    dev accuracy on the first ``dev_limit`` dev reviews (``dev_points`` evaluations along the way give the curve)."""
+    budget_key = "budget_cpu_seconds" if unit == "cpu" else "budget_forward_passes"
     model = _load_model(_config([]))
-    data = {"budget_cpu_seconds": budget, "dev_examples": dev_limit, "machine": _machine(), "rows": {}, "chosen": {}}
+    data = {budget_key: budget, "dev_examples": dev_limit, "machine": _machine(), "rows": {}, "chosen": {}}
     if out.exists():  # rows swept earlier (other rows, other budgets) are kept
-        data = {**json.loads(out.read_text()), "budget_cpu_seconds": budget, "dev_examples": dev_limit}
+        data = {**json.loads(out.read_text()), budget_key: budget, "dev_examples": dev_limit}
     for name in rows:
         overrides, lrs = ROWS[name]
         for lr in lrs:
             print(f"sweep {name} lr={lr}", flush=True)
-            rec = train_row(model, overrides, lr, budget, dev_points=dev_points, dev_limit=dev_limit, test=False)
+            rec = train_row(model, overrides, lr, budget, dev_points=dev_points, dev_limit=dev_limit, test=False,
+                            unit=unit)
             data["rows"].setdefault(name, []).append({**{k: rec.get(k) for k in (
-                "lr", "steps", "dev_accuracy", "train_cpu_seconds", "train_wall_seconds", "diverged_at_step", "load_avg",
-                "curve")}, "budget_cpu_seconds": budget})
+                "lr", "steps", "forward_passes", "dev_accuracy", "train_cpu_seconds", "train_wall_seconds",
+                "diverged_at_step", "load_avg", "curve")}, budget_key: budget})
             _write(out, data)
         tried = [r for r in data["rows"].get(name, []) if r["dev_accuracy"] is not None
-                 and r.get("budget_cpu_seconds", budget) == budget]
+                 and r.get(budget_key) == budget]
         data["chosen"][name] = max(tried, key=lambda r: r["dev_accuracy"])["lr"] if tried else lrs[0]
         _write(out, data)
     return data
@@ -416,7 +418,7 @@ def main(argv=None) -> int:
         return 0
     if args.sweep:
         rows = args.rows.split(",") if args.rows else [n for n, (_, lrs) in ROWS.items() if len(lrs) > 1]
-        sweep(rows, args.budget, args.dev_limit or None, args.sweep_json, args.dev_points or 1)
+        sweep(rows, args.budget, args.dev_limit or None, args.sweep_json, args.dev_points or 1, args.budget_unit)
         return 0
     order = ["zero_shot", "mezo_norm", "fo_adamw_all", "lozo_lora_k1", "icl_k4", "fo_adamw_lora", "mezo_all_lazy",
              "lozo_lora_k4", "factorized_lora", "lozo_m_lora", "icl_k16"]
