@@ -245,6 +245,32 @@ def test_fitness_shaping():
         zojax.ZOSpec(estimator="nope")
 
 
+def test_one_sided_directional_derivative_is_exact_on_linear_loss():
+    """A forward difference of a linear loss is its directional derivative, as jax.jvp computes it."""
+    c = jnp.arange(12.0).reshape(3, 4)
+
+    def linear(params, batch):
+        return jnp.sum(c * params["m"])
+
+    for noise in NOISES:
+        spec = zojax.ZOSpec(noise=noise, eps=0.5, members=3, sided="one")
+        losses = zojax.score(linear, {"m": jnp.zeros((3, 4))}, None, KEY, 1, spec)
+        fwd = zojax.forward_gradient(linear, {"m": jnp.zeros((3, 4))}, None, KEY, 1, spec)
+        np.testing.assert_allclose(spec.coefficients(losses), fwd.coeffs, rtol=1e-4)
+
+
+def test_shaped_estimators_halve_the_shaped_difference():
+    """``c_k = (f(L+)_k - f(L-)_k) / 2`` with all 2K losses shaped jointly: ranks and z-scores
+    recomputed here with numpy."""
+    losses = np.random.default_rng(5).permutation(10).reshape(5, 2) * 0.37 - 1.0
+    flat = losses.ravel()
+    ranks = (np.argsort(np.argsort(flat)) / (flat.size - 1) - 0.5).reshape(5, 2)
+    z = ((flat - flat.mean()) / flat.std()).reshape(5, 2)
+    for name, f in (("rank", ranks), ("zscore", z)):
+        got = zojax.estimators.ESTIMATORS[name](jnp.asarray(losses, jnp.float32), 1e-3)
+        np.testing.assert_allclose(got, (f[:, 0] - f[:, 1]) / 2, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 # --- updates ------------------------------------------------------------------------------
 
 

@@ -128,11 +128,12 @@ def test_leaf_keys_do_not_collide_over_many_realistic_names():
 # --- LoZO-M against its recursion written out ----------------------------------------------
 
 
-def _reference_lozo_m(leaves, coeff_steps, *, noise, lr, beta, wd):
-    """The official LoZO-M recursion (K members averaged), written plainly with numpy."""
+def _reference_lozo_m(leaves, coeff_steps, *, noise, lr, beta, wd, steps=None):
+    """The official LoZO-M recursion (K members averaged), written plainly with numpy; ``steps`` are
+    the steps that reached the optimiser (default: every step from 0)."""
     w = {p: np.array(x, np.float64) for p, x in leaves.items()}
     momentum, last = {}, None
-    for step, coeffs in enumerate(coeff_steps):
+    for step, coeffs in zip(range(len(coeff_steps)) if steps is None else steps, coeff_steps):
         k = len(coeffs)
         for path, x in w.items():
             dirs = [noise.draw(KEY, step, m, path, x.shape, jnp.float32) for m in range(k)]
@@ -172,6 +173,26 @@ def test_lozo_m_follows_the_official_recursion():
         updates, state = opt.update(grad, state, params)
         params = optax.apply_updates(params, updates)
     want = _reference_lozo_m(leaves, coeff_steps, noise=noise, lr=lr, beta=beta, wd=wd)
+    for path in leaves:
+        np.testing.assert_allclose(params[path], want[path], rtol=2e-5, atol=2e-6, err_msg=path)
+
+
+def test_lozo_m_reprojects_when_the_first_step_of_a_window_was_skipped():
+    """A skipped step (a non-finite loss) never reaches the optimiser: after steps 0 and 1 the next
+    update may be step 3, the first one of its V window the optimiser sees. Its momentum must still be
+    re-projected onto the new V (the window changed), though ``3 % refresh_every != 0``."""
+    noise = LowRank(rank=2, refresh_every=2)
+    leaves = {"w": jax.random.normal(KEY, (4, 3)), "b": jnp.linspace(-1, 1, 3)}
+    steps = [0, 1, 3, 4, 7, 8]  # steps 2 and 6, each the first of a window, skipped
+    coeff_steps = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (len(steps), 3)))
+    lr, beta, wd = 0.1, 0.7, 0.2
+    opt = zojax.lozo_m(lr, beta, wd, noise=noise, members=3)
+    params, state = dict(leaves), opt.init(leaves)
+    for step, coeffs in zip(steps, coeff_steps):
+        grad = zojax.ZOGrad(KEY, jnp.int32(step), jnp.asarray(coeffs, jnp.float32), noise)
+        updates, state = opt.update(grad, state, params)
+        params = optax.apply_updates(params, updates)
+    want = _reference_lozo_m(leaves, coeff_steps, noise=noise, lr=lr, beta=beta, wd=wd, steps=steps)
     for path in leaves:
         np.testing.assert_allclose(params[path], want[path], rtol=2e-5, atol=2e-6, err_msg=path)
 
@@ -280,6 +301,32 @@ def test_a_bound_too_large_falls_back_to_the_exact_check():
                              spec=spec, optimizer=opt)
     assert bool(info.applied) and int(state.skipped) == 0
     assert not np.array_equal(state.params["w"][1:], start["w"][1:])
+
+
+def test_a_float16_leaf_next_to_float32_leaves_is_checked_against_float16s_limit():
+    """In a state mixing float16 and float32 leaves, an update that overflows the float16 leaf is caught:
+    the cheap bound must be compared with the smallest dtype's largest value, not float32's. (init keeps
+    16-bit leaves as float32 master copies; a state built by hand may hold them as they are.)"""
+    from zojax.optim import apply_update
+
+    top = float(np.finfo(np.float16).max) - 32  # 65472, the float16 just below the largest
+    start = {"h": jnp.array([top, -top] * 4, jnp.float16), "w": jnp.ones(3, jnp.float32)}
+    spec, opt = zojax.ZOSpec(members=2), zojax.zo_sgd(1.0)
+    params = jax.tree.map(jnp.copy, start)
+    state = zojax.ZOState(params, opt.init(params), jnp.copy(KEY), jnp.int32(0), jnp.int32(0))
+
+    def loss(p, b):  # coefficients ~1e3 from w alone; h moves by ~1e3 z, past float16's largest value
+        return 1e3 * jnp.sum(p["w"] * b)
+
+    frozen = {"h": None, "w": None}  # both leaves train
+    state, info = zojax.step(state, frozen, jnp.ones(3), loss_fn=loss, spec=spec, optimizer=opt)
+    grad = zojax.ZOGrad(KEY, jnp.int32(0), info.coeffs, spec.noise)
+    overflowed, _ = apply_update(opt, grad, start, opt.init(start))
+    assert not bool(jnp.all(jnp.isfinite(overflowed["h"])))  # the update, applied, would overflow float16
+    assert bool(jnp.all(jnp.isfinite(info.losses)))
+    assert not bool(info.applied) and int(state.skipped) == 1
+    for name in start:
+        np.testing.assert_array_equal(state.params[name], start[name])
 
 
 # --- replay refuses directions it cannot regenerate ----------------------------------------

@@ -318,6 +318,58 @@ def test_dtypes_and_shapes():
         zrandom.normal(KEY, (3,), jnp.int32)
 
 
+# --- streams: which hashes, which signs ---------------------------------------------------
+
+
+def _hashes(width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two 32-bit words of each hash behind ``n`` values of a ``width``-bit stream, put back
+    together from its lanes (value ``i`` is lane ``i % g`` of hash ``i // g``, low lanes first)."""
+    g = zrandom.values_per_hash(width)
+    lanes = np.asarray(zrandom._bits(zrandom.key_words(KEY), width, (n,), 0, None, (n,), "elementwise"))
+    lanes = lanes.astype(np.uint64).reshape(n // g, g)
+    half = g // 2
+    words = [sum(lanes[:, half * w + j] << np.uint64(width * j) for j in range(half)) for w in (0, 1)]
+    return words[0].astype(np.uint32), words[1].astype(np.uint32)
+
+
+@pytest.mark.parametrize("width", [32, 16, 1])
+def test_streams_never_take_a_hash_jax_random_takes(width):
+    """jax.random (bits, normal, split, fold_in) takes hash ``c`` of a key at counter ``(0, c)``,
+    its 32-bit ``bits`` being the hash's two words XORed; no stream of zojax.random may take one
+    of those hashes, or its directions would be jax.random's own draws from the same key."""
+    m = 4096
+    y0, y1 = _hashes(width, m * zrandom.values_per_hash(width))
+    theirs = np.asarray(jax.random.bits(KEY, (m,), jnp.uint32))
+    k0, k1 = zrandom.key_words(KEY)
+    j0, j1 = (np.asarray(y) for y in threefry2x32_p.bind(k0, k1, jnp.zeros(m, jnp.uint32), jnp.arange(m, dtype=jnp.uint32)))
+    np.testing.assert_array_equal(j0 ^ j1, theirs)  # the counters jax.random uses, as written above
+    assert not np.any((y0 == j0) & (y1 == j1)) and not np.any(y0 ^ y1 == theirs)
+
+
+def test_streams_of_different_widths_take_different_hashes():
+    n = 64 * 256
+    streams = {w: _hashes(w, n * zrandom.values_per_hash(w) // 64) for w in (32, 16, 1)}
+    for a in streams:
+        for b in streams:
+            if a < b:
+                assert not np.any((streams[a][0] == streams[b][0]) & (streams[a][1] == streams[b][1])), (a, b)
+
+
+def test_a_set_bit_is_a_minus_sign():
+    """Sign ``i`` is ``-1`` where bit ``i % 64`` of hash ``i // 64`` (low word first, low bit first) is set:
+    the convention every existing seed log was trained with, so replay stays bitwise."""
+    n = 256
+    k0, k1 = zrandom.key_words(KEY)
+    tag = jnp.full(n // 64, zrandom._TAGS[1], jnp.uint32)
+    y0, y1 = (np.asarray(y) for y in threefry2x32_p.bind(k0, k1, tag, jnp.arange(n // 64, dtype=jnp.uint32)))
+    i = np.arange(n)
+    word = np.where(i % 64 < 32, y0[i // 64], y1[i // 64])
+    bit = (word >> (i % 32).astype(np.uint32)) & 1
+    for dtype in (jnp.int32, jnp.float32, jnp.bfloat16):
+        got = np.asarray(zrandom.rademacher(KEY, (n,), dtype)).astype(np.float32)
+        np.testing.assert_array_equal(got, 1.0 - 2.0 * bit, err_msg=str(dtype))
+
+
 # --- fusion and mesh ----------------------------------------------------------------------
 
 
