@@ -1,6 +1,6 @@
 """FZOO, HiZOO, Sparse MeZO and ZO-Muon through the trainer: selected from the config, refused with clear errors, and HiZOO
 (the one whose seed log carries more than coefficients) trained and replayed. Each method's step and replay are
-tested on a quadratic in tests/engine/test_past_mezo.py; one tiny run here keeps the suite fast."""
+tested on a quadratic in tests/optim/test_scaled.py and test_orthogonal.py; one tiny run here keeps the suite fast."""
 
 import json
 

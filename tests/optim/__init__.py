@@ -1,0 +1,1 @@
+"""zojax.optim: ZOGrad, the transforms, the fused step, the adapter state, scaled and orthogonal updates."""

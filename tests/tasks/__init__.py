@@ -1,0 +1,1 @@
+"""zojax.tasks: templates, data sources and the sampler, batching, objectives, rewards, generation."""
