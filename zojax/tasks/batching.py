@@ -211,6 +211,54 @@ def _truncate_left(prefix: list[int], budget: int) -> list[int]:
     return prefix[len(prefix) - budget :] if len(prefix) > budget else prefix
 
 
+def _render(examples, t: Template) -> tuple[list[tuple[str, list[str]]], list[int]]:
+    """Each example's prompt and full option texts, and its label (an option index)."""
+    rendered, labels = [], []
+    for i, ex in enumerate(examples):
+        prompt, fulls = t.render(ex)
+        label = t.label(ex)
+        if not 0 <= label < len(fulls):
+            raise DataError(f"example {i}: label {label} is not an option index (0..{len(fulls) - 1})")
+        rendered.append((prompt, fulls))
+        labels.append(label)
+    return rendered, labels
+
+
+def _tokenize(rendered, tokenizer) -> list[tuple[list[int], list[list[int]], list[int]]]:
+    """Per example: (prompt ids, [full ids], [option lengths]); every option adds tokens to the prompt."""
+    # one tokenizer call for everything: fast tokenizers batch in Rust
+    flat_ids = _ids(tokenizer, [s for p, fs in rendered for s in (p, *fs)])
+    toks, k = [], 0
+    for i, (_, fulls) in enumerate(rendered):
+        p_ids, f_ids = flat_ids[k], flat_ids[k + 1 : k + 1 + len(fulls)]
+        k += 1 + len(fulls)
+        n_opt = [len(f) - len(p_ids) for f in f_ids]
+        for j, n in enumerate(n_opt):
+            if n < 1:
+                raise DataError(f"example {i}: option {j} adds no tokens to the prompt: {fulls[j]!r}")
+        toks.append((p_ids, f_ids, n_opt))
+    return toks
+
+
+def _encode_last(p_ids, f_ids, bos_ctx, budget, n_options, label, truncated) -> EncodedExample:
+    """The ``last`` layout: one sequence, the prompt; each option is one token read at its last position."""
+    seq = np.array(bos_ctx + _truncate_left(p_ids, budget), np.int32)
+    tg = np.zeros((1, n_options), np.int32)
+    tg[0, : len(f_ids)] = [f[-1] for f in f_ids]
+    return EncodedExample((seq,), (np.array([-1], np.int32),), (tg,), label, len(f_ids), truncated)
+
+
+def _encode_full(prefixes, f_ids, n_opt, bos_ctx, budget, label, truncated) -> EncodedExample:
+    """The ``full`` layout: one sequence per option, the prompt then the option's tokens, each read where it sits."""
+    seqs, offs, tgs = [], [], []
+    for q, f, n in zip(prefixes, f_ids, n_opt):
+        seqs.append(np.array(bos_ctx + _truncate_left(q, budget) + f[len(f) - n :], np.int32))
+        # token t of the option (t = 0..n-1) sits at -(n - t) and is predicted from -(n - t) - 1
+        offs.append(np.arange(-n - 1, -1, dtype=np.int32))
+        tgs.append(np.array(f[len(f) - n :], np.int32)[:, None])
+    return EncodedExample(tuple(seqs), tuple(offs), tuple(tgs), label, len(f_ids), truncated)
+
+
 def encode_task(
     examples: Sequence[Mapping[str, Any]],
     template: str | Template,
@@ -265,27 +313,8 @@ def encode_task(
     bos = _leading_specials(tokenizer, add_bos)
     demo_ids = _demonstration_ids(demonstrations, t, tokenizer, demonstration_separator)
 
-    rendered, labels = [], []
-    for i, ex in enumerate(examples):
-        prompt, fulls = t.render(ex)
-        label = t.label(ex)
-        if not 0 <= label < len(fulls):
-            raise DataError(f"example {i}: label {label} is not an option index (0..{len(fulls) - 1})")
-        rendered.append((prompt, fulls))
-        labels.append(label)
-    # one tokenizer call for everything: fast tokenizers batch in Rust
-    flat = [s for p, fs in rendered for s in (p, *fs)]
-    flat_ids = _ids(tokenizer, flat)
-
-    toks, k = [], 0  # per example: (prompt ids, [full ids], [option lengths])
-    for i, (_, fulls) in enumerate(rendered):
-        p_ids, f_ids = flat_ids[k], flat_ids[k + 1 : k + 1 + len(fulls)]
-        k += 1 + len(fulls)
-        n_opt = [len(f) - len(p_ids) for f in f_ids]
-        for j, n in enumerate(n_opt):
-            if n < 1:
-                raise DataError(f"example {i}: option {j} adds no tokens to the prompt: {fulls[j]!r}")
-        toks.append((p_ids, f_ids, n_opt))
+    rendered, labels = _render(examples, t)
+    toks = _tokenize(rendered, tokenizer)
 
     fast_ok = [all(n == 1 and f[:-1] == p for f, n in zip(fs, ns)) for p, fs, ns in toks]
     if layout == "last" and not all(fast_ok):
@@ -313,18 +342,9 @@ def encode_task(
         n_dropped += len(demo_ids) - len(context)
         bos_ctx, budget = bos + [tok for d in context for tok in d], budget - sum(map(len, context))
         if use_last:
-            seq = np.array(bos_ctx + _truncate_left(p_ids, budget), np.int32)
-            tg = np.zeros((1, n_options), np.int32)
-            tg[0, : len(f_ids)] = [f[-1] for f in f_ids]
-            item = EncodedExample((seq,), (np.array([-1], np.int32),), (tg,), labels[i], len(f_ids), truncated)
+            item = _encode_last(p_ids, f_ids, bos_ctx, budget, n_options, labels[i], truncated)
         else:
-            seqs, offs, tgs = [], [], []
-            for q, f, n in zip(prefixes, f_ids, n_opt):
-                seqs.append(np.array(bos_ctx + _truncate_left(q, budget) + f[len(f) - n :], np.int32))
-                # token t of the option (t = 0..n-1) sits at -(n - t) and is predicted from -(n - t) - 1
-                offs.append(np.arange(-n - 1, -1, dtype=np.int32))
-                tgs.append(np.array(f[len(f) - n :], np.int32)[:, None])
-            item = EncodedExample(tuple(seqs), tuple(offs), tuple(tgs), labels[i], len(f_ids), truncated)
+            item = _encode_full(prefixes, f_ids, n_opt, bos_ctx, budget, labels[i], truncated)
         encoded.append(item)
 
     if n_trunc:
