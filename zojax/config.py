@@ -223,6 +223,13 @@ class OptimConfig(_Strict):
     schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="learning-rate schedule over train.steps")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     clip_norm: float | None = Field(None, gt=0, description="optax optimizers: clip the densified gradient's global norm")
+    master_weights: bool | None = Field(
+        None,
+        description="weights stored in 16 bits (model.param_dtype): train float32 master copies of the trained "
+        "leaves (true) or keep them in 16 bits and round every update stochastically (false: no extra memory, "
+        "unbiased, replayable); null: masters unless they would add more than 10% to the weights' memory "
+        "(full-parameter runs round stochastically)",
+    )
     adapter_state: bool = Field(
         True,
         description="zo_sgd with LoZO (refresh_every > 1, zo.adapter, no weight decay): keep the update as V A^T "

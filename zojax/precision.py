@@ -11,7 +11,10 @@ exactly 0 (zeroth-order training that trains nothing, silently). Three defences:
   with, and refuses (:class:`ResolutionError`) a leaf above 1%; the trainer runs it before step 0;
 * :func:`master_dtype` keeps the trainable leaves of bfloat16/float16-stored weights in
   float32 (``zojax.init`` does so), so an update ``lr * c * z`` below the stored weight's spacing
-  accumulates instead of vanishing.
+  accumulates instead of vanishing -- unless those copies would cost more than
+  :data:`MASTER_OVERHEAD` of the weights' memory (full-parameter runs): then the weights stay in
+  16 bits and every update is rounded stochastically (:func:`add_rounded`), unbiased, with a key
+  derived like the directions' so a replay is bitwise. ZO's promise is inference memory.
 """
 
 from __future__ import annotations
@@ -25,13 +28,18 @@ import jax
 import jax.numpy as jnp
 
 from zojax.errors import ResolutionError
-from zojax.paths import is_matrix, path_str
+from zojax.paths import is_matrix, leaf_key, path_str
 
 __all__ = [
+    "MASTER_OVERHEAD",
+    "add_rounded",
     "check_resolution",
     "direction_std",
     "leaf_compute_dtypes",
     "master_dtype",
+    "rounding_key",
+    "stochastic_round",
+    "use_masters",
     "resolution",
     "unresolved_fraction",
     "vector_dtype",
@@ -71,6 +79,72 @@ def master_dtype(dtype) -> jnp.dtype:
 def master_copies(trainable: PyTree) -> PyTree:
     """``trainable`` with every 16-bit float leaf in :func:`master_dtype` (others untouched)."""
     return jax.tree.map(lambda x: x if x.dtype == master_dtype(x.dtype) else x.astype(master_dtype(x.dtype)), trainable)
+
+
+#: Float32 master copies are kept (``master_weights=None``) while they add at most this share to the
+#: memory of all the weights, trained and frozen: always for the usual scopes (576 norm scales, an
+#: adapter scope), never for a full-parameter run of 16-bit weights (they would add 100%).
+MASTER_OVERHEAD = 0.10
+
+
+def use_masters(master_weights: bool | None, trainable: PyTree, frozen: PyTree) -> bool:
+    """Whether :func:`zojax.init` keeps float32 master copies of the 16-bit trainable leaves:
+    ``master_weights`` when given, else whether the copies cost at most :data:`MASTER_OVERHEAD`
+    of the weights' memory (a 135M-parameter bfloat16 model trained on its final norm: yes; on all
+    of its weights: no, its updates are rounded stochastically).
+
+    >>> w = {"big": jnp.zeros((64, 64), jnp.bfloat16), "scale": jnp.ones(64, jnp.bfloat16)}
+    >>> use_masters(None, {"big": None, "scale": w["scale"]}, {"big": w["big"], "scale": None})
+    True
+    >>> use_masters(None, w, {"big": None, "scale": None}), use_masters(True, w, {"big": None, "scale": None})
+    (False, True)
+    """
+    if master_weights is not None:
+        return bool(master_weights)
+    leaves = lambda t: [x for x in jax.tree.leaves(t) if x is not None]  # noqa: E731
+    extra = sum(x.size * (master_dtype(x.dtype).itemsize - jnp.dtype(x.dtype).itemsize) for x in leaves(trainable))
+    total = sum(x.size * jnp.dtype(x.dtype).itemsize for x in leaves(trainable) + leaves(frozen))
+    return extra <= MASTER_OVERHEAD * max(total, 1)
+
+
+def stochastic_round(x: jax.Array, dtype, key) -> jax.Array:
+    """``x`` in ``dtype``, rounded to one of its two neighbours there at random, the nearer
+    more often: the result's expectation is ``x`` exactly, so updates far below the spacing of a
+    16-bit weight still move it on average instead of vanishing under round-to-nearest.
+
+    >>> x = jnp.full(10000, 1.0 + 2.0**-10, jnp.float32)  # 1/8 of bfloat16's spacing above 1
+    >>> r = stochastic_round(x, jnp.bfloat16, jax.random.PRNGKey(0)).astype(jnp.float32)
+    >>> sorted(set(r.tolist())), round(float(r.mean()) - 1.0, 4)
+    ([1.0, 1.0078125], 0.001)
+    """
+    x = x.astype(jnp.float32)
+    near = x.astype(dtype)
+    below = near.astype(jnp.float32)
+    side = jnp.where(x > below, jnp.inf, -jnp.inf).astype(dtype)
+    other = jnp.nextafter(near, side)  # the neighbour on x's side of the nearest value
+    gap = other.astype(jnp.float32) - below
+    # the probability of the other neighbour: x's distance from the nearest value in units of the gap
+    frac = jnp.where(gap != 0, (x - below) / jnp.where(gap != 0, gap, 1.0), 0.0)
+    return jnp.where(jax.random.uniform(key, x.shape) < frac, other, near)
+
+
+#: Folded into the run key for rounding draws, so they never coincide with a direction's draw.
+_ROUNDING_STREAM = 0x524F554E  # "ROUN"
+
+
+def rounding_key(key, step, path: str, write: int = 0) -> jax.Array:
+    """The key that rounds leaf ``path``'s update at ``step``: a function of the run key like
+    a direction's (so a replay rounds identically), on a stream of its own; ``write`` tells apart
+    two writes of one step (an update, a fold)."""
+    return leaf_key(jax.random.fold_in(key, _ROUNDING_STREAM), step, write, path)
+
+
+def add_rounded(x: jax.Array, update: jax.Array, key) -> jax.Array:
+    """``x + update`` in ``x``'s dtype: exact float arithmetic for 32-bit and wider leaves, and
+    :func:`stochastic_round` with ``key`` for 16-bit ones (a leaf kept without a master copy)."""
+    if master_dtype(x.dtype) == x.dtype:
+        return (x + update).astype(x.dtype)
+    return stochastic_round(x.astype(jnp.float32) + update.astype(jnp.float32), x.dtype, key)
 
 
 def leaf_compute_dtypes(dtype, stacked: str | None = None) -> Callable[[str, jax.Array], jnp.dtype]:

@@ -84,6 +84,10 @@ class ZOSpec:
         optimiser value (an overflow, a schedule gone to inf). Exact and memory-free, it costs
         one more pass of the update (a second draw of dense directions); ``False`` checks the
         losses only.
+      master_weights: trainable leaves stored in bfloat16/float16 are trained through float32
+        master copies (``True``) or kept in 16 bits with every update rounded stochastically
+        (``False``: no extra memory, unbiased); ``None`` keeps masters unless they would add more
+        than 10% to the weights' memory (:func:`zojax.precision.use_masters`).
 
     >>> ZOSpec(eps=0.0)
     Traceback (most recent call last):
@@ -102,6 +106,7 @@ class ZOSpec:
     lazy_dense: bool = False
     check_update: bool = True
     center: bool = False
+    master_weights: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.noise, DirectionKind):

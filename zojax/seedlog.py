@@ -111,6 +111,7 @@ class SeedLog:
             "members": spec.members,
             "scope": spec.scope if (spec.scope is None or isinstance(spec.scope, str)) else repr(spec.scope),
             "sided": spec.sided,
+            "master_weights": spec.master_weights,
             # the key words mean nothing under another PRNG or another key derivation
             "prng_impl": _prng_impl(),
             "key_derivation": paths.KEY_DERIVATION,
@@ -154,7 +155,9 @@ class SeedLog:
     def spec(self, **overrides) -> ZOSpec:
         """The ZOSpec recorded in the header (pass ``scope=`` if it was a callable)."""
         h = self.header
-        fields = dict(noise=kind_from_dict(h["noise"]), eps=h["eps"], members=h["members"], scope=h["scope"], sided=h["sided"])
+        fields = dict(noise=kind_from_dict(h["noise"]), eps=h["eps"], members=h["members"], scope=h["scope"], sided=h["sided"],
+                      # logs written before the choice existed trained through master copies
+                      master_weights=h.get("master_weights", True))
         fields.update(overrides)
         return ZOSpec(**fields)
 

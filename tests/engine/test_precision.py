@@ -10,7 +10,8 @@ import zojax
 from zojax.errors import ResolutionError
 from zojax.models import layers
 from zojax.optim import ZOGrad, dense_gradient
-from zojax.precision import check_resolution, leaf_compute_dtypes, resolution
+from zojax.precision import check_resolution, leaf_compute_dtypes, resolution, stochastic_round
+from zojax.seedlog import SeedLog, replay
 
 KEY = jax.random.PRNGKey(0)
 # A norm scale of SmolLM2's final RMSNorm (median 1.78): bfloat16's spacing there is 0.0078.
@@ -61,7 +62,7 @@ def test_updates_below_a_16_bit_weights_spacing_accumulate(stored):
     w0 = jnp.full(256, SCALE, stored)
     target = jnp.linspace(-1.0, 3.0, 256)
     loss = lambda p, b: jnp.mean((p["w"].astype(jnp.float32) - b) ** 2)  # noqa: E731
-    spec, lr, steps = zojax.ZOSpec(eps=1e-2), 2e-5, 30
+    spec, lr, steps = zojax.ZOSpec(eps=1e-2, master_weights=True), 2e-5, 30
     opt = zojax.zo_sgd(lr)
     state, frozen = zojax.init({"w": w0}, spec, opt, KEY)
     assert state.params["w"].dtype == jnp.float32
@@ -78,9 +79,66 @@ def test_updates_below_a_16_bit_weights_spacing_accumulate(stored):
 
 def test_frozen_leaves_keep_their_stored_dtype():
     params = {"a": jnp.ones(4, jnp.bfloat16), "b": jnp.ones(4, jnp.bfloat16), "c": jnp.ones(4, jnp.float32)}
-    state, frozen = zojax.init(params, zojax.ZOSpec(scope="^[ac]"), zojax.zo_sgd(0.1), KEY)
+    state, frozen = zojax.init(params, zojax.ZOSpec(scope="^[ac]", master_weights=True), zojax.zo_sgd(0.1), KEY)
     assert state.params["a"].dtype == jnp.float32 and state.params["c"].dtype == jnp.float32
     assert frozen["b"].dtype == jnp.bfloat16
+
+
+def test_masters_by_default_only_where_they_are_cheap():
+    """Float32 copies of a small trained share of 16-bit weights cost little and are kept; for a
+    full-parameter run they would double the weights' memory, so its leaves stay 16-bit."""
+    params = {"big": jnp.zeros((64, 64), jnp.bfloat16), "scale": jnp.ones(64, jnp.bfloat16)}
+    opt = zojax.zo_sgd(0.1)
+    small, _ = zojax.init(dict(params), zojax.ZOSpec(scope="scale"), opt, KEY)
+    full, _ = zojax.init(dict(params), zojax.ZOSpec(), opt, KEY)
+    assert small.params["scale"].dtype == jnp.float32 and small.params["big"] is None
+    assert full.params["big"].dtype == jnp.bfloat16 and full.params["scale"].dtype == jnp.bfloat16
+
+
+def test_stochastic_round_is_unbiased_and_stays_on_neighbours():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=20000) * 3, jnp.float32)
+    r = stochastic_round(x, jnp.bfloat16, KEY)
+    assert r.dtype == jnp.bfloat16
+    near = x.astype(jnp.bfloat16)
+    above = near.astype(jnp.float32) > x
+    f32 = lambda a: np.asarray(a.astype(jnp.float32))  # noqa: E731
+    lo = f32(jnp.where(above, jnp.nextafter(near, jnp.bfloat16(-jnp.inf)), near))
+    hi = f32(jnp.where(above, near, jnp.nextafter(near, jnp.bfloat16(jnp.inf))))
+    got = f32(r)
+    assert np.all((got == lo) | (got == hi))  # one of the two neighbours of x
+    # unbiased: the mean rounding error, in units of each entry's gap, is 0 within 5 standard errors
+    err = (got - np.asarray(x)) / np.where(hi > lo, hi - lo, 1.0)
+    assert abs(np.mean(err)) < 5 * 0.5 / np.sqrt(x.size)
+    assert np.array_equal(np.asarray(r), np.asarray(stochastic_round(x, jnp.bfloat16, KEY)))  # a function of the key
+
+
+@pytest.mark.parametrize("stored", [jnp.bfloat16, jnp.float16])
+def test_16_bit_weights_without_masters_move_by_the_updates_on_average(stored):
+    """The same sub-spacing updates as above, with the weights kept in 16 bits: round-to-nearest would
+    leave every weight where it was; stochastic rounding moves them by the updates' sum on average,
+    and a replay from the seed log rounds identically (bitwise)."""
+    w0 = jnp.full(4096, SCALE, stored)
+    target = jnp.full(4096, 3.0)
+    loss = lambda p, b: jnp.mean((p["w"].astype(jnp.float32) - b) ** 2)  # noqa: E731
+    spec, lr, steps = zojax.ZOSpec(eps=1e-2, master_weights=False), 2e-3, 20
+    opt = zojax.zo_sgd(lr)
+    state, frozen = zojax.init({"w": jnp.copy(w0)}, spec, opt, KEY)
+    assert state.params["w"].dtype == stored
+    log = SeedLog.new(KEY, spec)
+    state, infos = zojax.make_step(loss, spec, opt).run_steps(state, frozen, jnp.broadcast_to(target, (steps, 4096)))
+    log.record(infos.step, infos.coeffs, infos.applied)
+    expected = np.zeros(4096)
+    for t in range(steps):
+        # the directions of a 16-bit leaf are drawn in its dtype
+        g = dense_gradient(ZOGrad(state.key, jnp.int32(t), infos.coeffs[t], spec.noise), {"w": jnp.zeros(4096, stored)})
+        expected -= lr * np.asarray(g["w"], np.float64)
+    moved = np.asarray(state.params["w"], np.float64) - np.asarray(w0, np.float64)
+    assert np.all(np.abs(expected / steps) < float(jnp.finfo(stored).eps) * SCALE / 2)  # a step's update would vanish
+    # unbiased: regressed on the float64 sum of the updates, the moves have slope 1 (its standard error
+    # here is about 0.07: rounding noise of about sqrt(spacing * |sum|) per weight over 4096 weights)
+    assert np.dot(moved, expected) / np.dot(expected, expected) == pytest.approx(1.0, abs=0.3)
+    replayed = replay({"w": jnp.copy(w0)}, log, opt)["w"]
+    assert replayed.dtype == stored and np.array_equal(np.asarray(replayed), np.asarray(state.params["w"]))
 
 
 def test_models_compute_vector_leaves_in_float32_under_bfloat16():

@@ -352,8 +352,10 @@ def test_10_a_float16_update_is_formed_in_float32(noise):
     z = dense_gradient(dataclasses.replace(grad, coeffs=jnp.ones(1)), params)["w"]  # the float16 direction
     expected = 1.0 - 1e-4 * -4.4e4 * np.asarray(z, np.float32)  # c z = -4.4e4 z overflows float16; lr c z does not
     assert bool(jnp.all(jnp.isfinite(new["w"])))
-    np.testing.assert_allclose(np.asarray(new["w"], np.float32), expected, rtol=1e-3)
-    assert float(jnp.max(jnp.abs(new["w"]))) <= float(update_bound(opt, grad, opt.init(params), params))
+    # a float16 leaf without a master copy is rounded stochastically: to either neighbour, one float16 spacing
+    ulp = 2.0**-10
+    np.testing.assert_allclose(np.asarray(new["w"], np.float32), expected, rtol=ulp)
+    assert float(jnp.max(jnp.abs(new["w"]))) <= float(update_bound(opt, grad, opt.init(params), params)) * (1 + ulp)
 
 
 def test_10_float16_weights_train_in_float32_with_the_adapter_state_as_with_zo_sgd():
@@ -362,7 +364,7 @@ def test_10_float16_weights_train_in_float32_with_the_adapter_state_as_with_zo_s
     from zojax.optim import lozo_adapter
 
     noise = zojax.LowRank(rank=1, refresh_every=4)
-    spec = zojax.ZOSpec(members=1, noise=noise, eps=1e-2)
+    spec = zojax.ZOSpec(members=1, noise=noise, eps=1e-2, master_weights=True)
     params = {"w": jnp.full((4, 4), 6e4, jnp.float16).at[0].set(1.0)}
 
     def loss(p, batch):

@@ -18,7 +18,7 @@ from zojax import accelerator
 from zojax.estimators import second_difference
 from zojax.optim.gradient import PyTree, ZOGrad
 from zojax.optim.transforms import ZOTransformation, apply_update, direction_scale, fold, update_bound
-from zojax.precision import master_copies
+from zojax.precision import master_copies, use_masters
 from zojax.scope import partition
 from zojax.scoring import Member, ZOSpec, center_loss, score
 
@@ -61,7 +61,10 @@ def init(params: PyTree, spec: ZOSpec, optimizer: optax.GradientTransformation, 
     copy of ``params`` if you need the originals afterwards. Trainable leaves stored in
     bfloat16 or float16 are kept as float32 master copies
     (:func:`zojax.precision.master_dtype`): an update below a 16-bit weight's spacing would
-    otherwise vanish. Frozen leaves keep their dtype.
+    otherwise vanish. Where those copies would add more than 10% to the weights' memory
+    (``spec.master_weights=None``, :func:`zojax.precision.use_masters`: full-parameter runs)
+    the leaves stay 16-bit and each update is rounded stochastically instead. Frozen leaves keep
+    their dtype.
 
     >>> from zojax.optim import zo_sgd
     >>> state, frozen = init({"w": jnp.zeros(2)}, ZOSpec(), zo_sgd(0.1), jax.random.PRNGKey(0))
@@ -69,7 +72,8 @@ def init(params: PyTree, spec: ZOSpec, optimizer: optax.GradientTransformation, 
     (0, {'w': None})
     """
     trainable, frozen = partition(params, spec.scope, spec.noise)
-    trainable = master_copies(trainable)
+    if use_masters(spec.master_weights, trainable, frozen):
+        trainable = master_copies(trainable)
     state = ZOState(
         params=trainable,
         opt_state=optimizer.init(trainable),

@@ -27,6 +27,7 @@ from zojax.directions.base import NORMAL_MAX
 from zojax.directions.lowrank import sum_outer
 from zojax.optim.gradient import ZOGrad, dense_gradient
 from zojax.paths import map_with_paths
+from zojax.precision import add_rounded, rounding_key
 from zojax.types import PyTree
 
 if TYPE_CHECKING:
@@ -358,7 +359,7 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
                 if a is None:
                     return x
                 v = window_factors(key, state.window, path, x)
-                return (x + sum_outer(v, a, step)).astype(x.dtype)
+                return add_rounded(x, sum_outer(v, a, step), rounding_key(key, step, path, write=1))
 
             return map_with_paths(one, params, acc), jax.tree.map(jnp.zeros_like, acc)
 
@@ -401,10 +402,11 @@ def apply_update(optimizer, grad: ZOGrad, params: PyTree, opt_state) -> tuple[Py
     """``optimizer.update`` then the updates applied; a ``None`` update leaves its leaf as is
     (the adapter state updates its accumulators, not the weights)."""
     updates, opt_state = optimizer.update(grad, opt_state, params)
-    params = jax.tree.map(
-        lambda u, p: p if u is None else (p + u).astype(p.dtype), updates, params, is_leaf=lambda u: u is None
-    )
-    return params, opt_state
+
+    def one(path, p, u):
+        return p if u is None else add_rounded(p, u, rounding_key(grad.key, grad.step, path))
+
+    return map_with_paths(one, params, updates), opt_state
 
 
 def zo_sgd_update(lr, spec: ZOSpec, weight_decay: float = 0.0, *, adapter_state: bool = True):

@@ -63,6 +63,7 @@ def make_spec(cfg: RunConfig, model: Any = None) -> ZOSpec:
         adapter=z.adapter,
         lazy_dense=z.lazy_dense,
         center=z.method == "hizoo",  # HiZOO's curvature needs L(theta) too
+        master_weights=cfg.optim.master_weights,
     )
 
 
