@@ -59,10 +59,12 @@ def _prompts(prompts: int, length: int) -> gen.PromptBatch:
     return gen.PromptBatch(ids, np.ones_like(ids), np.arange(prompts, dtype=np.int32))
 
 
-def _programs(graphdef, state, batch, members: int, sampling: gen.Sampling, stacked: str | None):
+def _programs(graphdef, state, batch, members: int, sampling: gen.Sampling, stacked: str | None, scope: str = "all",
+              chunk_size: int | None = None):
     """(ES step thunk, generation thunk, their jitted functions and arguments for lowering)."""
     spec = zojax.ZOSpec(noise=zojax.LowRank(rank=1, refresh_every=1, stacked=stacked), eps=1e-3,
-                        members=members, scope="all", estimator="zscore", adapter=True)
+                        members=members, scope=scope, estimator="zscore", adapter=True,
+                        chunk_size=chunk_size)
     opt = zojax.zo_sgd(1e-4)
     compiled = zojax.make_step(gen.reward_loss(graphdef, sampling, _reward), spec, opt)
     params = jax.tree.map(jnp.copy, state)
