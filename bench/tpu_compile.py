@@ -308,6 +308,54 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def generator_programs() -> dict:
+    """``w + 1e-3 z`` on one OPT-13B MLP kernel (5120 x 20480, bf16) for each way of drawing ``z``:
+    the baseline a plain pass over the weight costs, and the ways zojax's generator can compute."""
+    from zojax import random as zr
+
+    bf16 = jnp.bfloat16
+
+    def raw16(key, shape, draw):
+        # the 16-bit lanes as zojax.random draws them, turned into normals by ``draw``
+        width = 16
+        shape, lead, row, row_shape = zr._layout(shape)
+        return draw(zr._bits(zr.key_words(key), width, shape, lead, row, row_shape, "elementwise"), bf16)
+
+    return {
+        "copy (w * 1)": lambda key, w: w * jnp.ones((), w.dtype),
+        "jax.random.normal": lambda key, w: w + 1e-3 * jax.random.normal(key, w.shape, bf16),
+        "zojax.random.normal, float32": lambda key, w: (
+            w.astype(jnp.float32) + 1e-3 * zr.normal(key, w.shape, jnp.float32)).astype(bf16),
+        "zojax.random.normal, bf16, table gather (the CPU's way)": lambda key, w: (
+            w + 1e-3 * raw16(key, w.shape, zr._lookup16)),
+        "zojax.random.normal, bf16 (computed: every backend but the CPU)": lambda key, w: (
+            w + 1e-3 * zr.normal(key, w.shape, bf16)),
+        "zojax.random.rademacher, hashes buffered (the CPU's way)": lambda key, w: (
+            w + 1e-3 * zr.rademacher(key, w.shape, bf16, strategy="buffered")),
+        "zojax.random.rademacher (elementwise: every backend but the CPU)": lambda key, w: (
+            w + 1e-3 * zr.rademacher(key, w.shape, bf16, strategy="elementwise")),
+    }
+
+
+def generator(topology: str = "v5p-8", shape=(5120, 20480)) -> dict:
+    """The dense generator alone, compiled for one chip of ``topology``: per way of drawing ``z``,
+    the cost model's ``optimal_seconds`` and bytes accessed (docs/benchmarks-tpu.md's first table)."""
+    dev = devices(TOPOLOGIES[topology])[0]
+    sharding = jax.sharding.SingleDeviceSharding(dev)
+    w = jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=sharding)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding)
+    rows = {}
+    for name, fn in generator_programs().items():
+        cost = jax.jit(fn).lower(key, w).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        rows[name] = {"optimal_ms": float(cost.get("optimal_seconds", 0.0)) * 1e3,
+                      "bytes_accessed_gb": float(cost.get("bytes accessed", 0.0)) / 1e9}
+        print(f"  {name}: {rows[name]['optimal_ms']:.3f} ms, {rows[name]['bytes_accessed_gb']:.2f} GB", flush=True)
+    return {"chip": f"one chip of {topology} ({dev.device_kind})", "shape": list(shape), "dtype": "bfloat16",
+            "what": "the TPU compiler's cost model (libtpu, compiled on a CPU host), not a measurement",
+            "jax": jax.__version__, "programs": rows}
+
+
 def merge(runs: list[dict]) -> dict:
     """Several runs' results as one: slices and K values combined, wall times summed, load averages
     listed; rows written before ``optimal_ms`` / ``hbm_gib`` existed get them."""
@@ -343,7 +391,17 @@ def main(argv=None):
     ap.add_argument("--json", default="bench/results/tpu_compile.json", help="'-' prints it")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="combine the results of several runs (one per slice, say) into --json; compiles nothing")
+    ap.add_argument("--generator", action="store_true",
+                    help="the dense generator alone on one chip (-> bench/results/tpu_generator.json unless --json)")
     args = ap.parse_args(argv)
+    if args.generator:
+        why = tpu_available()
+        if why:
+            sys.exit(f"tpu_compile: {why}")
+        out = "bench/results/tpu_generator.json" if args.json == ap.get_default("json") else args.json
+        text = json.dumps(generator(), indent=1)
+        print(text) if out == "-" else Path(out).write_text(text + "\n")
+        return
     if args.merge:
         res = merge([json.loads(Path(f).read_text()) for f in args.merge])
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
