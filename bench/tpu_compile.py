@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -353,7 +354,7 @@ def generator(topology: str = "v5p-8", shape=(5120, 20480)) -> dict:
         print(f"  {name}: {rows[name]['optimal_ms']:.3f} ms, {rows[name]['bytes_accessed_gb']:.2f} GB", flush=True)
     return {"chip": f"one chip of {topology} ({dev.device_kind})", "shape": list(shape), "dtype": "bfloat16",
             "what": "the TPU compiler's cost model (libtpu, compiled on a CPU host), not a measurement",
-            "jax": jax.__version__, "programs": rows}
+            "jax": jax.__version__, "libtpu": importlib.metadata.version("libtpu"), "programs": rows}
 
 
 def merge(runs: list[dict]) -> dict:
@@ -417,9 +418,7 @@ def main(argv=None):
     res.update({"what": "the TPU compiler's cost model and memory analysis (libtpu, compiled on a CPU host), "
                         "not a measurement", "jax": jax.__version__, "targets": TARGETS,
                 "wall_s": round(time.perf_counter() - t0, 1), "loadavg_start": load, "loadavg_end": _load()})
-    with contextlib.suppress(ImportError, AttributeError):
-        import importlib.metadata
-
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         res["libtpu"] = importlib.metadata.version("libtpu")
     text = json.dumps(res, indent=1)
     if args.json == "-":
