@@ -58,6 +58,7 @@ __all__ = [
     "make_mesh",
     "mesh_from_config",
     "model_size",
+    "over_population",
     "param_shardings",
     "param_spec",
     "pop_size",
@@ -172,6 +173,21 @@ def check_population(mesh: Mesh | None, members: int) -> None:
 
 
 # --- shardings by parameter path -------------------------------------------------------------
+
+
+def over_population(fn, mesh: Mesh, members: jax.Array, *shared):
+    """``fn(members, *shared)`` with ``members`` split over the mesh's ``pop`` axis (``jax.shard_map``):
+    each device evaluates its ``K / pop`` members against the same ``shared`` arguments, and the
+    per-member results (the K x 2 losses: all that crosses ``pop``) are gathered on every device.
+
+    A ``model`` axis of more than one device stays automatic (GSPMD partitions the weights and
+    inserts the collectives); of one device, it is made manual too, since a host callback inside
+    ``fn`` (a reward computed by Python) is accepted only when every mesh axis is manual."""
+    P = PartitionSpec
+    manual = {POP} if model_size(mesh) > 1 else set(mesh.axis_names)
+    sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(POP),) + (P(),) * len(shared), out_specs=P(POP),
+                            axis_names=manual, check_vma=False)
+    return jax.lax.with_sharding_constraint(sharded(members, *shared), replicated(mesh))
 
 
 def param_spec(path: str, shape, mesh: Mesh, rules=DEFAULT_RULES) -> PartitionSpec:

@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 from zojax.accelerator import fusion_barrier
 from zojax.directions import DirectionKind, Gaussian, Noise, draw_directions, is_factored
@@ -271,19 +270,8 @@ def score(
         losses = score_members(members, trainable, base, frozen, batch, key, step, scale)
     else:
         parallel.check_population(mesh, spec.members)
-        # Manual over 'pop' only: each device scores its K/pop members; 'model' stays automatic
-        # (GSPMD partitions the weights and inserts the collectives).
-        sharded = jax.shard_map(
-            score_members,
-            mesh=mesh,
-            in_specs=(P(parallel.POP), P(), P(), P(), P(), P(), P(), P()),
-            out_specs=P(parallel.POP),
-            axis_names={parallel.POP},
-            check_vma=False,
-        )
-        losses = sharded(members, trainable, base, frozen, batch, key, jnp.asarray(step), scale)
-        # the K x 2 losses are all that crosses 'pop': every device gets all of them
-        losses = jax.lax.with_sharding_constraint(losses, parallel.replicated(mesh))
+        losses = parallel.over_population(score_members, mesh, members, trainable, base, frozen, batch, key,
+                                          jnp.asarray(step), scale)
     if spec.sided == "two":
         return losses
     unperturbed = center_loss(loss_fn, base, frozen, batch, Member(key, jnp.asarray(step), jnp.asarray(spec.members)))
