@@ -191,6 +191,7 @@ def analyse(compiled, hbm_bytes: int) -> dict:
             "argument_bytes": int(m.argument_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes),
             "flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
             "optimal_seconds": seconds, "optimal_ms": seconds * 1e3, "hbm_gib": hbm / GiB,
+            "bytes_accessed_gb": float(cost.get("bytes accessed", 0.0)) / 1e9,
             "optimal_seconds_raw": raw, "sentinels": sentinels,
             "collectives": collectives}
 
@@ -208,6 +209,7 @@ def compile_one(method: str, bundle, batch, members: int, mesh, hbm_bytes: int, 
             row["hbm_bytes_full_depth"] = (int(deep.argument_size_in_bytes) + int(deep.temp_size_in_bytes)
                                            + int(deep.output_size_in_bytes) - int(deep.alias_size_in_bytes))
             row["hbm_fraction_full_depth"] = row["hbm_bytes_full_depth"] / hbm_bytes
+            row["hbm_gib_full_depth"] = row["hbm_bytes_full_depth"] / GiB
     except Exception as e:  # noqa: BLE001 - a program that does not compile is a result, recorded
         row = {"compiles": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     row["compile_s"] = round(time.perf_counter() - t0, 2)
@@ -301,8 +303,8 @@ def table(res: dict) -> str:
 
             fwd_ms = f"{fwd['optimal_ms']:.2f}" if fwd.get("compiles") else "fails"
             fwd_gib = f"{fwd['hbm_gib']:.2f}" if fwd.get("compiles") else "-"
-            if "hbm_bytes_full_depth" in fwd:
-                fwd_gib += f" ({fwd['hbm_bytes_full_depth'] / GiB:.2f})"
+            if "hbm_gib_full_depth" in fwd:
+                fwd_gib += f" ({fwd['hbm_gib_full_depth']:.2f})"
             lines.append(f"| {name} | {k} | {row['mesh']['pop']}x{row['mesh']['model']} | {fwd_ms} | {f('lozo')} "
                          f"| {f('lozo_fold_per_step')} | {f('factorized')} | {f('mezo')} | {f('lozo_hbm')} "
                          f"| {f('mezo_hbm')} | {fwd_gib} |")
