@@ -170,6 +170,19 @@ def lower(method: str, bundle, batch, members: int, mesh, unroll: bool = True):
 _COLLECTIVE = re.compile(r"= [^=]*? (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(-start)?\(")
 
 
+def hbm_of(compiled) -> int:
+    """HBM per chip of a compiled program: arguments + temporaries + outputs - aliased (donated)."""
+    m = compiled.memory_analysis()
+    return (int(m.argument_size_in_bytes) + int(m.temp_size_in_bytes) + int(m.output_size_in_bytes)
+            - int(m.alias_size_in_bytes))
+
+
+def cost_of(compiled) -> dict:
+    """The cost model's figures of a compiled program (one dict, whatever jax returns)."""
+    cost = compiled.cost_analysis()
+    return cost[0] if isinstance(cost, (list, tuple)) else cost
+
+
 def analyse(compiled, hbm_bytes: int) -> dict:
     """HBM per chip and the cost model's figures of a compiled program.
 
@@ -179,10 +192,8 @@ def analyse(compiled, hbm_bytes: int) -> dict:
     while the real figure is below 1 s, true of every program here; ``collectives`` counts the
     collective ops of the optimised program, an upper bound on the sentinels)."""
     m = compiled.memory_analysis()
-    hbm = (int(m.argument_size_in_bytes) + int(m.temp_size_in_bytes) + int(m.output_size_in_bytes)
-           - int(m.alias_size_in_bytes))
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    hbm = hbm_of(compiled)
+    cost = cost_of(compiled)
     raw = float(cost.get("optimal_seconds", 0.0))
     sentinels = math.ceil(-raw) if raw < 0 else 0
     collectives = len(_COLLECTIVE.findall(compiled.as_text()))
@@ -205,9 +216,7 @@ def compile_one(method: str, bundle, batch, members: int, mesh, hbm_bytes: int, 
         if full is not None:
             # memory analysis is exact for a scan (the cost model is not: it counts a loop body once), and the
             # unrolled few-layer program overstates the HBM ratio (a layer's temporaries against few layers' weights)
-            deep = lower(method, full, batch, members, mesh, unroll=False).compile().memory_analysis()
-            row["hbm_bytes_full_depth"] = (int(deep.argument_size_in_bytes) + int(deep.temp_size_in_bytes)
-                                           + int(deep.output_size_in_bytes) - int(deep.alias_size_in_bytes))
+            row["hbm_bytes_full_depth"] = hbm_of(lower(method, full, batch, members, mesh, unroll=False).compile())
             row["hbm_fraction_full_depth"] = row["hbm_bytes_full_depth"] / hbm_bytes
             row["hbm_gib_full_depth"] = row["hbm_bytes_full_depth"] / GiB
     except Exception as e:  # noqa: BLE001 - a program that does not compile is a result, recorded
@@ -349,8 +358,7 @@ def generator(topology: str = "v5p-8", shape=(5120, 20480)) -> dict:
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding)
     rows = {}
     for name, fn in generator_programs().items():
-        cost = jax.jit(fn).lower(key, w).compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        cost = cost_of(jax.jit(fn).lower(key, w).compile())
         rows[name] = {"optimal_ms": float(cost.get("optimal_seconds", 0.0)) * 1e3,
                       "bytes_accessed_gb": float(cost.get("bytes accessed", 0.0)) / 1e9}
         print(f"  {name}: {rows[name]['optimal_ms']:.3f} ms, {rows[name]['bytes_accessed_gb']:.2f} GB", flush=True)
