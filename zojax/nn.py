@@ -153,12 +153,14 @@ def materialize(w):
     if isinstance(w, Perturbed):
         return materialize(w.base) + w.delta().astype(w.base.dtype)
     if isinstance(w, Noisy):
-        z = w.direction()
         if w.index is not None and w.index.ndim == 0:
             # One layer's draw, shared by the population axes the key does not carry (the
             # two signs): a conditional on the runtime layer index is a fusion boundary, so
             # XLA draws z once instead of once per sign inside the fused ``base + s z``.
-            z = jax.lax.cond(w.index >= 0, lambda t: t, jnp.zeros_like, z)
+            zeros = jax.eval_shape(w.direction)
+            z = jax.lax.cond(w.index >= 0, w.direction, lambda: jnp.zeros(zeros.shape, zeros.dtype))
+        else:
+            z = w.direction()
         return w.base + w._scale() * z
     return w
 
