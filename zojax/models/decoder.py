@@ -120,16 +120,18 @@ class Slots(NamedTuple):
         return self.k_slot[None, None, :] > self.q_slot[None, :, None] - window
 
 
-def _attend(q, k, v, scale=None, *, valid, kv_cache, index, dtype):
-    """Attention of one layer; with ``kv_cache`` (this layer's ``(k, v)``, ``(B, T, Hkv, D)``)
-    the new keys and values are written at ``index`` first and attention reads the whole cache."""
+def _attend(q, k, v, scale=None, *, valid, kv_cache, layer, index, dtype):
+    """Attention of one layer; with ``kv_cache`` (every layer's ``(k, v)``, ``(L, B, T, Hkv, D)``)
+    the new keys and values are written at ``(layer, index)`` first and attention reads this
+    layer's whole slice. Returns ``(o, the updated kv_cache or None)``."""
     new_kv = None
     if kv_cache is not None:
         ck, cv = kv_cache
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (layer, 0, index, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (layer, 0, index, 0, 0))
         new_kv = (ck, cv)
-        k, v = ck.astype(dtype), cv.astype(dtype)
+        k = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False).astype(dtype)
+        v = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(dtype)
     return layers.attention(q, k, v, valid, scale), new_kv
 
 
@@ -145,26 +147,29 @@ def _window_sizes(parts: Parts, config) -> jax.Array | None:
 def _scan_layers(parts: Parts, config, context, layer_params, h, slots: Slots, cache, unroll: bool = False):
     """Run ``parts.layer`` over the stacked layers; returns ``(h, new (k, v) or None)``.
 
+    The KV cache rides in the scan's carry, written in place at each layer's index, not in its
+    ``xs``/``ys``: a scanned-over cache is a second copy of it (``ys``), and under a population
+    ``vmap`` (batch axis 0 in the decode loop's carry, 1 in a scan's ``xs``) two transposed ones.
+
     ``unroll``: a Python loop over static layer slices instead of ``lax.scan`` (one compiled
     body per layer: longer compiles; no dynamic slice of each layer's weights)."""
     layer_params = jax.tree.map(layers.sliceable, layer_params, is_leaf=znn.is_perturbed)
-    kv_xs = None if cache is None else (cache["k"], cache["v"])
+    kv = None if cache is None else (cache["k"], cache["v"])
     valid = slots.valid()
 
-    def body(h, xs):
-        p, kv, window = xs
+    def body(carry, xs):
+        h, kv = carry
+        p, window, layer = xs
         ok = valid if window is None else valid & slots.within(window)
-        attend = functools.partial(_attend, valid=ok, kv_cache=kv, index=slots.index, dtype=h.dtype)
-        return parts.layer(config, context, p, h, attend)
+        attend = functools.partial(_attend, valid=ok, kv_cache=kv, layer=layer, index=slots.index, dtype=h.dtype)
+        return parts.layer(config, context, p, h, attend), None
 
-    xs = (layer_params, kv_xs, _window_sizes(parts, config))
+    xs = (layer_params, _window_sizes(parts, config), jnp.arange(config.num_hidden_layers, dtype=jnp.int32))
     if not unroll:
-        return jax.lax.scan(body, h, xs)
-    outs = []
+        return jax.lax.scan(body, (h, kv), xs)[0]
     for i in range(config.num_hidden_layers):  # slices exactly as scan does: every leaf on its leading axis
-        h, out = body(h, jax.tree.map(lambda x, i=i: x[i], xs))
-        outs.append(out)
-    return h, jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *outs)
+        (h, kv), _ = body((h, kv), jax.tree.map(lambda x, i=i: x[i], xs))
+    return h, kv
 
 
 def lm_head(config, params: dict, h: jax.Array, logits_tokens: jax.Array | None = None, dtype=None) -> jax.Array:
