@@ -315,16 +315,17 @@ def plot(data: dict, path: Path) -> None:
                      label=label)
     dev = f"dev accuracy ({data.get('dev_examples', 500)} reviews)"
     axes[0].set(xlabel="training CPU seconds (process time, 2 shared cores)", ylabel=dev)
-    axes[1].set_xscale("symlog", linthresh=10)  # ZO rows take ~5x more (cheaper) passes than first-order ones
+    if any(name.startswith("fo_") for name in data["rows"]):
+        axes[1].set_xscale("symlog", linthresh=10)  # ZO rows take ~5x more (cheaper) passes than first-order ones
     axes[1].set(xlabel="forward passes of a 16-review batch (fo: 3 per step)", ylabel=dev, xlim=(0, None))
     axes[0].legend(fontsize=7, loc="upper left")
     budget = ("equal CPU-time budget per row" if "budget_cpu_seconds_per_row" in data
-              else f"equal budget of {data.get('budget_forward_passes_per_row')} forward passes per row")
+              else f"equal budget of {data.get('budget_forward_passes_per_row'):g} forward passes per row")
     loads = [x for r in data["rows"].values() if r["kind"] == "train" for x in r["load_avg"]]
     cores = data.get("machine", {}).get("cpus") or 2
     load = (f"measured under load (load average up to {max(loads):.0f} on {cores} cores; per row: load_avg in the JSON)"
             if loads and max(loads) > cores else "load average per row: load_avg in the JSON")
-    fig.suptitle(f"SmolLM2-135M-Instruct, Rotten Tomatoes: {budget}; {load}", fontsize=9)
+    fig.suptitle(f"SmolLM2-135M-Instruct, Rotten Tomatoes: {budget}\n{load}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
