@@ -157,8 +157,7 @@ def materialize(w):
             # One layer's draw, shared by the population axes the key does not carry (the
             # two signs): a conditional on the runtime layer index is a fusion boundary, so
             # XLA draws z once instead of once per sign inside the fused ``base + s z``.
-            zeros = jax.eval_shape(w.direction)
-            z = jax.lax.cond(w.index >= 0, w.direction, lambda: jnp.zeros(zeros.shape, zeros.dtype))
+            z = jax.lax.cond(w.index >= 0, w.direction, lambda: jnp.zeros_like(w.base))
         else:
             z = w.direction()
         return w.base + w._scale() * z
