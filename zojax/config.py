@@ -305,6 +305,10 @@ class RewardConfig(_Strict):
         False, description="score inside the compiled program with the jnp answer-token reward (tasks whose examples "
         "carry a 'solution', e.g. arithmetic) instead of the text reward on the host (a pure_callback per step)",
     )
+    closeness: float = Field(
+        0.0, ge=0, description="in-program reward: a wrong bare integer answer also earns closeness * 2^-|its error| "
+        "(integer solutions, e.g. arithmetic): a denser signal where exact answers are rare",
+    )
     samples: int = Field(1, ge=1, description="completions sampled per prompt and member")
     max_new_tokens: int = Field(32, ge=1, description="tokens generated per completion (static)")
     temperature: float = Field(1.0, ge=0, description="sampling temperature during training (0: greedy)")

@@ -31,6 +31,30 @@ def test_answer_token_reward_matches_bare_answers_only(char_assets):
     assert np.asarray(got).tolist() == pytest.approx([1.1, 0.0, 1.1, 0.0, 1.1])
 
 
+def test_answer_token_reward_credits_bare_integers_and_their_closeness(char_assets):
+    """Format credit (0.1) for a wrong bare integer, as the host verifier gives, and with ``closeness`` a
+    credit that halves with each unit of error; anything that is not a bare integer earns nothing."""
+    from transformers import AutoTokenizer
+
+    from zojax.tasks.generation import answer_token_reward
+
+    tok = AutoTokenizer.from_pretrained(char_assets / "model")
+    examples = [{"solution": " 85"}, {"solution": " -7"}]
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    texts = [" 84\nab", " -5.\nx", " 83", " 8 4ab", " = 85", " 85\nab", " -7\naa", " 9x\n"]
+    rows = np.full((len(texts), 6), tok.eos_token_id, np.int32)
+    for i, t in enumerate(texts):
+        rows[i, : len(ids(t)[:6])] = ids(t)[:6]
+    index = np.array([0, 1, 0, 0, 0, 0, 1, 1], np.int32)
+    eos = (tok.eos_token_id,)
+    plain = answer_token_reward(examples, tok, eos=eos)(rows, index)
+    assert np.asarray(plain).tolist() == pytest.approx([0.1, 0.1, 0.1, 0.0, 0.0, 1.1, 1.1, 0.0])
+    near = answer_token_reward(examples, tok, eos=eos, closeness=0.5)(rows, index)
+    assert np.asarray(near).tolist() == pytest.approx([0.35, 0.225, 0.225, 0.0, 0.0, 1.1, 1.1, 0.0])
+    with pytest.raises(ValueError, match="integer solutions"):
+        answer_token_reward([{"solution": " 8.5"}], tok, closeness=0.5)
+
+
 @pytest.fixture(scope="module")
 def es_run(char_assets, tmp_path_factory):
     """A 4-step ES run of the tiny char-level model on the arithmetic task (host reward), 2 steps per call."""

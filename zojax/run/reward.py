@@ -48,10 +48,12 @@ class RewardPieces:
 
 
 def _reward(cfg: RunConfig, examples, tokenizer, eos, text_reward) -> generation.TokenReward:
+    if cfg.reward.closeness and not cfg.reward.in_program:
+        raise ConfigError("reward.closeness is a credit of the in-program reward: set reward.in_program=true")
     if cfg.reward.in_program:
         if any("solution" not in e for e in examples):
             raise ConfigError("reward.in_program needs examples with a 'solution' (the arithmetic task has them)")
-        return generation.answer_token_reward(examples, tokenizer)
+        return generation.answer_token_reward(examples, tokenizer, eos=eos, closeness=cfg.reward.closeness)
     return generation.host_reward(text_reward, examples, tokenizer, eos)
 
 

@@ -193,11 +193,63 @@ def host_reward(reward: Callable[[str, dict], float], examples: Sequence[dict], 
     return token_reward
 
 
-def answer_token_reward(examples: Sequence[dict], tokenizer, *, key: str = "solution", bonus: float = 0.1) -> TokenReward:
-    """A ``jnp`` reward, inside the program: ``1 + bonus`` when a completion is exactly the tokens of the
-    example's ``solution`` (e.g. ``" 42"``) followed by a token that does not continue the number (any
-    token whose text does not start with a digit), else 0 -- the arithmetic task's reward for a bare
-    answer, without a host round trip."""
+# token classes of the bare-number parse (:func:`_number_parser`)
+_OTHER, _SPACE, _MINUS, _DIGITS, _SPACED_DIGITS, _END = range(6)
+# states: before the number, after its sign, in its digits, accepted (ended by a line end), rejected
+_START, _SIGNED, _IN_DIGITS, _ACCEPT, _REJECT = range(5)
+_NEXT_STATE = np.full((5, 6), _REJECT, np.int32)
+_NEXT_STATE[_START, [_SPACE, _MINUS, _DIGITS, _SPACED_DIGITS]] = [_START, _SIGNED, _IN_DIGITS, _IN_DIGITS]
+_NEXT_STATE[_SIGNED, [_DIGITS, _SPACED_DIGITS]] = _IN_DIGITS
+_NEXT_STATE[_IN_DIGITS, [_DIGITS, _END]] = [_IN_DIGITS, _ACCEPT]
+_NEXT_STATE[_ACCEPT, :] = _ACCEPT
+
+
+def _number_parser(tokenizer, eos: Sequence[int]):
+    """``parse(completions (N, new)) -> (bare (N,) bool, value (N,) float32)``: whether a completion is a
+    bare integer (spaces, an optional ``-``, digits, then a line end, a stop token or the end of the
+    completion) and its value. A finite automaton over token classes, so it runs in the program for any
+    tokenizer (digits one per token, as in Llama's, or several, as in GPT-2's)."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    kinds = np.full(len(texts), _OTHER, np.int32)
+    digit_value, digit_scale = np.zeros(len(texts), np.float32), np.ones(len(texts), np.float32)
+    for i, t in enumerate(texts):
+        bare = t.strip()
+        if i in eos or t.startswith("\n") or bare == ".":
+            kinds[i] = _END
+        elif bare.isascii() and bare.isdigit():
+            kinds[i] = _SPACED_DIGITS if t[0].isspace() else _DIGITS
+            digit_value[i], digit_scale[i] = float(bare), 10.0 ** len(bare)
+        elif bare == "-":
+            kinds[i] = _MINUS
+        elif t and t.isspace():
+            kinds[i] = _SPACE
+    kinds, digit_value, digit_scale, next_state = map(jnp.asarray, (kinds, digit_value, digit_scale, _NEXT_STATE))
+
+    def parse(completions):
+        def step(carry, token):
+            state, value, sign = carry
+            token = jnp.clip(token, 0, kinds.shape[0] - 1)
+            new = next_state[state, kinds[token]]
+            value = jnp.where(new == _IN_DIGITS, value * digit_scale[token] + digit_value[token], value)
+            sign = jnp.where(new == _SIGNED, -1.0, sign)
+            return (new, value, sign), None
+
+        n = completions.shape[0]
+        init = (jnp.full(n, _START, jnp.int32), jnp.zeros(n, jnp.float32), jnp.ones(n, jnp.float32))
+        (state, value, sign), _ = jax.lax.scan(step, init, completions.T)
+        return (state == _ACCEPT) | (state == _IN_DIGITS), sign * value
+
+    return parse
+
+
+def answer_token_reward(examples: Sequence[dict], tokenizer, *, key: str = "solution", bonus: float = 0.1,
+                        eos: Sequence[int] = (), closeness: float = 0.0) -> TokenReward:
+    """A ``jnp`` reward, inside the program, ``answer + bonus * format`` as the arithmetic task's host
+    verifier scores a bare answer: answer is 1 when a completion is exactly the tokens of the example's
+    ``solution`` (e.g. ``" 42"``) followed by a token that does not continue the number; format is 1 when
+    the completion is a bare integer (:func:`_number_parser`; ``eos`` are stop tokens, which end it).
+    ``closeness > 0`` adds ``closeness * 2^-|value - answer|`` to a wrong bare integer (examples with a
+    numeric ``solution``): a denser signal for a population whose untrained answers are rarely exact."""
     answers = [list(tokenizer(e[key], add_special_tokens=False)["input_ids"]) for e in examples]
     width = max(map(len, answers)) + 1
     table = np.full((len(answers), width), -1, np.int32)
@@ -208,6 +260,12 @@ def answer_token_reward(examples: Sequence[dict], tokenizer, *, key: str = "solu
     texts = tokenizer.batch_decode([[i] for i in range(vocab)])
     continues = np.asarray([t[:1].isdigit() for t in texts], bool)
     answer_ids, answer_len, digit_next = jnp.asarray(table), jnp.asarray(lengths), jnp.asarray(continues)
+    parse = _number_parser(tokenizer, tuple(int(t) for t in eos))
+    if closeness:
+        bad = next((e[key] for e in examples if not e[key].strip().lstrip("-").isdigit()), None)
+        if bad is not None:
+            raise ValueError(f"closeness credit needs integer solutions; one is {bad!r}")
+    targets = jnp.asarray([float(e[key]) if closeness else 0.0 for e in examples], jnp.float32)
 
     def token_reward(completions, index):
         want, n = answer_ids[index], answer_len[index]  # (N, width), (N,)
@@ -216,7 +274,9 @@ def answer_token_reward(examples: Sequence[dict], tokenizer, *, key: str = "solu
             completions, ((0, 0), (0, width - completions.shape[1])), constant_values=-1)
         same = jnp.all(jnp.where(cols[None, :] < n[:, None], got == want, True), axis=1)
         nxt = jnp.take_along_axis(got, n[:, None], axis=1)[:, 0]
-        ends = (nxt < 0) | ~digit_next[jnp.clip(nxt, 0, vocab - 1)]
-        return jnp.where(same & ends, 1.0 + bonus, 0.0).astype(jnp.float32)
+        exact = same & ((nxt < 0) | ~digit_next[jnp.clip(nxt, 0, vocab - 1)])
+        bare, value = parse(completions)
+        near = closeness * jnp.exp2(-jnp.abs(value - targets[index])) if closeness else 0.0
+        return jnp.where(exact, 1.0 + bonus, jnp.where(bare, bonus + near, 0.0)).astype(jnp.float32)
 
     return token_reward
