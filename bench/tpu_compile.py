@@ -367,6 +367,70 @@ def generator(topology: str = "v5p-8", shape=(5120, 20480)) -> dict:
             "jax": jax.__version__, "libtpu": importlib.metadata.version("libtpu"), "programs": rows}
 
 
+def es_programs(topology: str, members: int, *, layers: int = 30, prompts: int = 4, prompt_len: int = 16,
+                new_tokens: int = 32, log=print) -> dict:
+    """Reward fine-tuning's two programs at SmolLM2-135M's shape (bf16) on ``topology``, the population over
+    every chip (``pop`` axis; its 9 heads do not split 8 ways): ``es_step``, sampling inside the population
+    program (rank-1 members on the adapter path, a ``jnp`` reward, z-scored), and ``generation``, the same
+    ``2 K x prompts`` sequences generated with the base weights. Both decode in a ``lax.scan``, which the
+    cost model counts once: their ``optimal_seconds`` are prefill plus one decode step, comparable with each
+    other, not whole-run figures; HBM per chip is exact."""
+    from bench import es_generation
+    from zojax.models import stacked_paths
+    from zojax.scoring import Member
+    from zojax.tasks import generation as gen
+
+    topo = TOPOLOGIES[topology]
+    devs = devices(topo)
+    family, config = common.SHAPES["smollm2-135m-shape"]
+    config = dataclasses.replace(config, num_hidden_layers=layers)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: family.Model(config, param_dtype=jnp.bfloat16,
+                                                                     rngs=nnx.Rngs(0))))
+    pop = math.gcd(members, len(devs))
+    mesh = parallel.make_mesh(pop, len(devs) // pop, devs)
+    replicated = NamedSharding(mesh, P())
+    sds = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
+    sampling = gen.Sampling(samples=1, max_new_tokens=new_tokens, temperature=1.0, eos=(2,), pad=2)
+    ids = jax.ShapeDtypeStruct((prompts, prompt_len), jnp.int32, sharding=replicated)
+    batch = gen.PromptBatch(ids, ids, jax.ShapeDtypeStruct((prompts,), jnp.int32, sharding=replicated))
+    spec = zojax.ZOSpec(noise=zojax.LowRank(rank=1, refresh_every=1, stacked=stacked_paths(family)), eps=1e-3,
+                        members=members, scope="all", estimator="zscore", adapter=True)
+    opt = zojax.zo_sgd(1e-4)
+    es_state, frozen = jax.eval_shape(lambda p: zojax.init(p, spec, opt, jax.random.PRNGKey(0)), state)
+    step = zojax.make_step(gen.reward_loss(graphdef, sampling, es_generation._reward), spec, opt, mesh=mesh).step
+    rows_sharded = NamedSharding(mesh, P(parallel.POP))
+    n = 2 * members * prompts
+    tiled = gen.PromptBatch(*(jax.ShapeDtypeStruct((n,) + x.shape[1:], x.dtype, sharding=rows_sharded) for x in batch))
+
+    def generate_all(params, tiled):
+        keys = gen.completion_keys(Member(jax.random.PRNGKey(0), jnp.asarray(0), jnp.asarray(0)),
+                                   jnp.arange(tiled.ids.shape[0]), sampling.samples)
+        return es_generation._reward(gen.generate_population(graphdef, params, tiled, keys, sampling), None)
+
+    lowering = {"generation": lambda: zojax.accelerator.jit(generate_all).lower(sds(state), tiled),
+                "es_step": lambda: step.lower(sds(es_state), sds(frozen), batch)}
+    rows = {}
+    for name, lower_program in lowering.items():
+        t0 = time.perf_counter()
+        try:
+            rows[name] = analyse(lower_program().compile(), topo.hbm_bytes)
+        except Exception as e:  # noqa: BLE001 - a program that does not compile is a result, recorded
+            rows[name] = {"compiles": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        rows[name]["compile_s"] = round(time.perf_counter() - t0, 2)
+        r = rows[name]
+        log(f"  {topology} K={members} mesh {pop}x{len(devs) // pop} {name}: "
+            + (f"{r['optimal_ms']:.3f} ms, {r['hbm_gib']:.3f} GiB/chip" if r["compiles"] else r["error"])
+            + f" ({r['compile_s']} s)")
+    out = {"mesh": {"pop": pop, "model": len(devs) // pop}, "sequences": n, "programs": rows}
+    if all(r["compiles"] for r in rows.values()):
+        gen_row, es_row = rows["generation"], rows["es_step"]
+        out["es_over_generation"] = {"optimal_seconds": es_row["optimal_seconds"] / gen_row["optimal_seconds"],
+                                     "hbm": es_row["hbm_bytes"] / gen_row["hbm_bytes"]}
+    jax.clear_caches()
+    return out
+
+
 def merge(runs: list[dict]) -> dict:
     """Several runs' results as one: slices and K values combined, wall times summed, load averages
     listed; rows written before ``optimal_ms`` / ``hbm_gib`` existed get them."""
@@ -402,6 +466,9 @@ def main(argv=None):
     ap.add_argument("--json", default="bench/results/tpu_compile.json", help="'-' prints it")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="combine the results of several runs (one per slice, say) into --json; compiles nothing")
+    ap.add_argument("--es", action="store_true",
+                    help="reward fine-tuning's ES step and batched generation, SmolLM2-135M's shape, at --members "
+                    "(-> bench/results/tpu_es.json unless --json)")
     ap.add_argument("--generator", action="store_true",
                     help="the dense generator alone on one chip (-> bench/results/tpu_generator.json unless --json)")
     args = ap.parse_args(argv)
@@ -411,6 +478,22 @@ def main(argv=None):
             sys.exit(f"tpu_compile: {why}")
         out = "bench/results/tpu_generator.json" if args.json == ap.get_default("json") else args.json
         text = json.dumps(generator(), indent=1)
+        print(text) if out == "-" else Path(out).write_text(text + "\n")
+        return
+    if args.es:
+        why = tpu_available()
+        if why:
+            sys.exit(f"tpu_compile: {why}")
+        t0, load = time.perf_counter(), _load()
+        res = {"model": "smollm2-135m shape, 30 layers (scanned), bf16; 4 prompts of 16 tokens, 32 new tokens",
+               "what": "the TPU compiler's cost model and memory analysis (libtpu, compiled on a CPU host), "
+                       "not a measurement; a decode scan is counted once",
+               "jax": jax.__version__, "topologies": {}}
+        for name in args.topologies.split(","):
+            res["topologies"][name] = {str(k): es_programs(name, k) for k in map(int, args.members.split(","))}
+        res.update(wall_s=round(time.perf_counter() - t0, 1), loadavg_start=load, loadavg_end=_load())
+        out = "bench/results/tpu_es.json" if args.json == ap.get_default("json") else args.json
+        text = json.dumps(res, indent=1)
         print(text) if out == "-" else Path(out).write_text(text + "\n")
         return
     if args.merge:

@@ -249,7 +249,8 @@ def attend(x: jax.Array, table, *, precision=None, preferred_element_type=None) 
     if isinstance(table, Perturbed):
         y = attend(x, table.base, **out)
         low = jnp.matmul(x, table.scaled_u().astype(x.dtype), precision=precision)
-        return y + jnp.matmul(low, jnp.swapaxes(table.v, -1, -2).astype(x.dtype), **out)
+        # elementwise at a small rank: fused into the logits' consumer (sampling), no second vocabulary-wide buffer
+        return _add_low_rank(y, low.astype(y.dtype), table.v.astype(y.dtype), precision)
     if isinstance(table, Noisy):
         return _attend_noisy(x, table, **out)
     return jnp.matmul(x, jnp.swapaxes(table, -1, -2).astype(x.dtype), **out)

@@ -248,16 +248,19 @@ def score(
             dirs = _materialize_factors(draw_directions(trainable, spec.noise, key, step, member), step)
             dirs = scale_directions(dirs, scale)
 
-            def one_sign(sign):
+            def one_sign(sign, number):
                 if spec.lazy_dense:
                     perturbed = _perturb_lazy(base, dirs, sign * eps, spec, key, step, member)
                 else:
                     perturbed = perturb(base, dirs, sign * eps, spec.noise, spec.adapter)
-                member_id = Member(key, jnp.asarray(step), member)
+                member_id = Member(key, jnp.asarray(step), number)
                 return _scalar_loss(_call(loss_fn, combine(perturbed, frozen), batch, member_id))
 
-            # the signs of a member share its sampling keys (common random numbers for the pair)
-            return jax.vmap(one_sign)(signs)
+            # The signs of a member share its sampling keys (common random numbers for the pair). The number is
+            # passed per sign all the same, so that a sampler draws its noise for each sign inside the consumer,
+            # as batched generation does per row, rather than once per member into a buffer both signs read
+            # (a vocabulary-wide one per sequence and decode step).
+            return jax.vmap(one_sign)(signs, jnp.full(signs.shape, member))
 
         if spec.chunk_size is None or spec.chunk_size >= members.shape[0]:
             return jax.vmap(evaluate)(members)

@@ -159,16 +159,20 @@ def _scan_layers(parts: Parts, config, context, layer_params, h, slots: Slots, c
 
     def body(carry, xs):
         h, kv = carry
-        p, window, layer = xs
+        window, layer = xs
+        # The layer's weights are sliced here rather than scanned over as ``xs``: under a population ``vmap``
+        # (members on axis 0) a scan's ``xs`` are transposed to put the layers first -- a second copy of every
+        # member's directions, which a decode loop holds for all its steps.
+        p = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False), layer_params)
         ok = valid if window is None else valid & slots.within(window)
         attend = functools.partial(_attend, valid=ok, kv_cache=kv, layer=layer, index=slots.index, dtype=h.dtype)
         return parts.layer(config, context, p, h, attend), None
 
-    xs = (layer_params, _window_sizes(parts, config), jnp.arange(config.num_hidden_layers, dtype=jnp.int32))
+    windows = _window_sizes(parts, config)
     if not unroll:
-        return jax.lax.scan(body, (h, kv), xs)[0]
-    for i in range(config.num_hidden_layers):  # slices exactly as scan does: every leaf on its leading axis
-        (h, kv), _ = body((h, kv), jax.tree.map(lambda x, i=i: x[i], xs))
+        return jax.lax.scan(body, (h, kv), (windows, jnp.arange(config.num_hidden_layers, dtype=jnp.int32)))[0]
+    for i in range(config.num_hidden_layers):  # static indices: every leaf sliced on its leading axis
+        (h, kv), _ = body((h, kv), (None if windows is None else windows[i], i))
     return h, kv
 
 
