@@ -34,7 +34,8 @@ def _orthonormal_columns(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Thin QR ``x = q r`` of (..., d, n) by modified Gram-Schmidt, twice (stable to float32 precision for
     the few columns of a low-rank estimate); a column in the span of the earlier ones gets ``q = 0``."""
     n = x.shape[-1]
-    cols, r = [], jnp.zeros(x.shape[:-2] + (n, n), jnp.float32)
+    cols: list[jax.Array] = []
+    r = jnp.zeros(x.shape[:-2] + (n, n), jnp.float32)
     for j in range(n):
         col = x[..., j]
         for _ in range(2):

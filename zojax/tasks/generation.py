@@ -223,14 +223,14 @@ def _number_parser(tokenizer, eos: Sequence[int]):
             kinds[i] = _MINUS
         elif t and t.isspace():
             kinds[i] = _SPACE
-    kinds, digit_value, digit_scale, next_state = map(jnp.asarray, (kinds, digit_value, digit_scale, _NEXT_STATE))
+    kind_of, value_of, scale_of, next_state = map(jnp.asarray, (kinds, digit_value, digit_scale, _NEXT_STATE))
 
     def parse(completions):
         def step(carry, token):
             state, value, sign = carry
-            token = jnp.clip(token, 0, kinds.shape[0] - 1)
-            new = next_state[state, kinds[token]]
-            value = jnp.where(new == _IN_DIGITS, value * digit_scale[token] + digit_value[token], value)
+            token = jnp.clip(token, 0, kind_of.shape[0] - 1)
+            new = next_state[state, kind_of[token]]
+            value = jnp.where(new == _IN_DIGITS, value * scale_of[token] + value_of[token], value)
             sign = jnp.where(new == _SIGNED, -1.0, sign)
             return (new, value, sign), None
 
