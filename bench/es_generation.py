@@ -59,12 +59,28 @@ def _prompts(prompts: int, length: int) -> gen.PromptBatch:
     return gen.PromptBatch(ids, np.ones_like(ids), np.arange(prompts, dtype=np.int32))
 
 
+def es_spec(members: int, stacked: str | None, scope: str = "all", chunk_size: int | None = None) -> zojax.ZOSpec:
+    """The measured ES recipe: rank-1 members on the adapter path, fresh every step, z-scored rewards."""
+    return zojax.ZOSpec(noise=zojax.LowRank(rank=1, refresh_every=1, stacked=stacked), eps=1e-3, members=members,
+                        scope=scope, estimator="zscore", adapter=True, chunk_size=chunk_size)
+
+
+def generation_fn(graphdef, sampling: gen.Sampling):
+    """``generate_all(params, tiled prompts) -> rewards``: the baseline, every row generated with the base
+    weights and its own sampling key, scored by the same reward."""
+
+    def generate_all(params, tiled):
+        member = Member(jax.random.PRNGKey(0), jnp.asarray(0), jnp.asarray(0))
+        keys = gen.completion_keys(member, jnp.arange(tiled.ids.shape[0]), sampling.samples)
+        return _reward(gen.generate_population(graphdef, params, tiled, keys, sampling), None)
+
+    return generate_all
+
+
 def _programs(graphdef, state, batch, members: int, sampling: gen.Sampling, stacked: str | None, scope: str = "all",
               chunk_size: int | None = None):
     """(ES step thunk, generation thunk, their jitted functions and arguments for lowering)."""
-    spec = zojax.ZOSpec(noise=zojax.LowRank(rank=1, refresh_every=1, stacked=stacked), eps=1e-3,
-                        members=members, scope=scope, estimator="zscore", adapter=True,
-                        chunk_size=chunk_size)
+    spec = es_spec(members, stacked, scope, chunk_size)
     opt = zojax.zo_sgd(1e-4)
     compiled = zojax.make_step(gen.reward_loss(graphdef, sampling, _reward), spec, opt)
     params = jax.tree.map(jnp.copy, state)
@@ -78,13 +94,7 @@ def _programs(graphdef, state, batch, members: int, sampling: gen.Sampling, stac
 
     copies = 2 * members  # every member and sign
     tiled = gen.PromptBatch(*(jnp.tile(x, (copies,) + (1,) * (x.ndim - 1)) for x in batch))
-
-    def generate_all(params, tiled):
-        member = Member(jax.random.PRNGKey(0), jnp.asarray(0), jnp.asarray(0))
-        keys = gen.completion_keys(member, jnp.arange(tiled.ids.shape[0]), sampling.samples)
-        return _reward(gen.generate_population(graphdef, params, tiled, keys, sampling), None)
-
-    generate_jit = zojax.accelerator.jit(generate_all)
+    generate_jit = zojax.accelerator.jit(generation_fn(graphdef, sampling))
 
     def generation():
         return generate_jit(state, tiled)

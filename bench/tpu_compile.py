@@ -377,7 +377,6 @@ def es_programs(topology: str, members: int, *, layers: int = 30, prompts: int =
     other, not whole-run figures; HBM per chip is exact."""
     from bench import es_generation
     from zojax.models import stacked_paths
-    from zojax.scoring import Member
     from zojax.tasks import generation as gen
 
     topo = TOPOLOGIES[topology]
@@ -394,20 +393,14 @@ def es_programs(topology: str, members: int, *, layers: int = 30, prompts: int =
     sampling = gen.Sampling(samples=1, max_new_tokens=new_tokens, temperature=1.0, eos=(2,), pad=2)
     ids = jax.ShapeDtypeStruct((prompts, prompt_len), jnp.int32, sharding=replicated)
     batch = gen.PromptBatch(ids, ids, jax.ShapeDtypeStruct((prompts,), jnp.int32, sharding=replicated))
-    spec = zojax.ZOSpec(noise=zojax.LowRank(rank=1, refresh_every=1, stacked=stacked_paths(family)), eps=1e-3,
-                        members=members, scope="all", estimator="zscore", adapter=True)
+    spec = es_generation.es_spec(members, stacked_paths(family))
     opt = zojax.zo_sgd(1e-4)
     es_state, frozen = jax.eval_shape(lambda p: zojax.init(p, spec, opt, jax.random.PRNGKey(0)), state)
     step = zojax.make_step(gen.reward_loss(graphdef, sampling, es_generation._reward), spec, opt, mesh=mesh).step
     rows_sharded = NamedSharding(mesh, P(parallel.POP))
     n = 2 * members * prompts
     tiled = gen.PromptBatch(*(jax.ShapeDtypeStruct((n,) + x.shape[1:], x.dtype, sharding=rows_sharded) for x in batch))
-
-    def generate_all(params, tiled):
-        keys = gen.completion_keys(Member(jax.random.PRNGKey(0), jnp.asarray(0), jnp.asarray(0)),
-                                   jnp.arange(tiled.ids.shape[0]), sampling.samples)
-        return es_generation._reward(gen.generate_population(graphdef, params, tiled, keys, sampling), None)
-
+    generate_all = es_generation.generation_fn(graphdef, sampling)
     lowering = {"generation": lambda: zojax.accelerator.jit(generate_all).lower(sds(state), tiled),
                 "es_step": lambda: step.lower(sds(es_state), sds(frozen), batch)}
     rows = {}

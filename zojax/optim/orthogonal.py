@@ -3,11 +3,12 @@
 LoZO's estimate of a matrix ``W`` (``d_in x d_out``) is ``G = mean_k c_k V_k U_k^T``: rank ``K r``, held as
 factors. Muon replaces a matrix update by its polar factor ``msign(G)`` (every nonzero singular value set
 to 1), so the step moves every direction the estimate found by the same amount, however unevenly the
-noisy finite differences weighted them. On the factors that costs Newton-Schulz iterations on a
-``K r x K r`` core, run to convergence (:func:`polar_from_factors`) -- no ``d_in x d_out`` decomposition: the
-polar factor that ZO-Muon's few quintic Newton-Schulz steps approximate. With K = 1 and the lazy ``V`` as the subspace this is
-ZO-Muon's step (one query per subspace draw; ZO-Muon orthonormalises its projection, which the QR of
-``V`` does here); with K members each keeps its own ``V``, so the orthogonalised span is theirs together.
+noisy finite differences weighted them. On the factors that costs Gram-Schmidt of each factor and
+Newton-Schulz iterations on a ``K r x K r`` core, run to convergence (:func:`polar_from_factors`) -- no
+``d_in x d_out`` decomposition: the polar factor that ZO-Muon's few quintic Newton-Schulz steps approximate.
+With K = 1 and the lazy ``V`` as the subspace this is ZO-Muon's step (one query per subspace draw; ZO-Muon
+orthonormalises its projection, which the Gram-Schmidt of ``V`` does here); with K members each keeps its own
+``V``, so the orthogonalised span is theirs together.
 """
 
 from __future__ import annotations

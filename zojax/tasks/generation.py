@@ -204,12 +204,12 @@ _NEXT_STATE[_IN_DIGITS, [_DIGITS, _END]] = [_IN_DIGITS, _ACCEPT]
 _NEXT_STATE[_ACCEPT, :] = _ACCEPT
 
 
-def _number_parser(tokenizer, eos: Sequence[int]):
-    """``parse(completions (N, new)) -> (bare (N,) bool, value (N,) float32)``: whether a completion is a
-    bare integer (spaces, an optional ``-``, digits, then a line end, a stop token or the end of the
-    completion) and its value. A finite automaton over token classes, so it runs in the program for any
-    tokenizer (digits one per token, as in Llama's, or several, as in GPT-2's)."""
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+def _number_parser(texts: Sequence[str], eos: Sequence[int]):
+    """``parse(completions (N, new)) -> (bare (N,) bool, value (N,) float32)`` for a vocabulary whose token
+    ``i`` reads ``texts[i]``: whether a completion is a bare integer (spaces, an optional ``-``, digits, then a
+    line end, a stop token or the end of the completion) and its value. A finite automaton over token
+    classes, so it runs in the program for any tokenizer (digits one per token, as in Llama's, or several,
+    as in GPT-2's)."""
     kinds = np.full(len(texts), _OTHER, np.int32)
     digit_value, digit_scale = np.zeros(len(texts), np.float32), np.ones(len(texts), np.float32)
     for i, t in enumerate(texts):
@@ -260,7 +260,7 @@ def answer_token_reward(examples: Sequence[dict], tokenizer, *, key: str = "solu
     texts = tokenizer.batch_decode([[i] for i in range(vocab)])
     continues = np.asarray([t[:1].isdigit() for t in texts], bool)
     answer_ids, answer_len, digit_next = jnp.asarray(table), jnp.asarray(lengths), jnp.asarray(continues)
-    parse = _number_parser(tokenizer, tuple(int(t) for t in eos))
+    parse = _number_parser(texts, tuple(int(t) for t in eos))
     if closeness:
         bad = next((e[key] for e in examples if not e[key].strip().lstrip("-").isdigit()), None)
         if bad is not None:
