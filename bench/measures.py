@@ -7,6 +7,7 @@ Each returns a JSON-ready dict. All comparisons are ratios of medians measured s
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 
@@ -108,32 +109,46 @@ def abstract_bundle(name: str, layers: int | None = None, dtype=jnp.float32):
 
 def memory(name: str, layers: int | None = None, batch_size=16, seq_len=48, members=16,
            chunk_size: int = 1, methods=("mezo", "lozo"), log=print) -> dict:
-    """Peak bytes of a dense full-parameter MeZO step (K members, ``chunk_size`` at a time) over
-    plain inference on the same batch, from XLA's compiled memory analysis.
+    """Peak bytes of a ZO step over plain inference, from XLA's compiled memory analysis.
 
     peak = argument + output - aliased (donated) + temp bytes of the compiled program, for
-    the same shapes the timed runs use (weights are not needed to compile). The LoZO step
-    (adapter path) is reported alongside.
+    the same shapes the timed runs use (weights are not needed to compile). Each step is compared
+    with inference of the sequences it holds at once:
+
+    * ``mezo``: dense full-parameter MeZO, ``chunk_size`` members at a time, against one batch;
+    * ``lozo``: LoZO on the adapter path, all K members at once (2·K·B sequences in one program),
+      against inference of those same 2·K·B sequences in one program (``inference_same_sequences``);
+    * ``lozo_chunked``: the same LoZO step ``chunk_size`` members at a time, against one batch.
     """
     bundle = abstract_bundle(name, layers)
-    batch = common.make_batch(bundle, batch_size, seq_len)
     loss = common.loss_fn(bundle)
-    inf = _memory_stats(jax.jit(loss).lower(bundle.params, batch).compile())
+
+    def inference(sequences):
+        batch = common.make_batch(bundle, sequences, seq_len)
+        return _memory_stats(jax.jit(loss).lower(bundle.params, batch).compile())
+
+    batch = common.make_batch(bundle, batch_size, seq_len)
+    inf = inference(batch_size)
     out = {"model": f"{name} ({bundle.config.num_hidden_layers} layers, shapes only)", "batch_size": batch_size,
            "seq_len": seq_len, "members": members, "method": "xla_memory_analysis", "inference": inf}
     specs = {"mezo": common.spec_for("mezo", members, chunk_size=chunk_size), "lozo": common.spec_for("lozo", members)}
-    for method in methods:
+    specs["lozo_chunked"] = dataclasses.replace(specs["lozo"], chunk_size=chunk_size)
+    for method in methods + (("lozo_chunked",) if "lozo" in methods else ()):
         spec = specs[method]
+        reference = inf
+        if spec.chunk_size is None or spec.chunk_size >= members:
+            reference = out["inference_same_sequences"] = inference(2 * members * batch_size)
         opt = common.optimizer(1e-7, spec)
         state, frozen = jax.eval_shape(lambda p, s=spec, o=opt: zojax.init(p, s, o, jax.random.PRNGKey(0)),
                                        bundle.params)
         compiled = zojax.make_step(loss, spec, opt).step.lower(state, frozen, batch).compile()
         st = _memory_stats(compiled)
-        st["ratio"] = st["peak_bytes"] / inf["peak_bytes"]
+        st["ratio"] = st["peak_bytes"] / reference["peak_bytes"]
         st["chunk_size"] = spec.chunk_size
+        st["against"] = "inference_same_sequences" if reference is not inf else "inference"
         out[method] = st
-        log(f"  [memory] {name} K={members} {method}: peak {st['peak_bytes'] / 2**20:.0f} MiB vs inference "
-            f"{inf['peak_bytes'] / 2**20:.0f} MiB -> {st['ratio']:.3f}")
+        log(f"  [memory] {name} K={members} {method}: peak {st['peak_bytes'] / 2**20:.0f} MiB vs {st['against']} "
+            f"{reference['peak_bytes'] / 2**20:.0f} MiB -> {st['ratio']:.3f}")
         common.release()
     return out
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "Perturbed", "Noisy", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits",
+    "Perturbed", "Noisy", "Drawn", "factor", "dense", "embed", "attend", "materialize", "is_perturbed", "factored_is_cheaper", "token_logits",
     "split_high_low",
 ]
 
@@ -49,7 +49,9 @@ class Perturbed(_WeightLike):
     with stacked layers. ``base`` may itself be a Perturbed: the dynamic adapter state scores
     ``(W + V A^T) + scale v u^T`` with both low-rank terms factored. Scoring passes the signed step ``±eps`` there rather than in ``u``:
     the two signs of a member then share ``v`` and ``u`` unbatched under ``vmap``, and
-    anything computed from them alone (``v @ u.T``) is computed once per member.
+    anything computed from them alone (``v @ u.T``) is computed once per member. Scoring passes
+    the factors as :class:`Drawn` (:func:`factor` draws them where the model uses the weight), so
+    a population holds one layer's factors at a time rather than every member's whole direction.
 
     >>> w = Perturbed(jnp.eye(2), jnp.ones((2, 1)), jnp.ones((2, 1)))
     >>> materialize(w).tolist()
@@ -57,19 +59,20 @@ class Perturbed(_WeightLike):
     """
 
     base: jax.Array | Perturbed
-    v: jax.Array
-    u: jax.Array
+    v: jax.Array | Drawn
+    u: jax.Array | Drawn
     scale: jax.Array | None = None
 
     def scaled_u(self) -> jax.Array:
         """``u`` times ``scale`` (broadcast over its rows and rank)."""
+        u = factor(self.u)
         if self.scale is None:
-            return self.u
-        return self.u * jnp.asarray(self.scale, self.u.dtype)[..., None, None]
+            return u
+        return u * jnp.asarray(self.scale, u.dtype)[..., None, None]
 
     def delta(self) -> jax.Array:
         """``scale * v @ u.T``, formed."""
-        d = jnp.einsum("...ir,...or->...io", self.v, self.u)
+        d = jnp.einsum("...ir,...or->...io", factor(self.v), factor(self.u))
         if self.scale is not None:
             d = d * jnp.asarray(self.scale, d.dtype)[..., None, None]
         return d
@@ -85,21 +88,93 @@ class Perturbed(_WeightLike):
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass, data_fields=["base", "key", "scale", "index"], meta_fields=["shape", "noise"]
+    jax.tree_util.register_dataclass, data_fields=["key", "index", "step"], meta_fields=["shape", "dtype", "noise"]
 )
 @dataclasses.dataclass(frozen=True)
+class Drawn:
+    """A random array ``noise.dense(key, shape, dtype)`` drawn where it is used, never stored: the
+    direction of a :class:`Noisy` weight, or a low-rank factor ``v``/``u`` of a :class:`Perturbed` one.
+
+    Every array field is indexed by the leading axis, so ``lax.scan`` over stacked layers (or a
+    dynamic slice of one layer) slices it like the weight: ``key (n, ...)`` (repeated), ``index (n,) =
+    arange(n)``, ``step (n,)``. A slice (``index`` a scalar) draws only its own rows, bit for bit the
+    full draw's (the kind's ``dense_rows``). 0-D and 1-D arrays carry scalar fields and no ``index``.
+
+    ``step`` (the run's step, ``None`` for a Noisy direction) is a runtime scalar that no population
+    axis batches: :meth:`fenced` conditions on it, so XLA draws a factor once per member and layer,
+    not once per element of each consumer (a broadcast ``u`` in every sign's and token's sum).
+
+    >>> from zojax.directions import Gaussian
+    >>> z = Drawn.create(jax.random.PRNGKey(0), (3, 2), jnp.float32, Gaussian())
+    >>> bool(jnp.all(z.draw(jnp.array([2])) == z.draw()[2:]))
+    True
+    """
+
+    key: jax.Array
+    index: jax.Array | None
+    step: jax.Array | None
+    shape: tuple
+    dtype: Any
+    noise: Any  # the zojax.directions kind that draws the values (its dense and dense_rows)
+
+    @classmethod
+    def create(cls, key, shape, dtype, noise, step=None) -> Drawn:
+        shape, dtype = tuple(shape), jnp.dtype(dtype)
+        step = None if step is None else jnp.asarray(step, jnp.int32)
+        if len(shape) < 2:
+            return cls(key, None, step, shape, dtype, noise)
+        n = shape[0]
+        if step is not None:
+            step = jnp.broadcast_to(step, (n,))
+        return cls(jnp.broadcast_to(key, (n,) + key.shape), jnp.arange(n), step, shape, dtype, noise)
+
+    @property
+    def sliced(self) -> bool:
+        """Whether this is one slice of the leading axis (inside a layer scan)."""
+        return self.index is not None and self.index.ndim == 0
+
+    def draw(self, rows=None) -> jax.Array:
+        """The values (of this slice), or only their leading-axis ``rows``: only the requested rows
+        of the full array are drawn."""
+        if self.index is None:
+            if rows is None or not self.shape:
+                z = self.noise.dense(self.key, self.shape, self.dtype)
+                return z if rows is None else z[rows]
+            return self.noise.dense_rows(self.key, self.shape, self.dtype, rows)
+        if self.sliced:
+            z = self.noise.dense_rows(self.key, self.shape, self.dtype, self.index)
+            return z if rows is None else z[rows]
+        key = self.key[0]
+        if rows is None:
+            return self.noise.dense(key, self.shape, self.dtype)
+        return self.noise.dense_rows(key, self.shape, self.dtype, rows)
+
+    def fenced(self, rows=None) -> jax.Array:
+        """:meth:`draw` as a buffer XLA cannot fuse into its consumers (a conditional on the runtime
+        step, see :func:`zojax.accelerator.fusion_barrier`); a plain draw without a step."""
+        if self.step is None:
+            return self.draw(rows)
+        step = self.step if self.step.ndim == 0 else self.step[0]
+        return jax.lax.cond(step >= 0, lambda: self.draw(rows),
+                            lambda: jnp.zeros(jax.eval_shape(lambda: self.draw(rows)).shape, self.dtype))
+
+
+def factor(f, rows=None) -> jax.Array:
+    """A low-rank factor's values (or its leading-axis ``rows``): ``f`` itself, or a :class:`Drawn` one drawn."""
+    if isinstance(f, Drawn):
+        return f.fenced(rows)
+    return f if rows is None else f[rows]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class Noisy(_WeightLike):
-    """A weight ``base + scale * z`` whose dense direction ``z`` is drawn where it is used.
+    """A weight ``base + scale * z`` whose dense direction ``z`` (a :class:`Drawn`) is drawn where it is used.
 
-    ``z = noise.dense(key, shape, dtype)`` (its direction kind's draw) is never stored: :func:`materialize`
-    draws it next to the matmul that consumes the weight, so a model that scans over stacked
-    layers holds one layer's perturbed weight at a time, not the whole perturbed model (MeZO's
-    memory, with the population still in one program). Values are exactly the generic path's.
-
-    Every array field is indexed by the weight's leading axis, so ``lax.scan`` over stacked
-    layers slices it like the weight: ``base (n, ...)``, ``key (n, ...)`` (the leaf key,
-    repeated), ``scale (n,)``, ``index (n,) = arange(n)``. A slice (``index`` a scalar) draws
-    only its own rows of ``z``. 0-D and 1-D weights carry scalar fields and no ``index``.
+    ``z`` is never stored: :func:`materialize` draws it next to the matmul that consumes the weight, so
+    a model that scans over stacked layers holds one layer's perturbed weight at a time, not the whole
+    perturbed model (MeZO's memory, with the population still in one program). Values are exactly the
+    generic path's. ``scale`` is ``(n,)`` for a stacked weight, sliced with it.
 
     >>> from zojax.directions import Gaussian
     >>> w = Noisy.create(jnp.zeros((3, 2)), jax.random.PRNGKey(0), 1.0, Gaussian())
@@ -108,36 +183,24 @@ class Noisy(_WeightLike):
     """
 
     base: jax.Array
-    key: jax.Array
+    z: Drawn
     scale: jax.Array
-    index: jax.Array | None
-    shape: tuple
-    noise: Any  # the zojax.directions kind that draws z (its dense and dense_rows)
 
     @classmethod
     def create(cls, base, key, scale, noise) -> Noisy:
-        shape = tuple(base.shape)
+        z = Drawn.create(key, base.shape, base.dtype, noise)
         scale = jnp.asarray(scale, jnp.float32)
-        if len(shape) < 2:
-            return cls(base, key, scale, None, shape, noise)
-        n = shape[0]
-        key = jnp.broadcast_to(key, (n,) + key.shape)
-        return cls(base, key, jnp.broadcast_to(scale, (n,)), jnp.arange(n), shape, noise)
+        if z.index is not None:
+            scale = jnp.broadcast_to(scale, base.shape[:1])
+        return cls(base, z, scale)
+
+    @property
+    def shape(self):
+        return self.z.shape
 
     def direction(self, rows=None) -> jax.Array:
-        """``z`` for this weight (or slice), or only its leading-axis ``rows``: only the
-        requested rows of the full leaf's direction are drawn (the kind's ``dense_rows``)."""
-        dtype = self.base.dtype
-        if self.index is None:
-            z = self.noise.dense(self.key, self.shape, dtype)
-            return z if rows is None else z[rows]
-        if self.index.ndim == 0:  # one slice of the leading axis (inside a layer scan)
-            z = self.noise.dense_rows(self.key, self.shape, dtype, self.index)
-            return z if rows is None else z[rows]
-        key = self.key[0]
-        if rows is None:
-            return self.noise.dense(key, self.shape, dtype)
-        return self.noise.dense_rows(key, self.shape, dtype, rows)
+        """``z`` for this weight (or slice), or only its leading-axis ``rows``."""
+        return self.z.draw(rows)
 
     def _scale(self):
         s = self.scale if self.scale.ndim == 0 else self.scale[0]  # (n,) only for an unsliced stack
@@ -153,11 +216,11 @@ def materialize(w):
     if isinstance(w, Perturbed):
         return materialize(w.base) + w.delta().astype(w.base.dtype)
     if isinstance(w, Noisy):
-        if w.index is not None and w.index.ndim == 0:
+        if w.z.sliced:
             # One layer's draw, shared by the population axes the key does not carry (the
             # two signs): a conditional on the runtime layer index is a fusion boundary, so
             # XLA draws z once instead of once per sign inside the fused ``base + s z``.
-            z = jax.lax.cond(w.index >= 0, w.direction, lambda: jnp.zeros_like(w.base))
+            z = jax.lax.cond(w.z.index >= 0, w.direction, lambda: jnp.zeros_like(w.base))
         else:
             z = w.direction()
         return w.base + w._scale() * z
@@ -192,7 +255,7 @@ def dense(x: jax.Array, w, bias=None, *, precision=None, preferred_element_type=
     """
     if isinstance(w, Perturbed) and factored_is_cheaper(x, w):
         y = dense(x, w.base, precision=precision, preferred_element_type=preferred_element_type)
-        low = jnp.matmul(x, w.v.astype(x.dtype), precision=precision)
+        low = jnp.matmul(x, factor(w.v).astype(x.dtype), precision=precision)
         y = _add_low_rank(y, low, w.scaled_u().astype(x.dtype), precision)
     else:
         y = jnp.matmul(x, materialize(w).astype(x.dtype), precision=precision, preferred_element_type=preferred_element_type)
@@ -234,7 +297,7 @@ def _add_low_rank(y, low, u, precision=None):
 def embed(ids: jax.Array, table) -> jax.Array:
     """Row lookup ``table[ids]`` for a ``(vocab, d)`` table, plain or :class:`Perturbed`."""
     if isinstance(table, Perturbed):
-        return embed(ids, table.base) + jnp.matmul(table.v[ids], jnp.swapaxes(table.scaled_u(), -1, -2)).astype(
+        return embed(ids, table.base) + jnp.matmul(factor(table.v, ids), jnp.swapaxes(table.scaled_u(), -1, -2)).astype(
             table.base.dtype
         )
     if isinstance(table, Noisy):  # only the looked-up rows of the direction are drawn
@@ -250,7 +313,7 @@ def attend(x: jax.Array, table, *, precision=None, preferred_element_type=None) 
         y = attend(x, table.base, **out)
         low = jnp.matmul(x, table.scaled_u().astype(x.dtype), precision=precision)
         # elementwise at a small rank: fused into the logits' consumer (sampling), no second vocabulary-wide buffer
-        return _add_low_rank(y, low.astype(y.dtype), table.v.astype(y.dtype), precision)
+        return _add_low_rank(y, low.astype(y.dtype), factor(table.v).astype(y.dtype), precision)
     if isinstance(table, Noisy):
         return _attend_noisy(x, table, **out)
     return jnp.matmul(x, jnp.swapaxes(table, -1, -2).astype(x.dtype), **out)

@@ -95,9 +95,10 @@ def is_matrix(path: str, shape, stacked: str | None = None) -> bool:
 
 
 # Bump when the derivation of directions from (key, step, member, path) changes: seed logs
-# record it, and replay refuses a log written under another one. (zojax._rng is zojax.random's
-# old name: the text stays as written so that existing seed logs replay.)
-KEY_DERIVATION = "fold_in(step, member, blake2b64(path)); dense values from zojax._rng v1"
+# record it, and replay refuses a log written under another one. v2: low-rank factors come from
+# zojax.random (row-addressable, so the adapter path draws one layer's factors inside a layer scan)
+# instead of jax.random.normal; dense values are v1's.
+KEY_DERIVATION = "fold_in(step, member, blake2b64(path)); dense values and low-rank factors from zojax.random v2"
 
 
 @functools.cache

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from zojax import nn
 from zojax.accelerator import fusion_barrier
 from zojax.directions import DirectionKind, Gaussian, Noise, draw_directions, is_factored
 from zojax.estimators import check_sided, get_estimator
@@ -163,11 +164,13 @@ def _perturb_lazy(trainable, dirs, scale, spec, key, step, member):
 
 
 def _materialize_factors(dirs, step):
-    factors = [d for d in jax.tree.leaves(dirs, is_leaf=is_factored) if is_factored(d)]
+    """Drawn factors as buffers (see :func:`zojax.accelerator.fusion_barrier`); undrawn ones fence themselves."""
+    drawn = lambda d: is_factored(d) and not isinstance(d.v, nn.Drawn)  # noqa: E731
+    factors = [d for d in jax.tree.leaves(dirs, is_leaf=is_factored) if drawn(d)]
     if not factors:
         return dirs
     done = iter(fusion_barrier(factors, step))
-    return jax.tree.map(lambda d: next(done) if is_factored(d) else d, dirs, is_leaf=is_factored)
+    return jax.tree.map(lambda d: next(done) if drawn(d) else d, dirs, is_leaf=is_factored)
 
 
 def scale_directions(dirs: PyTree, scale: PyTree | None) -> PyTree:
@@ -245,7 +248,10 @@ def score(
         def evaluate(member):
             # A member's directions are drawn once and shared by its signs (vmapped inside),
             # so a dense direction is generated once per member, not once per (member, sign).
-            dirs = _materialize_factors(draw_directions(trainable, spec.noise, key, step, member), step)
+            # On the adapter path the model draws low-rank factors where it uses them, one layer at a
+            # time: a generating loss reads every layer's factors once per decode step, and would
+            # otherwise hold all members' directions for the whole decode loop.
+            dirs = _materialize_factors(draw_directions(trainable, spec.noise, key, step, member, lazy=spec.adapter), step)
             dirs = scale_directions(dirs, scale)
 
             def one_sign(sign, number):

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 import zojax
+from zojax import nn
 from zojax.directions import LowRank, LowRankDirection
 
 KEY = jax.random.PRNGKey(0)
@@ -27,6 +28,29 @@ def test_stacked_leaves_get_independent_factors_per_layer():
     d = LowRank(rank=1).draw(KEY, 0, 0, "w", (3, 4, 5), jnp.float32)
     assert d.v.shape == (3, 4, 1)
     assert not np.allclose(d.v[0], d.v[1])
+
+
+@pytest.mark.parametrize("noise", [LowRank(rank=2, refresh_every=3), zojax.Factorized(rank=4)], ids=["lozo", "factorized"])
+def test_lazy_factors_drawn_one_layer_at_a_time_are_the_drawn_ones(noise):
+    """The adapter path's undrawn factors of a stack, sliced to one layer as a layer scan does, are bit for bit the
+    arrays the gradient draws; a lone matrix's factors are drawn at once (nothing would slice them)."""
+    shape = (3, 6, 5)
+    drawn = noise.draw(KEY, 4, 1, "w", shape, jnp.float32)
+    lazy = noise.draw(KEY, 4, 1, "w", shape, jnp.float32, lazy=True)
+    assert isinstance(lazy.v, nn.Drawn) and isinstance(lazy.u, nn.Drawn)
+
+    def layer(f, i):
+        return nn.factor(jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False), f))
+
+    scan = jax.jit(lambda lz: jax.lax.map(lambda i: (layer(lz.v, i), layer(lz.u, i)), jnp.arange(shape[0])))
+    v, u = scan(lazy)
+    np.testing.assert_array_equal(v, drawn.v)
+    np.testing.assert_array_equal(u * noise.scale, drawn.u)  # a lazy u is unscaled: the scale rides with eps
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+    np.testing.assert_allclose(nn.materialize(noise.perturb(x, lazy, 0.5, adapter=True)),
+                               nn.materialize(noise.perturb(x, drawn, 0.5, adapter=True)), rtol=1e-6, atol=1e-6)
+    lone = noise.draw(KEY, 4, 1, "w", shape[1:], jnp.float32, lazy=True)
+    assert isinstance(lone.v, jax.Array)
 
 
 def test_bad_rank_names_the_argument():

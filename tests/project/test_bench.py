@@ -36,6 +36,8 @@ HEADLINE = [
     "speedup_vs_torch_k1",
     "speedup_vs_torch_k8",
     "memory_ratio_mezo",
+    "memory_ratio_lozo",
+    "memory_ratio_lozo_chunked",
 ]
 
 

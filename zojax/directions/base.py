@@ -70,9 +70,12 @@ class DirectionKind:
         """``dense(key, shape, dtype)[rows]`` (rows of the leading axis), drawing only those rows."""
         raise NotImplementedError
 
-    def draw(self, key, step, member, path: str, shape, dtype):
+    def draw(self, key, step, member, path: str, shape, dtype, lazy: bool = False):
         """The direction of one leaf for ``member`` at ``step``: an array of the leaf's shape (or,
-        for a low-rank kind's matrices, a :class:`zojax.directions.LowRankDirection`)."""
+        for a low-rank kind's matrices, a :class:`zojax.directions.LowRankDirection`). ``lazy``: a
+        low-rank kind's factors of stacked matrices are left undrawn (:class:`zojax.nn.Drawn`) for the adapter path; a
+        dense direction is an array either way (the model draws it from the leaf key instead, see
+        :meth:`perturb`)."""
         return self.dense(leaf_key(key, step, member, path), tuple(shape), dtype)
 
     def draw_members(self, key, step, members: int, path: str, shape, dtype):

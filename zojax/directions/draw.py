@@ -18,8 +18,9 @@ def is_factored(d) -> bool:
     return isinstance(d, LowRankDirection)
 
 
-def draw_directions(trainable: PyTree, noise: DirectionKind, key, step, member) -> PyTree:
-    """Directions for every non-None leaf of ``trainable`` (same structure, None kept).
+def draw_directions(trainable: PyTree, noise: DirectionKind, key, step, member, lazy: bool = False) -> PyTree:
+    """Directions for every non-None leaf of ``trainable`` (same structure, None kept); ``lazy``: low-rank
+    factors left for the model to draw (see :meth:`~zojax.directions.DirectionKind.draw`).
 
     >>> import jax, jax.numpy as jnp
     >>> from zojax.directions import LowRank
@@ -28,5 +29,5 @@ def draw_directions(trainable: PyTree, noise: DirectionKind, key, step, member) 
     ((3, 1), (2, 1))
     """
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: noise.draw(key, step, member, path_str(p), x.shape, x.dtype), trainable
+        lambda p, x: noise.draw(key, step, member, path_str(p), x.shape, x.dtype, lazy), trainable
     )

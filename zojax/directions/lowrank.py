@@ -20,13 +20,14 @@ __all__ = ["LowRank", "LowRankDirection", "sum_outer"]
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LowRankDirection:
-    """A direction ``v @ u.T`` kept as factors (``u`` already carries any scale)."""
+    """A direction ``v @ u.T`` kept as factors: arrays (``u`` already carries the kind's scale) or, for the
+    adapter path, :class:`zojax.nn.Drawn` factors the model draws where it uses them (``u`` unscaled)."""
 
-    v: jax.Array
-    u: jax.Array
+    v: jax.Array | nn.Drawn
+    u: jax.Array | nn.Drawn
 
     def dense(self) -> jax.Array:
-        return jnp.einsum("...ir,...or->...io", self.v, self.u)
+        return jnp.einsum("...ir,...or->...io", nn.factor(self.v), nn.factor(self.u))
 
 
 def sum_outer(v, u, step) -> jax.Array:
@@ -68,7 +69,11 @@ class LowRank(DirectionKind):
 
     Every kind with factored directions derives from this class (LoZO-M and the dynamic adapter
     state need ``rank`` and ``refresh_every``); a subclass changes what differs, e.g. the values
-    of a factor (:meth:`factor`) or its scale (:attr:`scale`).
+    of the factors and vectors (:meth:`dense`, :meth:`dense_rows`) or the factors' scale (:attr:`scale`).
+
+    Factors are drawn like dense directions (:mod:`zojax.random`, row-addressable), so the adapter
+    path can draw a stack's factors one layer at a time inside a layer scan (``draw(..., lazy=True)``),
+    bit for bit.
 
     >>> LowRank(rank=2, refresh_every=100).rank
     2
@@ -108,25 +113,29 @@ class LowRank(DirectionKind):
     def trains(self, path: str, shape) -> bool:
         return self.vectors == "dense" or self.is_matrix(path, shape)
 
-    # the dense draws of 1-D leaves: Gaussian, as in the official LoZO
+    # the values of 1-D leaves' dense directions and of every factor: Gaussian, as in the official LoZO
     def dense(self, key, shape, dtype) -> jax.Array:
         return zrandom.normal(key, shape, dtype)
 
     def dense_rows(self, key, shape, dtype, rows) -> jax.Array:
         return zrandom.normal_rows(key, jnp.asarray(rows), tuple(shape)[1:], dtype)
 
-    def factor(self, key, shape, dtype) -> jax.Array:
-        """The values of one factor (``V`` or ``U`` before scaling)."""
-        return jax.random.normal(key, shape, dtype)
-
-    def draw(self, key, step, member, path: str, shape, dtype):
+    def draw(self, key, step, member, path: str, shape, dtype, lazy: bool = False):
         if not self.is_matrix(path, shape):
-            return super().draw(key, step, member, path, shape, dtype)
+            return super().draw(key, step, member, path, shape, dtype, lazy)
         lead, d_in, d_out = tuple(shape[:-2]), shape[-2], shape[-1]
         step = jnp.asarray(step)
         v_step = (step // self.refresh_every) * self.refresh_every
-        v = self.factor(jax.random.fold_in(leaf_key(key, v_step, member, path), 1), lead + (d_in, self.rank), dtype)
-        u = self.factor(jax.random.fold_in(leaf_key(key, step, member, path), 0), lead + (d_out, self.rank), dtype)
+        v_key = jax.random.fold_in(leaf_key(key, v_step, member, path), 1)
+        u_key = jax.random.fold_in(leaf_key(key, step, member, path), 0)
+        v_shape, u_shape = lead + (d_in, self.rank), lead + (d_out, self.rank)
+        if lazy and lead:
+            # A stack's factors are drawn where the model uses them, one layer per scan step; the kind's
+            # scale goes with the signed step (perturb). A lone matrix's are drawn here: nothing would
+            # slice them, so the model would draw them whole at every use (a tied head at every decode step).
+            return LowRankDirection(nn.Drawn.create(v_key, v_shape, dtype, self, step),
+                                    nn.Drawn.create(u_key, u_shape, dtype, self, step))
+        v, u = self.dense(v_key, v_shape, dtype), self.dense(u_key, u_shape, dtype)
         if self.scale != 1.0:
             u = u * jnp.asarray(self.scale, dtype)
         return LowRankDirection(v, u)
@@ -138,10 +147,13 @@ class LowRank(DirectionKind):
     def perturb(self, x, d, scale, *, adapter: bool = False, key=None):
         if not isinstance(d, LowRankDirection):
             return super().perturb(x, d, scale, adapter=adapter, key=key)
+        if isinstance(d.u, nn.Drawn):  # a lazy u is drawn unscaled
+            scale = scale * self.scale
         if adapter:
             return nn.Perturbed(x, d.v, d.u, jnp.broadcast_to(jnp.asarray(scale, jnp.float32), x.shape[:-2]))
-        u = d.u * jnp.asarray(scale, d.u.dtype)
-        return (nn.materialize(x) + jnp.einsum("...ir,...or->...io", d.v, u)).astype(x.dtype)
+        u = nn.factor(d.u)
+        u = u * jnp.asarray(scale, u.dtype)
+        return (nn.materialize(x) + jnp.einsum("...ir,...or->...io", nn.factor(d.v), u)).astype(x.dtype)
 
     def gradient(self, key, step, coeffs, path: str, x) -> jax.Array:
         if not self.is_matrix(path, x.shape):

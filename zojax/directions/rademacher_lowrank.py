@@ -35,9 +35,6 @@ class RademacherLowRank(LowRank):
         """``rank`` products of two signs, scaled (and the signs of 1-D leaves)."""
         return max(self.rank * self.scale, 1.0)
 
-    def factor(self, key, shape, dtype) -> jax.Array:
-        return zrandom.rademacher(key, shape, dtype)
-
     def dense(self, key, shape, dtype) -> jax.Array:
         return zrandom.rademacher(key, shape, dtype)
 
