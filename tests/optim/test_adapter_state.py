@@ -122,6 +122,53 @@ def test_only_the_fold_writes_the_weights():
     assert outside + conds >= 2
 
 
+def _dot_shapes(jaxpr) -> set:
+    shapes = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shapes.update(tuple(v.aval.shape) for v in eqn.outvars)
+        for sub in _subjaxprs(eqn):
+            shapes |= _dot_shapes(sub)
+    return shapes
+
+
+def test_a_stack_folds_one_layer_at_a_time_where_the_sum_is_a_matmul():
+    """9 members of rank 2 (18 terms, past the elementwise sum): the fold forms V A^T one layer of the stack at a time,
+    the steps still equal zo_sgd's, and the exact check answers without forming the folded weights."""
+    stack = (3, 16, 12)
+    noise = LowRank(rank=2, refresh_every=2, stacked="^w$")
+    spec = zojax.ZOSpec(noise=noise, eps=1e-2, members=9)
+    params = {"w": 0.1 * jax.random.normal(KEY, stack)}
+
+    def loss(p, batch):
+        x, y = batch
+        return jnp.mean((jnp.einsum("bi,lio->lbo", x, nn.materialize(p["w"])) - y) ** 2)
+
+    keys = jax.random.split(jax.random.PRNGKey(9), 5)
+    batches = [(jax.random.normal(k, (2, 16)), jax.random.normal(k, (3, 2, 12))) for k in keys]
+
+    def run(optimizer):
+        state, frozen = zojax.init(jax.tree.map(jnp.copy, params), spec, optimizer, KEY)
+        for batch in batches:
+            state, _ = zojax.step(state, frozen, batch, loss_fn=loss, spec=spec, optimizer=optimizer)
+        return state, zojax.effective_params(optimizer, state.params, state.opt_state, state.key, state.step)
+
+    _, want = run(zojax.zo_sgd(0.01))
+    adapter = zojax.lozo_adapter(0.01, noise=noise, members=9)
+    state, got = run(adapter)
+    np.testing.assert_allclose(got["w"], want["w"], rtol=1e-4, atol=2e-5)
+    assert float(jnp.abs(want["w"] - params["w"]).max()) > 1e-3
+
+    fold = lambda s: adapter.fold(s.params, s.opt_state, s.key, s.step, True)  # noqa: E731
+    assert stack not in _dot_shapes(jax.make_jaxpr(fold)(state).jaxpr)
+    assert stack[1:] in _dot_shapes(jax.make_jaxpr(fold)(state).jaxpr)
+    finite = lambda s: adapter.folded_finite(s.params, s.opt_state, s.key, s.step)  # noqa: E731
+    assert bool(finite(state)) and stack not in _dot_shapes(jax.make_jaxpr(finite)(state).jaxpr)
+    huge = state._replace(opt_state=state.opt_state._replace(acc=jax.tree.map(lambda a: jnp.full_like(a, 3e38), state.opt_state.acc)))
+    assert not bool(finite(huge))
+    assert not bool(zojax.optim.fused.all_finite(fold(huge)[0]))
+
+
 def test_replay_of_an_adapter_run_is_bitwise():
     noise = LowRank(rank=1, refresh_every=2)
     spec = zojax.ZOSpec(noise=noise, eps=1e-2, members=2, adapter=True)

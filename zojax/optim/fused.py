@@ -172,6 +172,8 @@ def _update_is_finite(optimizer, grad: ZOGrad, state: ZOState, updated) -> jax.A
     def exact(_):
         params, opt_state = updated(None)
         # what a later fold writes must be finite too (the adapter state's V A^T into float16 weights)
+        if isinstance(optimizer, ZOTransformation) and optimizer.folded_finite is not None:
+            return optimizer.folded_finite(params, opt_state, state.key, state.step) & all_finite(opt_state)
         return all_finite((fold(optimizer, params, opt_state, state.key, state.step, force=True)[0], opt_state))
 
     bound = update_bound(optimizer, grad, state.opt_state, state.params)

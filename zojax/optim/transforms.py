@@ -23,7 +23,7 @@ import optax
 
 from zojax import nn
 from zojax.directions import LowRank, Noise
-from zojax.directions.base import NORMAL_MAX
+from zojax.directions.base import ELEMENTWISE_MAX_TERMS, NORMAL_MAX
 from zojax.directions.lowrank import sum_outer
 from zojax.optim.gradient import ZOGrad, dense_gradient
 from zojax.paths import map_with_paths
@@ -283,7 +283,9 @@ class ZOTransformation(NamedTuple):
     ``scale(state, params) -> pytree`` (optional) multiplies every scored direction coordinate-wise:
     a preconditioner (HiZOO's ``H^-1/2``) or a mask (Sparse MeZO), one array per trainable leaf.
     ``bound(grad, state, params) -> scalar`` (optional) is as :class:`BoundedTransformation`'s, and
-    bounds what a fold of the updated state would write too.
+    bounds what a fold of the updated state would write too. ``folded_finite(params, state, key, step)
+    -> bool`` (optional): whether a forced fold would leave every weight finite, found without forming
+    the folded weights (the exact update check; without it the check folds a copy of the weights).
     """
 
     init: Callable
@@ -292,6 +294,31 @@ class ZOTransformation(NamedTuple):
     view: Callable
     scale: Callable | None = None
     bound: Callable | None = None
+    folded_finite: Callable | None = None
+
+
+def _add_outer(x, v, u, step, key, *, finite_only: bool = False) -> jax.Array:
+    """``x + sum_k v_k u_k^T`` in ``x``'s dtype (:func:`~zojax.precision.add_rounded` with ``key``) for factors
+    ``(K, ..., d_in, r)`` and ``(K, ..., d_out, r)``; with ``finite_only``, whether all of it is finite.
+
+    Past a few terms the sum is a matmul whose result is a buffer the size of ``x``; for a stack of layers
+    it is then formed one layer at a time, in a loop that writes ``x`` in place (a layer's buffer, not a
+    stack's: 8 GiB for an OPT-13B MLP stack in bfloat16). A 16-bit layer then rounds with its own key.
+    """
+    def whole(x, v, u, key):
+        y = add_rounded(x, sum_outer(v, u, step), key)
+        return jnp.all(jnp.isfinite(y)) if finite_only else y
+
+    if v.shape[0] * v.shape[-1] <= ELEMENTWISE_MAX_TERMS or x.ndim < 3:
+        return whole(x, v, u, key)
+
+    def layer(i, x):
+        return (jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), jax.lax.dynamic_index_in_dim(v, i, 1, keepdims=False),
+                jax.lax.dynamic_index_in_dim(u, i, 1, keepdims=False), jax.random.fold_in(key, i))
+
+    if finite_only:
+        return jax.lax.fori_loop(0, x.shape[0], lambda i, ok: ok & whole(*layer(i, x)), jnp.array(True))
+    return jax.lax.fori_loop(0, x.shape[0], lambda i, x: jax.lax.dynamic_update_index_in_dim(x, whole(*layer(i, x)), i, 0), x)
 
 
 def direction_scale(optimizer, opt_state, params: PyTree) -> PyTree | None:
@@ -359,12 +386,21 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
                 if a is None:
                     return x
                 v = window_factors(key, state.window, path, x)
-                return add_rounded(x, sum_outer(v, a, step), rounding_key(key, step, path, write=1))
+                return _add_outer(x, v, a, step, rounding_key(key, step, path, write=1))
 
             return map_with_paths(one, params, acc), jax.tree.map(jnp.zeros_like, acc)
 
         params, acc = jax.lax.cond(due, folded, lambda operands: operands, (params, state.acc))
         return params, AdapterState(state.count, window, acc)
+
+    def folded_finite(params, state: AdapterState, key, step):
+        def one(path, x, a):
+            if a is None:
+                return jnp.all(jnp.isfinite(x))
+            v = window_factors(key, state.window, path, x)
+            return _add_outer(x, v, a, step, rounding_key(key, step, path, write=1), finite_only=True)
+
+        return jnp.all(jnp.stack(jax.tree.leaves(map_with_paths(one, params, state.acc))))
 
     def view(params, state: AdapterState, key, adapter: bool = True):
         def one(path, x, a):
@@ -379,7 +415,7 @@ def lozo_adapter(learning_rate, *, noise: LowRank, members: int) -> ZOTransforma
 
         return map_with_paths(one, params, state.acc)
 
-    return ZOTransformation(init, update, fold, view, bound=bound)
+    return ZOTransformation(init, update, fold, view, bound=bound, folded_finite=folded_finite)
 
 
 def fold(optimizer, params: PyTree, opt_state, key, step, *, force: bool = False) -> tuple[PyTree, Any]:
