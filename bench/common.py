@@ -41,6 +41,8 @@ SHAPES: dict[str, tuple[Any, Any]] = {
                                  num_attention_heads=32, max_position_embeddings=2048)),
     "opt-13b": (opt, opt.Config(vocab_size=50272, hidden_size=5120, num_hidden_layers=40, ffn_dim=20480,
                                 num_attention_heads=40, max_position_embeddings=2048)),
+    "opt-66b": (opt, opt.Config(vocab_size=50272, hidden_size=9216, num_hidden_layers=64, ffn_dim=36864,
+                                num_attention_heads=72, max_position_embeddings=2048)),
     # SmolLM2-135M's shape, for random-weight runs (and the device suite)
     "smollm2-135m-shape": (llama, llama.Config(
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

