@@ -123,7 +123,8 @@ def main() -> None:
                 f"({' '.join(SMALL)}: the coefficients do not depend on the dev and test splits). Coefficients read "
                 "from the compiled step, as the trainer runs it. free: each dtype on its own trajectory; "
                 "teacher_forced: bfloat16 scores float32's state at every step (same weights, batch and direction).",
-        "command": "python bench/bf16_agreement.py --steps " + str(args.steps) + "".join(" " + o for o in args.overrides),
+        "command": "python bench/bf16_agreement.py --steps " + str(args.steps) + (" --accuracy DIR" if args.accuracy else "")
+                   + "".join(" " + o for o in args.overrides),
         "load": f"{load_before} at the start, {load()} at the end (2-core machine, shared)",
         "steps": args.steps,
         "free": {**agreement(f32, bf16), "float32_coeffs": [round(float(c), 4) for c in f32],
